@@ -1,0 +1,111 @@
+"""The reference backend: a NumPy interpreter of the IR.
+
+Slow and simple on purpose. Every op runs through the NumPy kernel of its registry
+entry, so this is the oracle that pass tests and constant folding use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from tgraph.ir import DType, Graph, SymDim, Value
+from tgraph.ir.ops import get_op, resolve_attrs
+
+
+class ReferenceError(RuntimeError):
+    """An input does not fit the graph, or a kernel failed."""
+
+
+def bind_symbols(graph: Graph, arrays: Sequence[np.ndarray]) -> dict[str, int]:
+    """Values of the graph's symbolic dims, read off the input arrays' shapes.
+
+    Raises ReferenceError naming the input when ranks, static dims or the same symbol
+    in two places disagree.
+    """
+    if len(arrays) != len(graph.inputs):
+        raise ReferenceError(f"graph {graph.name} takes {len(graph.inputs)} inputs, got {len(arrays)}")
+    bindings: dict[str, int] = {}
+    for v, a in zip(graph.inputs, arrays):
+        if a.ndim != v.rank:
+            raise ReferenceError(f"input {v.name}: rank {a.ndim}, expected shape {list(v.shape)}")
+        for axis, (want, have) in enumerate(zip(v.shape, a.shape)):
+            if isinstance(want, SymDim):
+                seen = bindings.setdefault(want.name, int(have))
+                if seen != have:
+                    raise ReferenceError(
+                        f"input {v.name}: dim {axis} is {have}, but {want.name} is {seen} elsewhere"
+                    )
+            elif want != have:
+                raise ReferenceError(
+                    f"input {v.name}: dim {axis} is {have}, expected shape {list(v.shape)}"
+                )
+    return bindings
+
+
+def _check_dtype(v: Value, a: np.ndarray) -> np.ndarray:
+    if a.dtype != v.dtype.numpy:
+        raise ReferenceError(f"input {v.name}: dtype {a.dtype}, expected {v.dtype.name}")
+    return a
+
+
+def run_graph(
+    graph: Graph,
+    inputs: Sequence[np.ndarray],
+    *,
+    keep: Sequence[str] = (),
+) -> list[np.ndarray] | tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    """Run ``graph`` on NumPy arrays and return its outputs.
+
+    Args:
+        graph: the graph to interpret.
+        inputs: one array per graph input, in order.
+        keep: names of intermediate values to return as well (``"*"`` keeps every value);
+            when given, the result is ``(outputs, {name: array})``.
+    """
+    arrays = [_check_dtype(v, np.asarray(a)) for v, a in zip(graph.inputs, inputs)]
+    bindings = bind_symbols(graph, arrays)
+    env: dict[int, np.ndarray] = {id(v): a for v, a in zip(graph.inputs, arrays)}
+    for v in graph.initializers.values():
+        env[id(v)] = v.const
+    keep_all = "*" in keep
+    kept: dict[str, np.ndarray] = {}
+    for node in graph.nodes:
+        opdef = get_op(node.op)
+        args = [None if v is None else env[id(v)] for v in node.inputs]
+        attrs = resolve_attrs(node.attrs, bindings)
+        try:
+            results = opdef.run(args, attrs)
+        except Exception as e:  # a kernel bug or a bad shape: say where
+            module = node.meta.get("module")
+            where = f" (from {module})" if module else ""
+            raise ReferenceError(f"{node.op} node %{node.name}{where} failed: {e}") from e
+        for v, r in zip(node.outputs, results):
+            r = np.asarray(r)
+            if r.dtype != v.dtype.numpy:
+                r = r.astype(v.dtype.numpy)
+            env[id(v)] = r
+            if keep_all or v.name in keep:
+                kept[v.name] = r
+    outputs = [env[id(v)] for v in graph.outputs]
+    return (outputs, kept) if keep else outputs
+
+
+def random_inputs(
+    graph: Graph, bindings: Mapping[str, int], seed: int = 0, int_high: int = 16
+) -> list[np.ndarray]:
+    """Seeded random arrays that fit the graph inputs with the given symbol values."""
+    from tgraph.ir import evaluate
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for v in graph.inputs:
+        shape = tuple(evaluate(d, bindings) for d in v.shape)
+        if v.dtype.is_float:
+            out.append(rng.standard_normal(shape).astype(v.dtype.numpy))
+        elif v.dtype is DType.bool:
+            out.append(rng.random(shape) < 0.8)
+        else:
+            out.append(rng.integers(0, int_high, size=shape).astype(v.dtype.numpy))
+    return out

@@ -1,0 +1,30 @@
+"""tgraph: a compute-graph compiler for Transformer models.
+
+    import tgraph
+    cm = tgraph.compile(model, example_inputs, backend="reference")
+    out = cm(*args)
+    g = tgraph.trace(model, example_inputs)
+    print(g.dump())
+"""
+
+from .api import CompiledModel, InputError, compile
+from .frontend import FrontendError, trace
+from .ir import DType, Graph, IRError, Node, SymDim, TensorType, Value
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CompiledModel",
+    "DType",
+    "FrontendError",
+    "Graph",
+    "IRError",
+    "InputError",
+    "Node",
+    "SymDim",
+    "TensorType",
+    "Value",
+    "__version__",
+    "compile",
+    "trace",
+]

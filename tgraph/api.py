@@ -1,0 +1,159 @@
+"""The public entry points: ``compile`` and the :class:`CompiledModel` it returns."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+
+from tgraph.frontend import ir_dtype, normalize_inputs, trace
+from tgraph.ir import Graph, SymDim
+
+
+class InputError(ValueError):
+    """Arguments passed to a compiled model do not fit what it was traced with."""
+
+
+def flatten_call(graph: Graph, args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    """Match a call to the traced structure and return the tensors for the graph inputs."""
+    signature = graph.meta.get("signature")
+    in_spec = graph.meta.get("in_spec")
+    if signature is not None:
+        traced = graph.meta["traced_names"]
+        n_args = graph.meta["n_args"]
+        if len(args) > len(signature):
+            raise InputError(f"takes at most {len(signature)} positional inputs, got {len(args)}")
+        named = dict(zip(signature, args))
+        for k, v in kwargs.items():
+            if k in named:
+                raise InputError(f"input {k!r} given twice")
+            named[k] = v
+        extra = sorted(set(named) - set(traced))
+        missing = [n for n in traced if n not in named]
+        if missing or extra:
+            want = ", ".join(traced)
+            problem = f"missing {missing}" if missing else f"unexpected {extra}"
+            raise InputError(f"inputs {problem}; the model was traced with: {want}")
+        args = tuple(named[n] for n in traced[:n_args])
+        kwargs = {n: named[n] for n in traced[n_args:]}
+    leaves, spec = pytree.tree_flatten((args, kwargs))
+    if in_spec is not None and spec != in_spec:
+        raise InputError("inputs do not have the structure the model was traced with")
+    tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
+    if len(tensors) != len(graph.inputs):
+        raise InputError(f"expected {len(graph.inputs)} tensor inputs, got {len(tensors)}")
+    check_inputs(graph, tensors)
+    return tensors
+
+
+def check_inputs(graph: Graph, tensors: Sequence[torch.Tensor]) -> None:
+    """Rank, dtype and static dims of each input, and consistent symbol values."""
+    bindings: dict[str, int] = {}
+    for v, t in zip(graph.inputs, tensors):
+        expected = f"expected {v.dtype.name}[{', '.join(str(d) for d in v.shape)}]"
+        got = f"got {str(t.dtype).replace('torch.', '')}{list(t.shape)}"
+        if t.dim() != v.rank or ir_dtype(t.dtype) != v.dtype:
+            raise InputError(f"input {v.name}: {expected}, {got}")
+        for want, have in zip(v.shape, t.shape):
+            if isinstance(want, SymDim):
+                if bindings.setdefault(want.name, have) != have:
+                    raise InputError(
+                        f"input {v.name}: {expected}, {got} ({want.name} is "
+                        f"{bindings[want.name]} in another input)"
+                    )
+            elif want != have:
+                raise InputError(f"input {v.name}: {expected}, {got}")
+
+
+def unflatten_outputs(graph: Graph, outputs: Sequence[torch.Tensor]) -> Any:
+    """Rebuild the model's own output structure (tensor, tuple, dict, ModelOutput)."""
+    leaves = []
+    for kind, item in graph.meta.get("output_leaves", [("value", i) for i in range(len(outputs))]):
+        leaves.append(outputs[item] if kind == "value" else item)
+    spec = graph.meta.get("out_spec")
+    if spec is None:
+        return leaves[0] if len(leaves) == 1 else tuple(leaves)
+    return pytree.tree_unflatten(leaves, spec)
+
+
+def write_dumps(graph: Graph, dump_dir: str) -> None:
+    """Write the traced graph as ``00-input.txt`` plus ``summary.json`` (no passes yet)."""
+    import json
+    import os
+
+    os.makedirs(dump_dir, exist_ok=True)
+    with open(os.path.join(dump_dir, "00-input.txt"), "w") as f:
+        f.write(graph.dump())
+    summary = {"graph": graph.name, "nodes": len(graph.nodes), "ops": graph.op_histogram(), "passes": []}
+    with open(os.path.join(dump_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+class CompiledModel:
+    """A traced, optimized and lowered model, called like the original.
+
+    Attributes:
+        graph: the optimized :class:`tgraph.Graph`.
+        report: per-pass records (name, seconds, nodes before/after, changed).
+        backend: "ort", "torch" or "reference".
+        device: "cpu" or "cuda".
+    """
+
+    def __init__(self, graph: Graph, runner, backend: str, device: str, report: list | None = None):
+        self.graph = graph
+        self.report = report or []
+        self.backend = backend
+        self.device = device
+        self._runner = runner
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        tensors = flatten_call(self.graph, args, kwargs)
+        return unflatten_outputs(self.graph, self._runner(tensors))
+
+    def __repr__(self) -> str:
+        return (
+            f"CompiledModel({self.graph.name}, backend={self.backend!r}, device={self.device!r}, "
+            f"{len(self.graph.nodes)} nodes)"
+        )
+
+
+def compile(
+    model: torch.nn.Module,
+    example_inputs: Any,
+    backend: str = "reference",
+    device: str = "cpu",
+    pipeline: str | Sequence[str] = "none",
+    dynamic: bool = True,
+    dump_dir: str | None = None,
+) -> CompiledModel:
+    """Trace, optimize and lower ``model``.
+
+    Args:
+        model: the PyTorch module (in eval mode for inference).
+        example_inputs: a tensor, a tuple of args or a dict of kwargs.
+        backend: "ort", "torch" or "reference" (only "reference" exists so far).
+        device: "cpu" or "cuda".
+        pipeline: the pass pipeline; only "none" until the pass manager lands.
+        dynamic: keep batch and sequence dims symbolic.
+        dump_dir: where to write the graph dumps (``00-input.txt``, ``summary.json``).
+
+    Returns:
+        A :class:`CompiledModel` called like ``model``.
+    """
+    from tgraph.backends import BACKENDS, DEVICES, get_backend
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; valid devices: {', '.join(DEVICES)}")
+    if pipeline not in ("none", [], ()):
+        raise ValueError(f"pipeline {pipeline!r} is not available yet; only 'none' is")
+    normalize_inputs(example_inputs)  # type check with a clear message
+    graph = trace(model, example_inputs, dynamic=dynamic)
+    if dump_dir is not None:
+        write_dumps(graph, dump_dir)
+    runner = get_backend(backend).lower(graph, device)
+    return CompiledModel(graph, runner, backend, device)

@@ -1,0 +1,17 @@
+"""The torch.export frontend: PyTorch models -> tgraph IR."""
+
+from .aten import TRANSLATORS
+from .convert import UnsupportedError, ir_dtype, to_numpy, to_torch, torch_dtype
+from .trace import FrontendError, normalize_inputs, trace
+
+__all__ = [
+    "TRANSLATORS",
+    "FrontendError",
+    "UnsupportedError",
+    "ir_dtype",
+    "normalize_inputs",
+    "to_numpy",
+    "to_torch",
+    "torch_dtype",
+    "trace",
+]

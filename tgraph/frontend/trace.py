@@ -1,0 +1,409 @@
+"""torch.export -> tgraph IR.
+
+``trace`` exports the model (non-strict, batch and sequence dims symbolic), keeps the
+pre-dispatch ATen ops (linear, layer_norm, scaled_dot_product_attention, ...) instead of
+decomposing them, and translates every FX node through the table in ``aten.py``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+from torch.export import Dim, ExportedProgram
+from torch.export.graph_signature import InputKind
+
+from tgraph.ir import DType, Graph, TensorType, Value
+
+from .aten import TRANSLATORS, Translator
+from .convert import SymbolTable, UnsupportedError, ir_dtype, to_numpy
+
+# FX call_function targets that carry no computation once shapes are known.
+_IGNORED = {
+    "aten::_assert_tensor_metadata",
+    "aten::_assert_scalar",
+    "aten::sym_constrain_range_for_size",
+    "aten::sym_constrain_range",
+    "aten::_functional_assert_async",
+    "aten::_assert_async",
+}
+
+
+class FrontendError(Exception):
+    """tracing failed: names the op and the module it came from."""
+
+
+def normalize_inputs(example_inputs: Any) -> tuple[tuple, dict]:
+    """Example inputs as (args, kwargs): a tensor, a tuple/list of args, or a dict of kwargs."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,), {}
+    if isinstance(example_inputs, Mapping):
+        return (), dict(example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    raise TypeError(
+        "example_inputs must be a tensor, a tuple of args or a dict of kwargs, "
+        f"got {type(example_inputs).__name__}"
+    )
+
+
+def _leaf_spec(t: Any, dynamic: bool) -> Any:
+    """Which dims of an example tensor are symbolic: batch (0) and sequence (1)."""
+    if not isinstance(t, torch.Tensor) or not dynamic or t.dim() == 0:
+        return None
+    spec = {0: Dim.AUTO}
+    # (B, T) token ids / masks and (B, T, C) features have a sequence dim; images do not.
+    if t.dim() == 2 or (t.dim() == 3 and t.is_floating_point()):
+        spec[1] = Dim.AUTO
+    return spec
+
+
+def _widen(t: Any, spec: Any) -> Any:
+    """torch.export specializes size-1 dims; trace a dynamic size-1 dim at size 2 instead."""
+    if not isinstance(t, torch.Tensor) or not spec:
+        return t
+    for d in spec:
+        if t.shape[d] == 1:
+            reps = [1] * t.dim()
+            reps[d] = 2
+            t = t.repeat(*reps)
+    return t
+
+
+def export(
+    model: torch.nn.Module,
+    args: tuple,
+    kwargs: dict,
+    dynamic: bool = True,
+    call_info: dict | None = None,
+) -> ExportedProgram:
+    """Export ``model`` with batch/sequence dims symbolic and ATen ops kept whole.
+
+    ``call_info``, when given, receives the forward signature and the traced argument
+    names, so later calls can be matched to the traced structure.
+    """
+    _call_info = call_info if call_info is not None else {}
+    sig = inspect.signature(model.forward)
+    try:
+        bound = sig.bind(*args, **kwargs)
+    except TypeError as e:
+        raise FrontendError(f"example inputs do not fit {type(model).__name__}.forward: {e}") from None
+    specs = {
+        name: pytree.tree_map(lambda t: _leaf_spec(t, dynamic), value)
+        for name, value in bound.arguments.items()
+    }
+    widened = {
+        name: pytree.tree_map(_widen, value, specs[name]) if specs[name] is not None else value
+        for name, value in bound.arguments.items()
+    }
+    n_args = len(args)
+    names = list(bound.arguments)
+    _call_info.update(
+        signature=[p.name for p in sig.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)],
+        traced_names=names,
+        n_args=n_args,
+    )
+    wargs = tuple(widened[n] for n in names[:n_args])
+    wkwargs = {n: widened[n] for n in names[n_args:]}
+    dynamic_shapes = {n: specs[n] for n in names}
+    try:
+        ep = torch.export.export(
+            model, wargs, wkwargs, dynamic_shapes=dynamic_shapes if dynamic else None, strict=False
+        )
+        # Functionalize only: an empty table keeps linear/layer_norm/sdpa/gelu whole.
+        return ep.run_decompositions({})
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FrontendError(f"torch.export failed on {type(model).__name__}: {first}") from e
+
+
+def _module_path(node: torch.fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path, _cls = list(stack.values())[-1]
+    path = re.sub(r"^L\['self'\]\.?", "", str(path))
+    return path if not path.startswith("_empty") else ""
+
+
+def _source(node: torch.fx.Node) -> str:
+    trace = node.meta.get("stack_trace") or ""
+    frames = re.findall(r'File "([^"]+)", line (\d+)', trace)
+    if not frames:
+        return ""
+    file, line = frames[-1]
+    return f"{os.path.basename(file)}:{line}"
+
+
+class TranslationContext:
+    """State of one translation: the IR graph, FX node -> IR value, symbol names."""
+
+    def __init__(self, graph: Graph, symbols: SymbolTable):
+        self.graph = graph
+        self.symbols = symbols
+        self.env: dict[torch.fx.Node, Any] = {}
+        self.node: torch.fx.Node | None = None  # the FX node being translated
+
+    # -- reading FX arguments --------------------------------------------------------------------
+
+    def value(self, arg: Any) -> Any:
+        """An FX argument as IR values / dims / Python scalars (lists and tuples mapped)."""
+        if isinstance(arg, torch.fx.Node):
+            if arg not in self.env:
+                raise FrontendError(f"{arg.name} is used before it is translated")
+            result = self.env[arg]
+            if isinstance(result, _Unsupported):
+                raise UnsupportedError(result.why)
+            return result
+        if isinstance(arg, (list, tuple)):
+            return type(arg)(self.value(a) for a in arg)
+        if isinstance(arg, torch.SymInt):
+            return self.symbols.convert(arg)
+        return arg
+
+    def meta_type(self, index: int | None = None) -> TensorType:
+        """The dtype and shape torch.export recorded for the current node's output."""
+        val = self.node.meta["val"]
+        if index is not None:
+            val = val[index]
+        return TensorType(ir_dtype(val.dtype), self.symbols.shape(val))
+
+    # -- emitting ----------------------------------------------------------------------------------
+
+    def emit(self, op: str, inputs: Sequence[Value | None], **attrs: Any) -> Value:
+        node = self.emit_node(op, inputs, **attrs)
+        return node.output
+
+    def emit_node(self, op: str, inputs: Sequence[Value | None], **attrs: Any):
+        meta = {"module": _module_path(self.node), "source": _source(self.node)}
+        meta["aten"] = str(self.node.target)
+        return self.graph.create_node(op, inputs, attrs, names=[self.node.name], meta=meta)
+
+    def const(self, value: Any, dtype: DType) -> Value:
+        """A scalar as a 0-d value; symbolic ints become a ``full`` node."""
+        from tgraph.ir import SymDim
+
+        if isinstance(value, SymDim):
+            return self.emit("full", [], shape=(), value=value, dtype=dtype)
+        if isinstance(value, torch.SymFloat | torch.SymBool):
+            raise UnsupportedError(f"symbolic scalar {value} used as a tensor")
+        return self.graph.add_const(value, dtype, hint=f"{self.node.name}_c")
+
+    def cast(self, v: Value, dtype: DType) -> Value:
+        return v if v.dtype == dtype else self.emit("cast", [v], dtype=dtype)
+
+
+class _Unsupported:
+    """A placeholder for an FX value the IR does not model (e.g. layer_norm's mean/rstd)."""
+
+    def __init__(self, why: str):
+        self.why = why
+
+
+def _op_key(target: Any) -> str:
+    if isinstance(target, torch._ops.OpOverload):
+        name = target.name()  # "aten::add.Tensor", or "aten::arange" for the default overload
+        return name if "." in name else f"{name}.default"
+    return f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', str(target))}"
+
+
+def _is_scalar_val(val: Any) -> bool:
+    return isinstance(val, (int, float, bool, torch.SymInt, torch.SymFloat, torch.SymBool))
+
+
+def _translate_node(ctx: TranslationContext, node: torch.fx.Node) -> Any:
+    key = _op_key(node.target)
+    if key in _IGNORED:
+        return None
+    val = node.meta.get("val")
+    if _is_scalar_val(val):
+        # Size arithmetic (sym_size, mul of sizes, ...): fold into a symbolic dim.
+        if isinstance(val, (torch.SymInt, int)) and not isinstance(val, bool):
+            return ctx.symbols.convert(val)
+        raise UnsupportedError(f"scalar {key} producing {val!r} is not supported")
+    if key in ("_operator.getitem", "operator.getitem"):
+        seq, index = node.args
+        return ctx.value(seq)[index]
+    translator: Translator | None = TRANSLATORS.get(key) or TRANSLATORS.get(key.split(".")[0])
+    if translator is None:
+        raise UnsupportedError(f"ATen op {key} has no tgraph mapping")
+    return translator(ctx, *node.args, **node.kwargs)
+
+
+def _check_types(ctx: TranslationContext, node: torch.fx.Node, result: Any) -> None:
+    """The translated value must have exactly the dtype and shape torch.export recorded."""
+    val = node.meta.get("val")
+    if isinstance(result, Value) and isinstance(val, torch.Tensor):
+        want = ctx.meta_type()
+        if result.type != want:
+            raise UnsupportedError(
+                f"translation of {_op_key(node.target)} gives {result.type}, torch.export says {want}"
+            )
+
+
+def _translate(ep: ExportedProgram, graph: Graph, symbols: SymbolTable) -> list[Value]:
+    ctx = TranslationContext(graph, symbols)
+    sig = ep.graph_signature
+    specs = {s.arg.name: s for s in sig.input_specs}
+    params = dict(ep.named_parameters())
+    for node in ep.graph.nodes:
+        ctx.node = node
+        if node.op == "placeholder":
+            ctx.env[node] = _placeholder(ep, graph, symbols, specs[node.name], node, params)
+            continue
+        if node.op == "output":
+            return _outputs(ctx, node)
+        if node.op != "call_function":
+            raise FrontendError(f"unexpected FX node {node.op} {node.name}")
+        try:
+            result = _translate_node(ctx, node)
+            _check_types(ctx, node, result)
+        except (UnsupportedError, NotImplementedError) as e:
+            module = _module_path(node) or "the top-level module"
+            raise FrontendError(f"{e} (node {node.name}, from {module})") from None
+        ctx.env[node] = result
+    raise FrontendError("exported graph has no output node")
+
+
+def _placeholder(ep, graph, symbols, spec, node, params) -> Value | None:
+    if spec.kind == InputKind.USER_INPUT:
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            return None  # a constant (non-tensor) input, specialized by export
+        return graph.add_input(node.name, ir_dtype(val.dtype), symbols.shape(val))
+    if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
+        target = spec.target
+        if spec.kind == InputKind.PARAMETER:
+            tensor = params[target] if target in params else ep.state_dict[target]
+        elif target in ep.state_dict:
+            tensor = ep.state_dict[target]
+        else:
+            tensor = ep.constants[target]
+        array = to_numpy(tensor)
+        array.setflags(write=False)
+        trainable = spec.kind == InputKind.PARAMETER and bool(tensor.requires_grad)
+        v = graph.add_initializer(target, array, trainable=trainable)
+        v.meta["param"] = spec.kind.name.lower()
+        return v
+    raise FrontendError(f"unsupported input kind {spec.kind} for {node.name}")
+
+
+def _outputs(ctx: TranslationContext, node: torch.fx.Node) -> list[Any]:
+    leaves = []
+    for arg in node.args[0]:
+        if isinstance(arg, torch.fx.Node):
+            leaves.append(ctx.value(arg))
+        else:
+            leaves.append(arg)
+    return leaves
+
+
+def _name_symbols(ep: ExportedProgram) -> SymbolTable:
+    """Name export's symbols after the input dims they first appear in: batch, seq, ..."""
+    import sympy
+
+    table = SymbolTable()
+    used: set[str] = set()
+    sig = ep.graph_signature
+    for node in ep.graph.nodes:
+        if node.op != "placeholder" or node.name not in sig.user_inputs:
+            continue
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            continue
+        for axis, d in enumerate(val.shape):
+            if not isinstance(d, torch.SymInt) or not isinstance(d.node.expr, sympy.Symbol):
+                continue
+            sym = d.node.expr
+            if sym in table.names:
+                continue
+            base = {0: "batch", 1: "seq"}.get(axis, f"dim{axis}")
+            name = base if base not in used else f"{node.name}_{base}"
+            while name in used:
+                name += "_"
+            used.add(name)
+            table.name(sym, name)
+    return table
+
+
+def trace(
+    model: torch.nn.Module | ExportedProgram, example_inputs: Any = None, dynamic: bool = True
+) -> Graph:
+    """Trace a PyTorch model into a tgraph Graph.
+
+    Args:
+        model: an ``nn.Module`` (put in eval mode by the caller for inference) or an
+            ``ExportedProgram``.
+        example_inputs: a tensor, a tuple of positional args, or a dict of kwargs.
+        dynamic: keep batch (dim 0) and sequence (dim 1) sizes symbolic.
+
+    Returns:
+        The graph. ``graph.meta`` records the input and output structure
+        (``in_spec``, ``out_spec``, ``input_names``, ``output_leaves``) so callers can
+        feed it the model's own arguments and rebuild the model's own outputs.
+
+    Raises:
+        FrontendError: export failed, or an op has no mapping (naming op and module).
+    """
+    if isinstance(model, ExportedProgram):
+        ep = model.run_decompositions({})
+        name = "exported"
+        call_info = {}
+    else:
+        args, kwargs = normalize_inputs(example_inputs)
+        call_info: dict = {}
+        ep = export(model, args, kwargs, dynamic, call_info)
+        name = type(model).__name__
+    symbols = _name_symbols(ep)
+    graph = Graph(name)
+    leaves = _translate(ep, graph, symbols)
+    _finish_outputs(graph, ep, leaves)
+    graph.meta["in_spec"] = ep.call_spec.in_spec
+    graph.meta["out_spec"] = ep.call_spec.out_spec
+    graph.meta["input_names"] = [v.name for v in graph.inputs]
+    graph.meta.update(call_info)
+    graph.remove_unused_initializers()
+    graph.verify()
+    return graph
+
+
+def _output_names(ep: ExportedProgram, n: int) -> list[str]:
+    """Readable output names from the output pytree: logits, last_hidden_state, output_0."""
+    spec = ep.call_spec.out_spec
+    dummy = pytree.tree_unflatten(list(range(n)), spec) if spec is not None else list(range(n))
+    paths = pytree.tree_flatten_with_path(dummy)[0]
+    names = []
+    for path, _ in paths:
+        parts = []
+        for k in path:
+            key = getattr(k, "key", None)
+            if key is None:
+                key = getattr(k, "idx", None)
+            if key is None:
+                key = getattr(k, "name", "")
+            parts.append(str(key))
+        text = ".".join(parts) if parts else "output"
+        if text.isdigit():
+            text = f"output_{text}"
+        names.append(re.sub(r"[^A-Za-z0-9_.]", "_", text))
+    return names
+
+
+def _finish_outputs(graph: Graph, ep: ExportedProgram, leaves: list[Any]) -> None:
+    names = _output_names(ep, len(leaves))
+    output_leaves: list[tuple[str, Any]] = []
+    for name, leaf in zip(names, leaves):
+        if isinstance(leaf, Value):
+            if leaf.producer is not None and leaf not in graph.outputs and name not in graph._names:
+                graph.rename(leaf, name)
+            output_leaves.append(("value", len(graph.outputs)))
+            graph.outputs.append(leaf)
+        else:
+            output_leaves.append(("const", leaf))
+    graph.meta["output_leaves"] = output_leaves
+    graph.meta["output_names"] = names

@@ -1,0 +1,497 @@
+"""Values, nodes and graphs: the tgraph IR.
+
+The IR is functional (no in-place ops) and in SSA form: each :class:`Value` is
+produced by one :class:`Node`, or is a graph input, or is an initializer (it has
+``const``). Only methods here edit use-lists; passes call
+:meth:`Value.replace_all_uses_with`, :meth:`Graph.create_node` and
+:meth:`Node.remove`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .dims import DimLike, SymDim, simplify
+from .dtypes import DType
+
+
+class IRError(Exception):
+    """A malformed graph or an illegal edit."""
+
+
+class TensorType(NamedTuple):
+    """The static type of a value: element type and (possibly symbolic) shape."""
+
+    dtype: DType
+    shape: tuple[DimLike, ...]
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    def __str__(self) -> str:
+        return f"{self.dtype}[{','.join(str(d) for d in self.shape)}]"
+
+
+def freeze(x: Any) -> Any:
+    """Make an attribute value immutable: lists become tuples, dicts become sorted tuples."""
+    if isinstance(x, (list, tuple)):
+        return tuple(freeze(v) for v in x)
+    if isinstance(x, dict):
+        return tuple(sorted((k, freeze(v)) for k, v in x.items()))
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, (SymDim, DType, str, int, float, bool)) or x is None:
+        return simplify(x) if isinstance(x, SymDim) else x
+    raise IRError(f"attribute value {x!r} of type {type(x).__name__} is not a plain value")
+
+
+class Value:
+    """An SSA value: a graph input, an initializer (``const`` set) or a node output."""
+
+    __slots__ = ("name", "type", "producer", "const", "trainable", "_uses", "meta")
+
+    def __init__(
+        self,
+        name: str,
+        type: TensorType,
+        *,
+        producer: Node | None = None,
+        const: np.ndarray | None = None,
+        trainable: bool = False,
+    ):
+        self.name = name
+        self.type = type
+        self.producer = producer
+        self.const = const
+        self.trainable = trainable
+        self._uses: list[tuple[Node, int]] = []
+        self.meta: dict[str, Any] = {}
+
+    @property
+    def dtype(self) -> DType:
+        return self.type.dtype
+
+    @property
+    def shape(self) -> tuple[DimLike, ...]:
+        return self.type.shape
+
+    @property
+    def rank(self) -> int:
+        return len(self.type.shape)
+
+    @property
+    def is_const(self) -> bool:
+        return self.const is not None
+
+    def uses(self) -> tuple[tuple[Node, int], ...]:
+        """A snapshot of ``(node, input_index)`` pairs that read this value."""
+        return tuple(self._uses)
+
+    def users(self) -> list[Node]:
+        """Distinct nodes that read this value, in use order."""
+        seen: dict[int, Node] = {}
+        for node, _ in self._uses:
+            seen.setdefault(id(node), node)
+        return list(seen.values())
+
+    def replace_all_uses_with(self, other: Value, graph: Graph | None = None) -> None:
+        """Point every user (and, given ``graph``, every graph output) at ``other``."""
+        if other is self:
+            return
+        for node, index in self.uses():
+            node.replace_input(index, other)
+        if graph is not None:
+            graph.outputs = [other if v is self else v for v in graph.outputs]
+
+    def __repr__(self) -> str:
+        return f"Value({self.name}: {self.type})"
+
+
+class Node:
+    """One operation. ``op`` names an entry of the op registry."""
+
+    __slots__ = ("op", "_inputs", "outputs", "attrs", "meta", "graph", "_prev", "_next")
+
+    def __init__(
+        self,
+        op: str,
+        inputs: Sequence[Value | None],
+        attrs: Mapping[str, Any] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ):
+        self.op = op
+        self._inputs: list[Value | None] = []
+        self.outputs: list[Value] = []
+        self.attrs: Mapping[str, Any] = MappingProxyType(
+            {k: freeze(v) for k, v in sorted((attrs or {}).items())}
+        )
+        self.meta: dict[str, Any] = dict(meta or {})
+        self.graph: Graph | None = None
+        self._prev: Node | None = None
+        self._next: Node | None = None
+        for v in inputs:
+            self._append_input(v)
+
+    @property
+    def inputs(self) -> tuple[Value | None, ...]:
+        return tuple(self._inputs)
+
+    def _append_input(self, v: Value | None) -> None:
+        if v is not None:
+            v._uses.append((self, len(self._inputs)))
+        self._inputs.append(v)
+
+    def replace_input(self, index: int, new: Value | None) -> None:
+        old = self._inputs[index]
+        if old is not None:
+            old._uses.remove((self, index))
+        if new is not None:
+            new._uses.append((self, index))
+        self._inputs[index] = new
+
+    def _detach_inputs(self) -> None:
+        for i in range(len(self._inputs)):
+            self.replace_input(i, None)
+
+    @property
+    def output(self) -> Value:
+        if len(self.outputs) != 1:
+            raise IRError(f"node {self.name} has {len(self.outputs)} outputs, not one")
+        return self.outputs[0]
+
+    @property
+    def name(self) -> str:
+        return self.outputs[0].name if self.outputs else f"<{self.op}>"
+
+    def has_users(self) -> bool:
+        return any(v._uses for v in self.outputs)
+
+    def remove(self) -> None:
+        """Delete this node from its graph. Refuses while any output is still read."""
+        if self.graph is None:
+            raise IRError(f"node {self.name} is not in a graph")
+        for v in self.outputs:
+            if v._uses:
+                users = ", ".join(n.name for n in v.users())
+                raise IRError(f"cannot remove {self.op} node {self.name}: {v.name} is used by {users}")
+            if any(o is v for o in self.graph.outputs):
+                raise IRError(f"cannot remove {self.op} node {self.name}: {v.name} is a graph output")
+        self.graph._unlink(self)
+        self._detach_inputs()
+
+    def __repr__(self) -> str:
+        ins = ", ".join(v.name if v is not None else "None" for v in self._inputs)
+        return f"Node({self.op}({ins}) -> {[v.name for v in self.outputs]})"
+
+
+class NodeList:
+    """A doubly linked list of nodes that tolerates removal and insertion while iterating."""
+
+    def __init__(self) -> None:
+        self._head: Node | None = None
+        self._tail: Node | None = None
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[Node]:
+        node = self._head
+        while node is not None:
+            nxt = node._next
+            if node.graph is not None:
+                yield node
+                nxt = node._next  # re-read: nodes inserted after `node` are visited
+            node = nxt
+
+    def __reversed__(self) -> Iterator[Node]:
+        node = self._tail
+        while node is not None:
+            prev = node._prev
+            if node.graph is not None:
+                yield node
+                prev = node._prev
+            node = prev
+
+    def _insert(self, node: Node, before: Node | None = None, after: Node | None = None) -> None:
+        if before is not None:
+            after = before._prev
+            nxt = before
+        elif after is not None:
+            nxt = after._next
+        else:
+            after, nxt = self._tail, None
+        node._prev, node._next = after, nxt
+        if after is None:
+            self._head = node
+        else:
+            after._next = node
+        if nxt is None:
+            self._tail = node
+        else:
+            nxt._prev = node
+        self._len += 1
+
+    def _unlink(self, node: Node) -> None:
+        # Keep node._next so an iterator standing on `node` can move on.
+        if node._prev is None:
+            self._head = node._next
+        else:
+            node._prev._next = node._next
+        if node._next is None:
+            self._tail = node._prev
+        else:
+            node._next._prev = node._prev
+        self._len -= 1
+
+
+def content_hash(array: np.ndarray) -> str:
+    """A short, deterministic hash of an array's dtype, shape and bytes."""
+    h = hashlib.sha256()
+    h.update(str(array.dtype).encode())
+    h.update(str(array.shape).encode())
+    h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()[:8]
+
+
+class Graph:
+    """A tgraph program: inputs, initializers, an ordered node list and outputs."""
+
+    def __init__(self, name: str = "main"):
+        self.name = name
+        self.inputs: list[Value] = []
+        self.outputs: list[Value] = []
+        self.initializers: dict[str, Value] = {}
+        self.nodes = NodeList()
+        # Opaque, backend-neutral metadata: input/output structure, symbol origins, ...
+        self.meta: dict[str, Any] = {}
+        self._names: set[str] = set()
+        self._counters: dict[str, int] = {}
+        self._insert_before: Node | None = None
+
+    # -- naming --------------------------------------------------------------------------------
+
+    def fresh_name(self, hint: str) -> str:
+        """A value name not yet used in this graph, derived deterministically from ``hint``."""
+        hint = hint or "v"
+        if hint not in self._names:
+            self._names.add(hint)
+            return hint
+        n = self._counters.get(hint, 0)
+        while True:
+            n += 1
+            name = f"{hint}_{n}"
+            if name not in self._names:
+                self._counters[hint] = n
+                self._names.add(name)
+                return name
+
+    def rename(self, value: Value, name: str) -> None:
+        """Give ``value`` a new name (which must be free)."""
+        if name == value.name:
+            return
+        if name in self._names:
+            raise IRError(f"value name {name!r} is already used")
+        self._names.discard(value.name)
+        self._names.add(name)
+        if value.const is not None and self.initializers.get(value.name) is value:
+            del self.initializers[value.name]
+            self.initializers[name] = value
+        value.name = name
+
+    # -- building ------------------------------------------------------------------------------
+
+    def add_input(self, name: str, dtype: DType, shape: Sequence[DimLike]) -> Value:
+        v = Value(self.fresh_name(name), TensorType(dtype, tuple(simplify(d) for d in shape)))
+        self.inputs.append(v)
+        return v
+
+    def add_initializer(self, name: str, array: np.ndarray, trainable: bool = False) -> Value:
+        """Add a constant. ``name`` is kept exactly (parameter names are part of the contract)."""
+        if name in self._names:
+            raise IRError(f"initializer name {name!r} is already used")
+        array = np.asarray(array)
+        v = Value(
+            self.fresh_name(name),
+            TensorType(DType.from_numpy(array.dtype), tuple(array.shape)),
+            const=array,
+            trainable=trainable,
+        )
+        self.initializers[v.name] = v
+        return v
+
+    def add_const(self, array: np.ndarray | float | int | bool, dtype: DType, hint: str = "c") -> Value:
+        """Add an anonymous constant (a scalar or small tensor made by the frontend or a pass)."""
+        array = np.asarray(array, dtype=dtype.numpy)
+        array.setflags(write=False)
+        v = Value(
+            self.fresh_name(hint), TensorType(dtype, tuple(array.shape)), const=array
+        )
+        self.initializers[v.name] = v
+        return v
+
+    def create_node(
+        self,
+        op: str,
+        inputs: Sequence[Value | None],
+        attrs: Mapping[str, Any] | None = None,
+        *,
+        names: Sequence[str] | None = None,
+        meta: Mapping[str, Any] | None = None,
+        types: Sequence[TensorType] | None = None,
+        before: Node | None = None,
+        after: Node | None = None,
+    ) -> Node:
+        """Create a node, infer its output types (unless ``types`` is given) and insert it.
+
+        The node goes before ``before``, after ``after``, at the insertion point set by
+        :meth:`insertion_point`, or at the end, in that order of preference.
+        """
+        from .ops import get_op  # the registry imports this module
+
+        opdef = get_op(op)
+        node = Node(op, inputs, opdef.normalize_attrs(attrs), meta)
+        if types is None:
+            types = opdef.infer_types(node.inputs, node.attrs)
+        names = list(names or [])
+        for i, t in enumerate(types):
+            hint = names[i] if i < len(names) else (op if len(types) == 1 else f"{op}.{i}")
+            node.outputs.append(Value(self.fresh_name(hint), t, producer=node))
+        node.graph = self
+        if before is None and after is None:
+            before = self._insert_before
+        self.nodes._insert(node, before=before, after=after)
+        return node
+
+    def insertion_point(self, before: Node | None) -> _InsertionPoint:
+        """``with graph.insertion_point(node):`` makes create_node insert before ``node``."""
+        return _InsertionPoint(self, before)
+
+    def _unlink(self, node: Node) -> None:
+        self.nodes._unlink(node)
+        node.graph = None
+        for v in node.outputs:
+            self._names.discard(v.name)
+
+    def remove_unused_initializers(self) -> int:
+        dead = [k for k, v in self.initializers.items() if not v._uses and v not in self.outputs]
+        for k in dead:
+            self._names.discard(k)
+            del self.initializers[k]
+        return len(dead)
+
+    # -- inspection ----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def values(self) -> Iterator[Value]:
+        yield from self.inputs
+        yield from self.initializers.values()
+        for node in self.nodes:
+            yield from node.outputs
+
+    def op_histogram(self) -> dict[str, int]:
+        """Node count per op, sorted by op name."""
+        hist: dict[str, int] = {}
+        for node in self.nodes:
+            hist[node.op] = hist.get(node.op, 0) + 1
+        return dict(sorted(hist.items()))
+
+    def symbols(self) -> list[str]:
+        """The symbolic dim names of the graph inputs, in first-seen order."""
+        seen: dict[str, None] = {}
+        for v in self.inputs:
+            for d in v.shape:
+                if isinstance(d, SymDim):
+                    for s in sorted(d.free_symbols()):
+                        seen.setdefault(s)
+        return list(seen)
+
+    def to_networkx(self):
+        """A ``networkx.MultiDiGraph`` with one vertex per node and an edge per value use."""
+        import networkx as nx
+
+        g = nx.MultiDiGraph()
+        for node in self.nodes:
+            g.add_node(node, op=node.op)
+        for node in self.nodes:
+            for i, v in enumerate(node.inputs):
+                if v is not None and v.producer is not None and v.producer.graph is self:
+                    g.add_edge(v.producer, node, value=v.name, index=i)
+        return g
+
+    def topological_sort(self) -> None:
+        """Reorder the node list so every node follows its producers (stable by current order)."""
+        import networkx as nx
+
+        order = {node: i for i, node in enumerate(self.nodes)}
+        g = self.to_networkx()
+        try:
+            sorted_nodes = list(nx.lexicographical_topological_sort(g, key=order.__getitem__))
+        except nx.NetworkXUnfeasible:
+            raise IRError(f"graph {self.name} has a cycle") from None
+        self.nodes = NodeList()
+        for node in sorted_nodes:
+            self.nodes._insert(node)
+
+    def verify(self) -> None:
+        from .verify import verify
+
+        verify(self)
+
+    def dump(self, *, provenance: bool = False) -> str:
+        from .printer import dump
+
+        return dump(self, provenance=provenance)
+
+    def clone(self) -> Graph:
+        """A deep copy of the structure; constant arrays are shared (they are never mutated)."""
+        g = Graph(self.name)
+        g.meta = dict(self.meta)
+        vmap: dict[int, Value] = {}
+
+        def copy_value(v: Value, producer: Node | None = None) -> Value:
+            nv = Value(v.name, v.type, producer=producer, const=v.const, trainable=v.trainable)
+            nv.meta = dict(v.meta)
+            g._names.add(v.name)
+            vmap[id(v)] = nv
+            return nv
+
+        g.inputs = [copy_value(v) for v in self.inputs]
+        for k, v in self.initializers.items():
+            g.initializers[k] = copy_value(v)
+        for node in self.nodes:
+            nn_ = Node(node.op, [vmap[id(v)] if v is not None else None for v in node.inputs])
+            nn_.attrs = node.attrs
+            nn_.meta = dict(node.meta)
+            nn_.outputs = [copy_value(v, nn_) for v in node.outputs]
+            nn_.graph = g
+            g.nodes._insert(nn_)
+        g.outputs = [vmap[id(v)] for v in self.outputs]
+        g._counters = dict(self._counters)
+        return g
+
+    def __repr__(self) -> str:
+        return f"Graph({self.name}: {len(self.inputs)} inputs, {len(self.nodes)} nodes)"
+
+
+class _InsertionPoint:
+    def __init__(self, graph: Graph, before: Node | None):
+        self.graph = graph
+        self.before = before
+        self.saved: Node | None = None
+
+    def __enter__(self) -> Graph:
+        self.saved = self.graph._insert_before
+        self.graph._insert_before = self.before
+        return self.graph
+
+    def __exit__(self, *exc: object) -> None:
+        self.graph._insert_before = self.saved

@@ -1,0 +1,346 @@
+"""Symbolic dimensions: small immutable integer expressions over named symbols.
+
+A shape in the IR is a tuple whose entries are plain ``int`` or :class:`SymDim`.
+A ``SymDim`` is a polynomial with integer coefficients over *atoms*; an atom is a
+symbol name (``batch``, ``seq``) or an opaque floor division / modulo of another
+expression by a positive integer (``seq//2``). The canonical form makes equal
+expressions compare and hash equal, so ``(seq+1)-1 == seq`` and
+``batch*seq == seq*batch``.
+
+Arithmetic that yields a constant returns a plain ``int``; use :func:`simplify`
+on any mix of ints and SymDims to get that normal form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Union
+
+DimLike = Union[int, "SymDim"]
+
+# A monomial is a sorted tuple of atoms (with repetition for powers); () is the constant term.
+_Monomial = tuple["_Atom", ...]
+
+
+class _Atom:
+    """An indivisible factor: a symbol, or ``expr // k`` / ``expr % k`` that did not simplify."""
+
+    __slots__ = ("kind", "name", "expr", "k", "_key")
+
+    def __init__(self, kind: str, name: str = "", expr: SymDim | None = None, k: int = 0):
+        self.kind = kind  # "sym" | "floordiv" | "mod"
+        self.name = name
+        self.expr = expr
+        self.k = k
+        if kind == "sym":
+            self._key = name
+        else:
+            op = "//" if kind == "floordiv" else "%"
+            self._key = f"({expr}){op}{k}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Atom) and self._key == other._key
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __lt__(self, other: _Atom) -> bool:
+        return self._key < other._key
+
+    def __str__(self) -> str:
+        return self._key
+
+    def evaluate(self, bindings: Mapping[str, int]) -> int:
+        if self.kind == "sym":
+            try:
+                return int(bindings[self.name])
+            except KeyError:
+                raise KeyError(f"symbolic dim {self.name!r} has no binding") from None
+        value = evaluate(self.expr, bindings)
+        return value // self.k if self.kind == "floordiv" else value % self.k
+
+    def symbols(self) -> set[str]:
+        return {self.name} if self.kind == "sym" else self.expr.free_symbols()
+
+
+class SymDim:
+    """A symbolic dimension, e.g. ``batch``, ``seq+1`` or ``batch*seq``.
+
+    Build symbols with :meth:`SymDim.symbol` and combine them with ``+ - * // %``.
+    Instances are immutable and hashable.
+    """
+
+    __slots__ = ("_terms", "_hash")
+
+    def __init__(self, terms: Mapping[_Monomial, int]):
+        items = tuple(sorted((m, c) for m, c in terms.items() if c != 0))
+        object.__setattr__(self, "_terms", items)
+        object.__setattr__(self, "_hash", hash(items))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("SymDim is immutable")
+
+    @staticmethod
+    def symbol(name: str) -> SymDim:
+        if not name or not (name[0].isalpha() or name[0] == "_"):
+            raise ValueError(f"bad symbol name {name!r}")
+        return SymDim({(_Atom("sym", name),): 1})
+
+    # -- structure -----------------------------------------------------------------------------
+
+    @property
+    def terms(self) -> tuple[tuple[_Monomial, int], ...]:
+        return self._terms
+
+    def is_symbol(self) -> bool:
+        """True for a bare symbol such as ``batch`` (not ``2*batch`` or ``batch+1``)."""
+        return (
+            len(self._terms) == 1
+            and self._terms[0][1] == 1
+            and len(self._terms[0][0]) == 1
+            and self._terms[0][0][0].kind == "sym"
+        )
+
+    @property
+    def name(self) -> str:
+        if not self.is_symbol():
+            raise ValueError(f"{self} is not a bare symbol")
+        return self._terms[0][0][0].name
+
+    def free_symbols(self) -> set[str]:
+        out: set[str] = set()
+        for mono, _ in self._terms:
+            for atom in mono:
+                out |= atom.symbols()
+        return out
+
+    def constant_term(self) -> int:
+        for mono, coeff in self._terms:
+            if mono == ():
+                return coeff
+        return 0
+
+    # -- arithmetic ----------------------------------------------------------------------------
+
+    def __add__(self, other: DimLike) -> DimLike:
+        other = _as_sym(other)
+        if other is NotImplemented:
+            return NotImplemented
+        terms = dict(self._terms)
+        for mono, coeff in other._terms:
+            terms[mono] = terms.get(mono, 0) + coeff
+        return _normalize(terms)
+
+    __radd__ = __add__
+
+    def __neg__(self) -> DimLike:
+        return _normalize({m: -c for m, c in self._terms})
+
+    def __sub__(self, other: DimLike) -> DimLike:
+        other = _as_sym(other)
+        if other is NotImplemented:
+            return NotImplemented
+        return self + (-other)
+
+    def __rsub__(self, other: DimLike) -> DimLike:
+        return (-self) + other
+
+    def __mul__(self, other: DimLike) -> DimLike:
+        other = _as_sym(other)
+        if other is NotImplemented:
+            return NotImplemented
+        terms: dict[_Monomial, int] = {}
+        for m1, c1 in self._terms:
+            for m2, c2 in other._terms:
+                mono = tuple(sorted(m1 + m2))
+                terms[mono] = terms.get(mono, 0) + c1 * c2
+        return _normalize(terms)
+
+    __rmul__ = __mul__
+
+    def __floordiv__(self, other: DimLike) -> DimLike:
+        k = _positive_int(other, "//")
+        if k == 1:
+            return self
+        if all(c % k == 0 for _, c in self._terms):
+            return _normalize({m: c // k for m, c in self._terms})
+        return SymDim({(_Atom("floordiv", expr=self, k=k),): 1})
+
+    def __mod__(self, other: DimLike) -> DimLike:
+        k = _positive_int(other, "%")
+        if k == 1 or all(c % k == 0 for _, c in self._terms):
+            return 0
+        return SymDim({(_Atom("mod", expr=self, k=k),): 1})
+
+    # -- comparison and printing -----------------------------------------------------------------
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, SymDim):
+            return self._terms == other._terms
+        return False
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __lt__(self, other: DimLike) -> bool:
+        # Only for deterministic sorting; symbolic dims have no numeric order.
+        return str(self) < str(other)
+
+    def __str__(self) -> str:
+        parts: list[str] = []
+        for mono, coeff in sorted(self._terms, key=lambda t: (len(t[0]) == 0, t[0])):
+            body = "*".join(str(a) for a in mono)
+            if not body:
+                text = str(abs(coeff))
+            elif abs(coeff) == 1:
+                text = body
+            else:
+                text = f"{abs(coeff)}*{body}"
+            if not parts:
+                parts.append(text if coeff > 0 else f"-{text}")
+            else:
+                parts.append(("+" if coeff > 0 else "-") + text)
+        return "".join(parts)
+
+    def __repr__(self) -> str:
+        return f"SymDim({str(self)!r})"
+
+    def __reduce__(self):
+        # Pickle through the text form (used by save/load of artifacts).
+        return (parse_dim, (str(self),))
+
+
+def _as_sym(x: object) -> SymDim:
+    if isinstance(x, SymDim):
+        return x
+    if isinstance(x, bool):
+        return NotImplemented
+    if isinstance(x, int):
+        return SymDim({(): x})
+    return NotImplemented
+
+
+def _positive_int(x: DimLike, op: str) -> int:
+    if isinstance(x, bool) or not isinstance(x, int) or x <= 0:
+        raise TypeError(f"symbolic dim {op} needs a positive int, got {x!r}")
+    return x
+
+
+def _normalize(terms: Mapping[_Monomial, int]) -> DimLike:
+    terms = {m: c for m, c in terms.items() if c != 0}
+    if not terms:
+        return 0
+    if list(terms) == [()]:
+        return terms[()]
+    return SymDim(terms)
+
+
+def simplify(d: DimLike) -> DimLike:
+    """Return ``d`` as a plain ``int`` when it is constant."""
+    if isinstance(d, SymDim):
+        return _normalize(dict(d.terms))
+    return int(d)
+
+
+def evaluate(d: DimLike, bindings: Mapping[str, int]) -> int:
+    """The integer value of ``d`` given a value for each of its symbols."""
+    if not isinstance(d, SymDim):
+        return int(d)
+    total = 0
+    for mono, coeff in d.terms:
+        term = coeff
+        for atom in mono:
+            term *= atom.evaluate(bindings)
+        total += term
+    return total
+
+
+def is_static(shape: Iterable[DimLike]) -> bool:
+    return all(not isinstance(d, SymDim) for d in shape)
+
+
+def format_dim(d: DimLike) -> str:
+    return str(d)
+
+
+def format_shape(shape: Iterable[DimLike]) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def parse_dim(text: str) -> DimLike:
+    """Parse the text form written by ``str(dim)`` (``batch``, ``2*seq+1``, ``(seq)//2``)."""
+    return _Parser(text).parse()
+
+
+class _Parser:
+    """A tiny recursive-descent parser for ``+ - * // %`` over ints, symbols and parentheses."""
+
+    def __init__(self, text: str):
+        self.text = text.replace(" ", "")
+        self.pos = 0
+
+    def parse(self) -> DimLike:
+        value = self._sum()
+        if self.pos != len(self.text):
+            raise ValueError(f"cannot parse dim {self.text!r} at {self.pos}")
+        return value
+
+    def _peek(self, token: str) -> bool:
+        return self.text.startswith(token, self.pos)
+
+    def _sum(self) -> DimLike:
+        value = self._product()
+        while self.pos < len(self.text) and self.text[self.pos] in "+-":
+            op = self.text[self.pos]
+            self.pos += 1
+            rhs = self._product()
+            value = value + rhs if op == "+" else value - rhs
+        return value
+
+    def _product(self) -> DimLike:
+        value = self._unary()
+        while True:
+            if self._peek("//"):
+                self.pos += 2
+                value = _floordiv(value, self._unary())
+            elif self._peek("*"):
+                self.pos += 1
+                value = value * self._unary()
+            elif self._peek("%"):
+                self.pos += 1
+                value = _mod(value, self._unary())
+            else:
+                return value
+
+    def _unary(self) -> DimLike:
+        if self._peek("-"):
+            self.pos += 1
+            return -self._unary()
+        if self._peek("("):
+            self.pos += 1
+            value = self._sum()
+            if not self._peek(")"):
+                raise ValueError(f"cannot parse dim {self.text!r}: missing ')'")
+            self.pos += 1
+            return value
+        start = self.pos
+        while self.pos < len(self.text) and (
+            self.text[self.pos].isalnum() or self.text[self.pos] == "_"
+        ):
+            self.pos += 1
+        token = self.text[start : self.pos]
+        if not token:
+            raise ValueError(f"cannot parse dim {self.text!r} at {start}")
+        return int(token) if token.isdigit() else SymDim.symbol(token)
+
+
+def _floordiv(a: DimLike, b: DimLike) -> DimLike:
+    if isinstance(a, SymDim):
+        return a // b
+    return a // _positive_int(b, "//")
+
+
+def _mod(a: DimLike, b: DimLike) -> DimLike:
+    if isinstance(a, SymDim):
+        return a % b
+    return a % _positive_int(b, "%")

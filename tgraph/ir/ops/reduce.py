@@ -1,0 +1,90 @@
+"""Reductions over axes: sum, mean, max, min, var, argmax, cumsum."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core import TensorType
+from ..dtypes import DType
+from .registry import REQUIRED, defop
+from .shapes import norm_axes, norm_axis
+
+
+def _reduced_shape(shape, axes, keepdim, op):
+    axes = norm_axes(axes, len(shape), op) if axes else tuple(range(len(shape)))
+    if keepdim:
+        return tuple(1 if i in axes else d for i, d in enumerate(shape))
+    return tuple(d for i, d in enumerate(shape) if i not in axes)
+
+
+def _np_axes(x: np.ndarray, axes) -> tuple[int, ...] | None:
+    return tuple(a % x.ndim for a in axes) if axes else None
+
+
+def _make_reduce(name: str, fn, doc: str) -> None:
+    def infer(x: TensorType, axes, keepdim) -> TensorType:
+        return TensorType(x.dtype, _reduced_shape(x.shape, axes, keepdim, name))
+
+    def kernel(x: np.ndarray, axes, keepdim) -> np.ndarray:
+        return np.asarray(fn(x, axis=_np_axes(x, axes), keepdims=keepdim)).astype(x.dtype)
+
+    defop(
+        name,
+        infer=infer,
+        kernel=kernel,
+        attrs={"axes": (), "keepdim": False},
+        doc=f"{doc} over `axes` (all axes when empty).",
+    )
+
+
+_make_reduce("reduce_sum", np.sum, "Sum")
+_make_reduce("reduce_mean", np.mean, "Mean")
+_make_reduce("reduce_max", np.max, "Maximum")
+_make_reduce("reduce_min", np.min, "Minimum")
+_make_reduce("reduce_prod", np.prod, "Product")
+
+
+def _var_kernel(x: np.ndarray, axes, correction, keepdim) -> np.ndarray:
+    return np.asarray(np.var(x, axis=_np_axes(x, axes), ddof=correction, keepdims=keepdim)).astype(
+        x.dtype
+    )
+
+
+defop(
+    "var",
+    infer=lambda x, axes, correction, keepdim: TensorType(
+        x.dtype, _reduced_shape(x.shape, axes, keepdim, "var")
+    ),
+    kernel=_var_kernel,
+    attrs={"axes": (), "correction": 0, "keepdim": False},
+    doc="Variance over `axes` with `correction` (0: population, 1: unbiased).",
+)
+
+
+def _argmax_infer(x: TensorType, axis, keepdim) -> TensorType:
+    return TensorType(DType.int64, _reduced_shape(x.shape, (axis,), keepdim, "argmax"))
+
+
+defop(
+    "argmax",
+    infer=_argmax_infer,
+    kernel=lambda x, axis, keepdim: np.asarray(np.argmax(x, axis=axis, keepdims=keepdim)).astype(
+        np.int64
+    ),
+    attrs={"axis": REQUIRED, "keepdim": False},
+    doc="Index of the largest value along `axis`.",
+)
+
+
+def _cumsum_infer(x: TensorType, axis, dtype) -> TensorType:
+    norm_axis(axis, x.rank, "cumsum")
+    return TensorType(dtype or x.dtype, x.shape)
+
+
+defop(
+    "cumsum",
+    infer=_cumsum_infer,
+    kernel=lambda x, axis, dtype: np.cumsum(x, axis=axis).astype(dtype.numpy if dtype else x.dtype),
+    attrs={"axis": REQUIRED, "dtype": None},
+    doc="Running sum along `axis`.",
+)

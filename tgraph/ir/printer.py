@@ -1,0 +1,99 @@
+"""The deterministic text form of a graph (``Graph.dump()``).
+
+One line per node, values as ``%name``, initializers as ``@name``, tiny constants
+inline. Tensors show dtype, shape and a short content hash, never addresses, so the
+same graph prints byte-identically in every process.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .core import Value, content_hash
+from .dims import SymDim
+from .dtypes import DType
+
+if TYPE_CHECKING:
+    from .core import Graph
+
+INLINE_MAX_ELEMENTS = 4
+
+
+def format_scalar(x: Any) -> str:
+    if isinstance(x, (bool, np.bool_)):
+        return "true" if x else "false"
+    if isinstance(x, (float, np.floating)):
+        return str(np.float32(x)) if np.isfinite(x) and abs(float(x)) < 3.4e38 else repr(float(x))
+    return str(int(x)) if isinstance(x, (int, np.integer)) else str(x)
+
+
+def format_attr(x: Any) -> str:
+    if isinstance(x, tuple):
+        return "(" + ",".join(format_attr(v) for v in x) + ")"
+    if isinstance(x, str):
+        return repr(x)
+    if isinstance(x, (SymDim, DType)) or x is None:
+        return str(x)
+    return format_scalar(x)
+
+
+def is_inline(v: Value) -> bool:
+    return v.const is not None and not v.trainable and v.const.size <= INLINE_MAX_ELEMENTS and (
+        v.meta.get("param") is None
+    )
+
+
+def format_const_inline(v: Value) -> str:
+    arr = v.const
+    if arr.ndim == 0:
+        return f"{format_scalar(arr.item())}:{v.dtype}"
+    body = ",".join(format_scalar(x) for x in arr.reshape(-1).tolist())
+    return f"[{body}]:{v.type}"
+
+
+def format_operand(v: Value | None) -> str:
+    if v is None:
+        return "_"
+    if is_inline(v):
+        return format_const_inline(v)
+    return f"@{v.name}" if v.const is not None else f"%{v.name}"
+
+
+def format_node(node, provenance: bool = False) -> str:
+    outs = ", ".join(f"%{v.name}: {v.type}" for v in node.outputs)
+    args = ", ".join(format_operand(v) for v in node.inputs)
+    line = f"  {outs} = {node.op}({args})"
+    if node.attrs:
+        line += " {" + ", ".join(f"{k}={format_attr(v)}" for k, v in node.attrs.items()) + "}"
+    if provenance:
+        where = [node.meta.get("module") or ""]
+        if node.meta.get("source"):
+            where.append(f"at {node.meta['source']}")
+        if node.meta.get("rule"):
+            where.append(f"rule {node.meta['rule']}")
+        if node.meta.get("replaced"):
+            where.append("replaced " + ",".join(node.meta["replaced"]))
+        text = " ".join(w for w in where if w)
+        if text:
+            line += f"  # {text}"
+    return line
+
+
+def dump(graph: Graph, provenance: bool = False) -> str:
+    lines = []
+    ins = ", ".join(f"%{v.name}: {v.type}" for v in graph.inputs)
+    lines.append(f"graph {graph.name}({ins}) {{")
+    for name in sorted(graph.initializers):
+        v = graph.initializers[name]
+        if is_inline(v):
+            continue
+        kind = "param" if v.trainable or v.meta.get("param") else "const"
+        lines.append(f"  {kind} @{name}: {v.type} #{content_hash(v.const)}")
+    for node in graph.nodes:
+        lines.append(format_node(node, provenance))
+    outs = ", ".join(format_operand(v) for v in graph.outputs)
+    lines.append(f"  return {outs}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
