@@ -25,7 +25,9 @@ def bind_symbols(graph: Graph, arrays: Sequence[np.ndarray]) -> dict[str, int]:
     in two places disagree.
     """
     if len(arrays) != len(graph.inputs):
-        raise ReferenceError(f"graph {graph.name} takes {len(graph.inputs)} inputs, got {len(arrays)}")
+        raise ReferenceError(
+            f"graph {graph.name} takes {len(graph.inputs)} inputs, got {len(arrays)}"
+        )
     bindings: dict[str, int] = {}
     for v, a in zip(graph.inputs, arrays):
         if a.ndim != v.rank:
@@ -76,7 +78,9 @@ def run_graph(
         args = [None if v is None else env[id(v)] for v in node.inputs]
         attrs = resolve_attrs(node.attrs, bindings)
         try:
-            results = opdef.run(args, attrs)
+            # Like torch, produce inf/nan silently (T5 takes log(0) inside a where()).
+            with np.errstate(all="ignore"):
+                results = opdef.run(args, attrs)
         except Exception as e:  # a kernel bug or a bad shape: say where
             module = node.meta.get("module")
             where = f" (from {module})" if module else ""

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import torch
+from torch.export import Dim, export
+
 from tgraph.models import (
     FAMILIES,
     ZOO,
@@ -21,7 +23,6 @@ from tgraph.models import (
     load_checkpoint,
     save_checkpoint,
 )
-from torch.export import Dim, export
 
 TINY = [name for name in list_zoo() if name.endswith("-tiny")]
 SIZES = [(2, 16), (1, 7)]

@@ -1,10 +1,10 @@
 """tgraph: a compute-graph compiler for Transformer models.
 
-    import tgraph
-    cm = tgraph.compile(model, example_inputs, backend="reference")
-    out = cm(*args)
-    g = tgraph.trace(model, example_inputs)
-    print(g.dump())
+import tgraph
+cm = tgraph.compile(model, example_inputs, backend="reference")
+out = cm(*args)
+g = tgraph.trace(model, example_inputs)
+print(g.dump())
 """
 
 from .api import CompiledModel, InputError, compile

@@ -86,7 +86,12 @@ def write_dumps(graph: Graph, dump_dir: str) -> None:
     os.makedirs(dump_dir, exist_ok=True)
     with open(os.path.join(dump_dir, "00-input.txt"), "w") as f:
         f.write(graph.dump())
-    summary = {"graph": graph.name, "nodes": len(graph.nodes), "ops": graph.op_histogram(), "passes": []}
+    summary = {
+        "graph": graph.name,
+        "nodes": len(graph.nodes),
+        "ops": graph.op_histogram(),
+        "passes": [],
+    }
     with open(os.path.join(dump_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
         f.write("\n")

@@ -15,7 +15,7 @@ import torch
 
 from tgraph.ir import DType, SymDim, Value
 
-from .convert import UnsupportedError, ir_dtype
+from .convert import UnsupportedError
 
 if TYPE_CHECKING:
     from .trace import TranslationContext
@@ -117,8 +117,8 @@ def _simple_binary(op: str) -> Translator:
 
 for _names, _op in [
     (("mul.Tensor", "mul.Scalar"), "mul"),
-    (("maximum",), "maximum"),
-    (("minimum",), "minimum"),
+    (("maximum.default", "max.other"), "maximum"),
+    (("minimum.default", "min.other"), "minimum"),
     (("remainder.Tensor", "remainder.Scalar"), "remainder"),
     (("pow.Tensor_Tensor", "pow.Tensor_Scalar", "pow.Scalar"), "pow"),
 ]:
@@ -135,11 +135,14 @@ def _div(ctx, x, other, rounding_mode=None):
         return _binary(ctx, "floor_divide", x, other)
     if rounding_mode == "trunc" and out.dtype.is_float:
         q = _binary(ctx, "div", x, other)
-        sign = ctx.emit("where", [
-            ctx.emit("lt", [q, ctx.const(0.0, q.dtype)]),
-            ctx.const(-1.0, q.dtype),
-            ctx.const(1.0, q.dtype),
-        ])
+        sign = ctx.emit(
+            "where",
+            [
+                ctx.emit("lt", [q, ctx.const(0.0, q.dtype)]),
+                ctx.const(-1.0, q.dtype),
+                ctx.const(1.0, q.dtype),
+            ],
+        )
         return ctx.emit("mul", [ctx.emit("floor", [ctx.emit("abs", [q])]), sign])
     raise UnsupportedError(f"div with rounding_mode={rounding_mode!r} on {out.dtype}")
 
@@ -201,7 +204,10 @@ for _names, _op in [
 def _where(ctx, cond, x, y):
     cond, x, y = ctx.value(cond), ctx.value(x), ctx.value(y)
     out = ctx.meta_type()
-    return ctx.emit("where", [ctx.cast(cond, DType.bool), _operand(ctx, x, out.dtype), _operand(ctx, y, out.dtype)])
+    return ctx.emit(
+        "where",
+        [ctx.cast(cond, DType.bool), _operand(ctx, x, out.dtype), _operand(ctx, y, out.dtype)],
+    )
 
 
 @aten("masked_fill.Scalar", "masked_fill.Tensor")
@@ -220,7 +226,11 @@ def _clamp(ctx, x, min=None, max=None):
 @aten("_to_copy.default", "to.dtype", "to.dtype_layout", "to.device", "_to_dtype")
 def _to(ctx, x, *args, **kwargs):
     x = ctx.value(x)
-    return ctx.cast(x, ctx.meta_type().dtype) if ctx.meta_type().dtype != x.dtype else ctx.emit("identity", [x])
+    return (
+        ctx.cast(x, ctx.meta_type().dtype)
+        if ctx.meta_type().dtype != x.dtype
+        else ctx.emit("identity", [x])
+    )
 
 
 @aten("type_as.default")
@@ -357,12 +367,39 @@ def _select(ctx, x, dim, index):
 def _index(ctx, x, indices):
     x = ctx.value(x)
     present = [(i, ctx.value(ix)) for i, ix in enumerate(indices) if ix is not None]
-    if len(present) != 1:
-        raise UnsupportedError("advanced indexing with more than one index tensor")
-    axis, idx = present[0]
-    if idx.dtype is DType.bool:
+    axes = [i for i, _ in present]
+    if axes != list(range(axes[0], axes[0] + len(axes))):
+        raise UnsupportedError("advanced indexing with index tensors on non-adjacent dims")
+    if any(ix.dtype is DType.bool for _, ix in present):
         raise UnsupportedError("boolean-mask indexing (data-dependent shape)")
-    return ctx.emit("gather", [x, ctx.cast(idx, DType.int64)], axis=axis)
+    idx = [ctx.cast(ix, DType.int64) for _, ix in present]
+    if len(idx) == 1:
+        return ctx.emit("gather", [x, idx[0]], axis=axes[0])
+    return ctx.emit("index", [x, *idx], axis=axes[0])
+
+
+@aten("gather.default")
+def _gather_elements(ctx, x, dim, index, sparse_grad=False):
+    x = ctx.value(x)
+    index = ctx.cast(ctx.value(index), DType.int64)
+    return ctx.emit("gather_elements", [x, index], axis=_axis(dim, x.rank))
+
+
+@aten("diff.default")
+def _diff(ctx, x, n=1, dim=-1, prepend=None, append=None):
+    x = ctx.value(x)
+    axis = _axis(dim, x.rank)
+    parts = [ctx.value(p) for p in (prepend, x, append) if p is not None]
+    y = ctx.emit("concat", parts, axis=axis) if len(parts) > 1 else x
+    for _ in range(n):
+        size = y.shape[axis]
+        hi = ctx.emit("slice", [y], axis=axis, start=1, end=size, step=1)
+        lo = ctx.emit("slice", [y], axis=axis, start=0, end=size - 1, step=1)
+        op = "logical_xor" if y.dtype is DType.bool else "sub"
+        if op == "logical_xor":
+            raise UnsupportedError("diff on booleans")
+        y = ctx.emit(op, [hi, lo])
+    return y
 
 
 @aten("index_select.default")
@@ -373,7 +410,9 @@ def _index_select(ctx, x, dim, index):
 
 @aten("embedding.default")
 def _embedding(ctx, weight, indices, padding_idx=-1, *args):
-    return ctx.emit("gather", [ctx.value(weight), ctx.cast(ctx.value(indices), DType.int64)], axis=0)
+    return ctx.emit(
+        "gather", [ctx.value(weight), ctx.cast(ctx.value(indices), DType.int64)], axis=0
+    )
 
 
 @aten("cat.default", "concat.default")
@@ -434,7 +473,7 @@ def _repeat(ctx, x, repeats):
         x = ctx.emit("reshape", [x], shape=(1,) * pad + tuple(x.shape))
     # tile: (r0, d0, r1, d1, ...) expanded then merged
     inter = []
-    for r, d in zip(repeats, x.shape):
+    for d in x.shape:
         inter += [1, d]
     y = ctx.emit("reshape", [x], shape=tuple(inter))
     big = []
@@ -694,7 +733,9 @@ def _conv2d(ctx, x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(
 
 
 @aten("scaled_dot_product_attention.default")
-def _sdpa(ctx, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None, enable_gqa=False):
+def _sdpa(
+    ctx, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None, enable_gqa=False
+):
     if dropout_p:
         raise UnsupportedError("scaled_dot_product_attention with dropout_p > 0")
     ins = [ctx.value(q), ctx.value(k), ctx.value(v)]
@@ -707,4 +748,3 @@ def _sdpa(ctx, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale
         "sdpa", ins, causal=bool(is_causal), scale=None if scale is None else float(scale),
         gqa=bool(enable_gqa),
     )  # fmt: skip
-

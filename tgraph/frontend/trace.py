@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -52,22 +53,47 @@ def normalize_inputs(example_inputs: Any) -> tuple[tuple, dict]:
     )
 
 
-def _leaf_spec(t: Any, dynamic: bool) -> Any:
+def _dynamic_dims(t: Any) -> tuple[int, ...]:
     """Which dims of an example tensor are symbolic: batch (0) and sequence (1)."""
-    if not isinstance(t, torch.Tensor) or not dynamic or t.dim() == 0:
-        return None
-    spec = {0: Dim.AUTO}
+    if not isinstance(t, torch.Tensor) or t.dim() == 0:
+        return ()
     # (B, T) token ids / masks and (B, T, C) features have a sequence dim; images do not.
     if t.dim() == 2 or (t.dim() == 3 and t.is_floating_point()):
-        spec[1] = Dim.AUTO
-    return spec
+        return (0, 1)
+    return (0,)
 
 
-def _widen(t: Any, spec: Any) -> Any:
+class _DimPlan:
+    """Dynamic-shape specs for torch.export.
+
+    ``shared=True`` gives every input's dim 0 one ``Dim("batch")`` and groups sequence
+    dims by their example size, so export knows that the batch of ``memory`` is the batch
+    of ``tgt``. ``shared=False`` uses ``Dim.AUTO`` (export decides what is dynamic), the
+    fallback when the model pins a dim the shared plan called dynamic.
+    """
+
+    def __init__(self, shared: bool):
+        self.shared = shared
+        self.seq_dims: dict[int, Any] = {}
+        self.batch = Dim("batch") if shared else Dim.AUTO
+
+    def _seq(self, size: int) -> Any:
+        if not self.shared:
+            return Dim.AUTO
+        if size not in self.seq_dims:
+            self.seq_dims[size] = Dim(f"seq{len(self.seq_dims)}")
+        return self.seq_dims[size]
+
+    def spec(self, t: Any) -> Any:
+        dims = _dynamic_dims(t)
+        if not dims:
+            return None
+        return {d: self.batch if d == 0 else self._seq(int(t.shape[d])) for d in dims}
+
+
+def _widen(t: Any) -> Any:
     """torch.export specializes size-1 dims; trace a dynamic size-1 dim at size 2 instead."""
-    if not isinstance(t, torch.Tensor) or not spec:
-        return t
-    for d in spec:
+    for d in _dynamic_dims(t):
         if t.shape[d] == 1:
             reps = [1] * t.dim()
             reps[d] = 2
@@ -87,39 +113,45 @@ def export(
     ``call_info``, when given, receives the forward signature and the traced argument
     names, so later calls can be matched to the traced structure.
     """
-    _call_info = call_info if call_info is not None else {}
     sig = inspect.signature(model.forward)
     try:
         bound = sig.bind(*args, **kwargs)
     except TypeError as e:
-        raise FrontendError(f"example inputs do not fit {type(model).__name__}.forward: {e}") from None
-    specs = {
-        name: pytree.tree_map(lambda t: _leaf_spec(t, dynamic), value)
-        for name, value in bound.arguments.items()
-    }
-    widened = {
-        name: pytree.tree_map(_widen, value, specs[name]) if specs[name] is not None else value
-        for name, value in bound.arguments.items()
-    }
-    n_args = len(args)
+        raise FrontendError(
+            f"example inputs do not fit {type(model).__name__}.forward: {e}"
+        ) from None
     names = list(bound.arguments)
-    _call_info.update(
-        signature=[p.name for p in sig.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)],
-        traced_names=names,
-        n_args=n_args,
-    )
-    wargs = tuple(widened[n] for n in names[:n_args])
-    wkwargs = {n: widened[n] for n in names[n_args:]}
-    dynamic_shapes = {n: specs[n] for n in names}
-    try:
-        ep = torch.export.export(
-            model, wargs, wkwargs, dynamic_shapes=dynamic_shapes if dynamic else None, strict=False
+    if call_info is not None:
+        call_info.update(
+            signature=[
+                p.name
+                for p in sig.parameters.values()
+                if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            ],
+            traced_names=names,
+            n_args=len(args),
         )
-        # Functionalize only: an empty table keeps linear/layer_norm/sdpa/gelu whole.
-        return ep.run_decompositions({})
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FrontendError(f"torch.export failed on {type(model).__name__}: {first}") from e
+    values = {n: pytree.tree_map(_widen, v) if dynamic else v for n, v in bound.arguments.items()}
+    wargs = tuple(values[n] for n in names[: len(args)])
+    wkwargs = {n: values[n] for n in names[len(args) :]}
+    error: Exception | None = None
+    for plan in (_DimPlan(shared=True), _DimPlan(shared=False)) if dynamic else (None,):
+        dynamic_shapes = (
+            {n: pytree.tree_map(plan.spec, bound.arguments[n]) for n in names} if plan else None
+        )
+        try:
+            with warnings.catch_warnings():
+                # torch's own pytree code warns about its LeafSpec deprecation on every export.
+                warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+                ep = torch.export.export(
+                    model, wargs, wkwargs, dynamic_shapes=dynamic_shapes, strict=False
+                )
+                # Functionalize only: an empty table keeps linear/layer_norm/sdpa/gelu whole.
+                return ep.run_decompositions({})
+        except Exception as e:  # noqa: BLE001 - retried with the lenient plan, then reported
+            error = error or e
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise FrontendError(f"torch.export failed on {type(model).__name__}: {first}") from error
 
 
 def _module_path(node: torch.fx.Node) -> str:
@@ -388,7 +420,7 @@ def _output_names(ep: ExportedProgram, n: int) -> list[str]:
                 key = getattr(k, "name", "")
             parts.append(str(key))
         text = ".".join(parts) if parts else "output"
-        if text.isdigit():
+        if text[0].isdigit():
             text = f"output_{text}"
         names.append(re.sub(r"[^A-Za-z0-9_.]", "_", text))
     return names
@@ -407,3 +439,12 @@ def _finish_outputs(graph: Graph, ep: ExportedProgram, leaves: list[Any]) -> Non
             output_leaves.append(("const", leaf))
     graph.meta["output_leaves"] = output_leaves
     graph.meta["output_names"] = names
+
+
+def example_inputs_for_program(ep: ExportedProgram) -> Any:
+    """The example inputs stored in an ExportedProgram, as (args) or {kwargs}."""
+    stored = getattr(ep, "example_inputs", None)
+    if not stored:
+        raise FrontendError("the exported program carries no example inputs; pass them explicitly")
+    args, kwargs = stored
+    return dict(kwargs) if kwargs and not args else tuple(args)

@@ -179,9 +179,13 @@ class Node:
         for v in self.outputs:
             if v._uses:
                 users = ", ".join(n.name for n in v.users())
-                raise IRError(f"cannot remove {self.op} node {self.name}: {v.name} is used by {users}")
+                raise IRError(
+                    f"cannot remove {self.op} node {self.name}: {v.name} is used by {users}"
+                )
             if any(o is v for o in self.graph.outputs):
-                raise IRError(f"cannot remove {self.op} node {self.name}: {v.name} is a graph output")
+                raise IRError(
+                    f"cannot remove {self.op} node {self.name}: {v.name} is a graph output"
+                )
         self.graph._unlink(self)
         self._detach_inputs()
 
@@ -326,13 +330,13 @@ class Graph:
         self.initializers[v.name] = v
         return v
 
-    def add_const(self, array: np.ndarray | float | int | bool, dtype: DType, hint: str = "c") -> Value:
+    def add_const(
+        self, array: np.ndarray | float | int | bool, dtype: DType, hint: str = "c"
+    ) -> Value:
         """Add an anonymous constant (a scalar or small tensor made by the frontend or a pass)."""
         array = np.asarray(array, dtype=dtype.numpy)
         array.setflags(write=False)
-        v = Value(
-            self.fresh_name(hint), TensorType(dtype, tuple(array.shape)), const=array
-        )
+        v = Value(self.fresh_name(hint), TensorType(dtype, tuple(array.shape)), const=array)
         self.initializers[v.name] = v
         return v
 

@@ -40,8 +40,11 @@ def format_attr(x: Any) -> str:
 
 
 def is_inline(v: Value) -> bool:
-    return v.const is not None and not v.trainable and v.const.size <= INLINE_MAX_ELEMENTS and (
-        v.meta.get("param") is None
+    return (
+        v.const is not None
+        and not v.trainable
+        and v.const.size <= INLINE_MAX_ELEMENTS
+        and (v.meta.get("param") is None)
     )
 
 

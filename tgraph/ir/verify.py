@@ -17,8 +17,10 @@ def _where(node: Node) -> str:
 
 
 def _types_agree(a: TensorType, b: TensorType) -> bool:
-    return a.dtype == b.dtype and len(a.shape) == len(b.shape) and all(
-        x == y for x, y in zip(a.shape, b.shape)
+    return (
+        a.dtype == b.dtype
+        and len(a.shape) == len(b.shape)
+        and all(x == y for x, y in zip(a.shape, b.shape))
     )
 
 
@@ -45,7 +47,9 @@ def verify(graph: Graph) -> None:
         if key != v.name:
             raise IRError(f"initializer key {key!r} != value name {v.name!r}")
         if tuple(v.const.shape) != tuple(v.shape) or v.const.dtype != v.dtype.numpy:
-            raise IRError(f"initializer {key}: data {v.const.dtype}{list(v.const.shape)} != type {v.type}")
+            raise IRError(
+                f"initializer {key}: data {v.const.dtype}{list(v.const.shape)} != type {v.type}"
+            )
         define(v, "initializer")
 
     live_nodes: set[int] = set()
@@ -72,7 +76,9 @@ def verify(graph: Graph) -> None:
         except IRError as e:
             raise IRError(f"{_where(node)}: {e}") from None
         if len(inferred) != len(node.outputs):
-            raise IRError(f"{_where(node)}: has {len(node.outputs)} outputs, op gives {len(inferred)}")
+            raise IRError(
+                f"{_where(node)}: has {len(node.outputs)} outputs, op gives {len(inferred)}"
+            )
         for v, t in zip(node.outputs, inferred):
             if v.producer is not node:
                 raise IRError(f"{_where(node)}: output %{v.name} has another producer")
@@ -92,4 +98,6 @@ def verify(graph: Graph) -> None:
     for v in graph.inputs:
         for d in v.shape:
             if isinstance(d, SymDim) and not d.is_symbol():
-                raise IRError(f"graph input {v.name} has dim {d}; input dims must be ints or bare symbols")
+                raise IRError(
+                    f"graph input {v.name} has dim {d}; input dims must be ints or bare symbols"
+                )

@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 
-from ..core import IRError, TensorType
-from ..dtypes import DType
+from tgraph.ir.core import IRError, TensorType
+from tgraph.ir.dtypes import DType
+
 from .registry import defop
 from .shapes import broadcast_shapes
 
@@ -73,7 +74,9 @@ defop(
     kernel=np.logical_not,
     doc="Elementwise boolean not.",
 )
-defop("identity", infer=_same, kernel=lambda x: x, doc="y = x (an alias, clone or contiguous copy).")
+defop(
+    "identity", infer=_same, kernel=lambda x: x, doc="y = x (an alias, clone or contiguous copy)."
+)
 defop(
     "dropout",
     infer=_same,

@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 
-from ..core import IRError, TensorType
-from ..dims import SymDim
-from .registry import REQUIRED, defop
+from tgraph.ir.core import IRError, TensorType
+from tgraph.ir.dims import SymDim
+
+from .registry import defop
 from .shapes import broadcast_shapes, norm_axis
 
 
@@ -78,7 +79,13 @@ def _axis_same(x: TensorType, axis: int) -> TensorType:
     return x
 
 
-defop("softmax", infer=_axis_same, kernel=_softmax_kernel, attrs={"axis": -1}, doc="Softmax along `axis`.")
+defop(
+    "softmax",
+    infer=_axis_same,
+    kernel=_softmax_kernel,
+    attrs={"axis": -1},
+    doc="Softmax along `axis`.",
+)
 defop(
     "log_softmax",
     infer=_axis_same,
@@ -161,7 +168,9 @@ def _conv2d_kernel(x, w, b, stride, padding, dilation, groups):
     cols = np.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
-            cols[:, :, i, j] = x[:, :, i : i + stride[0] * oh : stride[0], j : j + stride[1] * ow : stride[1]]
+            cols[:, :, i, j] = x[
+                :, :, i : i + stride[0] * oh : stride[0], j : j + stride[1] * ow : stride[1]
+            ]
     y = np.einsum("nckluv,ockl->nouv", cols, w, optimize=True)
     if b is not None:
         y = y + b[None, :, None, None]

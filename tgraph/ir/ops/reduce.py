@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core import TensorType
-from ..dtypes import DType
+from tgraph.ir.core import TensorType
+from tgraph.ir.dtypes import DType
+
 from .registry import REQUIRED, defop
 from .shapes import norm_axes, norm_axis
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..core import IRError, TensorType, freeze
-from ..dims import SymDim, evaluate
+from tgraph.ir.core import IRError, TensorType, freeze
+from tgraph.ir.dims import SymDim, evaluate
 
 REQUIRED = object()
 
@@ -44,7 +44,9 @@ class OpDef:
         attrs = dict(attrs or {})
         unknown = sorted(set(attrs) - set(self.attrs))
         if unknown:
-            raise IRError(f"op {self.name}: unknown attribute(s) {unknown}; known: {sorted(self.attrs)}")
+            raise IRError(
+                f"op {self.name}: unknown attribute(s) {unknown}; known: {sorted(self.attrs)}"
+            )
         out = {}
         for key, default in self.attrs.items():
             if key in attrs:
@@ -78,7 +80,9 @@ class OpDef:
             return [result]
         return list(result)
 
-    def run(self, arrays: Sequence[np.ndarray | None], attrs: Mapping[str, Any]) -> list[np.ndarray]:
+    def run(
+        self, arrays: Sequence[np.ndarray | None], attrs: Mapping[str, Any]
+    ) -> list[np.ndarray]:
         result = self.kernel(*self._pad(list(arrays)), **attrs)
         if isinstance(result, np.ndarray):
             return [result]

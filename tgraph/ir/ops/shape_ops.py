@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 
-from ..core import IRError, TensorType
-from ..dims import SymDim, simplify
-from ..dtypes import DType
+from tgraph.ir.core import IRError, TensorType
+from tgraph.ir.dims import SymDim, simplify
+from tgraph.ir.dtypes import DType
+
 from .registry import REQUIRED, defop
 from .shapes import broadcast_dim, norm_axes, norm_axis, numel, slice_len
 
@@ -178,7 +179,9 @@ def _gather_infer(x: TensorType, index: TensorType, axis) -> TensorType:
     axis = norm_axis(axis, x.rank, "gather")
     if index.dtype not in (DType.int64, DType.int32):
         raise IRError(f"gather: index dtype is {index.dtype}, want i64 or i32")
-    return TensorType(x.dtype, tuple(x.shape[:axis]) + tuple(index.shape) + tuple(x.shape[axis + 1 :]))
+    return TensorType(
+        x.dtype, tuple(x.shape[:axis]) + tuple(index.shape) + tuple(x.shape[axis + 1 :])
+    )
 
 
 defop(
@@ -250,4 +253,45 @@ defop(
     ),
     attrs={"pads": REQUIRED, "value": 0.0},
     doc="Constant padding: `pads` holds (begin, end) for each dim in order.",
+)
+
+
+def _index_infer(x: TensorType, *indices: TensorType, axis) -> TensorType:
+    from .shapes import broadcast_shapes
+
+    if axis + len(indices) > x.rank:
+        raise IRError(f"index: {len(indices)} index tensors from axis {axis} exceed rank {x.rank}")
+    for ix in indices:
+        if ix.dtype not in (DType.int64, DType.int32):
+            raise IRError(f"index: index dtype is {ix.dtype}, want i64 or i32")
+    middle = broadcast_shapes(*(ix.shape for ix in indices), op="index")
+    return TensorType(
+        x.dtype, tuple(x.shape[:axis]) + middle + tuple(x.shape[axis + len(indices) :])
+    )
+
+
+defop(
+    "index",
+    infer=_index_infer,
+    kernel=lambda x, *indices, axis: x[(slice(None),) * axis + tuple(indices)],
+    attrs={"axis": 0},
+    inputs=(2, 64),
+    doc="Advanced indexing: x[..., i0, i1, ...] on consecutive dims from `axis`, indices broadcast.",
+)
+
+
+def _gather_elements_infer(x: TensorType, index: TensorType, axis) -> TensorType:
+    norm_axis(axis, x.rank, "gather_elements")
+    if index.rank != x.rank:
+        raise IRError(f"gather_elements: index rank {index.rank} != input rank {x.rank}")
+    return TensorType(x.dtype, tuple(index.shape))
+
+
+defop(
+    "gather_elements",
+    infer=_gather_elements_infer,
+    kernel=lambda x, index, axis: np.take_along_axis(x, index, axis=axis),
+    attrs={"axis": REQUIRED},
+    inputs=2,
+    doc="out[i][j] = x[index[i][j]][j] along `axis` (torch.gather).",
 )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..core import IRError
-from ..dims import DimLike, SymDim, simplify
+from tgraph.ir.core import IRError
+from tgraph.ir.dims import DimLike, SymDim, simplify
 
 
 def norm_axis(axis: int, rank: int, op: str = "") -> int:

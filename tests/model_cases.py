@@ -1,0 +1,159 @@
+"""Tiny models for the test suite: the zoo's -tiny configs, Hugging Face models built from
+their config classes with random weights, and torch.nn Transformer modules.
+
+Each case gives a model in eval mode and ``make(batch, seq, seed)`` returning kwargs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tgraph.models import build, example_inputs
+
+
+@dataclass
+class Case:
+    name: str
+    model: torch.nn.Module
+    make: Callable[[int, int, int], dict[str, Any]]
+
+
+def _ids(vocab: int, b: int, s: int, g: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, vocab, (b, s), generator=g)
+
+
+def _padding_mask(b: int, s: int, g: torch.Generator) -> torch.Tensor:
+    mask = torch.ones(b, s, dtype=torch.long)
+    mask[-1, s - max(1, s // 4) :] = 0  # the last row ends in padding
+    return mask
+
+
+def zoo_case(name: str) -> Case:
+    model = build(name)
+    return Case(name, model, lambda b, s, seed: example_inputs(model, batch=b, seq=s, seed=seed))
+
+
+def hf_case(name: str) -> Case:
+    import transformers as T
+
+    torch.manual_seed(0)
+    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    if name == "hf-bert":
+        model = T.BertModel(T.BertConfig(vocab_size=100, max_position_embeddings=64, **small))
+
+        def make(b, s, seed):
+            g = torch.Generator().manual_seed(seed)
+            return {"input_ids": _ids(100, b, s, g), "attention_mask": _padding_mask(b, s, g)}
+    elif name == "hf-distilbert":
+        model = T.DistilBertModel(
+            T.DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=4, hidden_dim=64)
+        )
+
+        def make(b, s, seed):
+            g = torch.Generator().manual_seed(seed)
+            return {"input_ids": _ids(100, b, s, g), "attention_mask": _padding_mask(b, s, g)}
+    elif name == "hf-gpt2":
+        model = T.GPT2LMHeadModel(
+            T.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64)
+        )
+
+        def make(b, s, seed):
+            g = torch.Generator().manual_seed(seed)
+            return {"input_ids": _ids(100, b, s, g), "use_cache": False}
+    elif name == "hf-llama":
+        config = T.LlamaConfig(
+            vocab_size=100, num_key_value_heads=2, max_position_embeddings=64, **small
+        )
+        model = T.LlamaForCausalLM(config)
+
+        def make(b, s, seed):
+            g = torch.Generator().manual_seed(seed)
+            return {"input_ids": _ids(100, b, s, g), "use_cache": False}
+    elif name == "hf-vit":
+        model = T.ViTModel(T.ViTConfig(image_size=32, patch_size=8, **small))
+
+        def make(b, s, seed):
+            g = torch.Generator().manual_seed(seed)
+            return {"pixel_values": torch.randn(b, 3, 32, 32, generator=g)}
+    elif name == "hf-t5-encoder":
+        config = T.T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
+        model = T.T5EncoderModel(config)
+
+        def make(b, s, seed):
+            g = torch.Generator().manual_seed(seed)
+            return {"input_ids": _ids(100, b, s, g), "attention_mask": _padding_mask(b, s, g)}
+    else:
+        raise KeyError(name)
+    return Case(name, model.eval(), make)
+
+
+def nn_case(name: str) -> Case:
+    torch.manual_seed(0)
+    layer_args = dict(d_model=32, nhead=4, dim_feedforward=64, dropout=0.0, batch_first=True)
+    if name in ("nn-encoder", "nn-encoder-padding"):
+        layer = torch.nn.TransformerEncoderLayer(**layer_args)
+        model = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        padding = name == "nn-encoder-padding"
+
+        def make(b, s, seed):
+            g = torch.Generator().manual_seed(seed)
+            kwargs = {"src": torch.randn(b, s, 32, generator=g)}
+            if padding:
+                kwargs["src_key_padding_mask"] = _padding_mask(b, s, g) == 0
+            return kwargs
+    elif name == "nn-decoder":
+        model = torch.nn.TransformerDecoder(torch.nn.TransformerDecoderLayer(**layer_args), 2)
+
+        def make(b, s, seed):
+            g = torch.Generator().manual_seed(seed)
+            return {
+                "tgt": torch.randn(b, s, 32, generator=g),
+                "memory": torch.randn(b, s + 3, 32, generator=g),
+            }
+    elif name == "nn-transformer":
+        model = torch.nn.Transformer(32, 4, 2, 2, 64, dropout=0.0, batch_first=True)
+
+        def make(b, s, seed):
+            g = torch.Generator().manual_seed(seed)
+            return {
+                "src": torch.randn(b, s + 2, 32, generator=g),
+                "tgt": torch.randn(b, s, 32, generator=g),
+                "tgt_mask": torch.nn.Transformer.generate_square_subsequent_mask(s),
+                "tgt_is_causal": True,
+            }
+    else:
+        raise KeyError(name)
+    return Case(name, model.eval(), make)
+
+
+ZOO_CASES = ["transformer-tiny", "gpt-tiny", "bert-tiny", "vit-tiny", "llama-tiny"]
+HF_CASES = ["hf-bert", "hf-distilbert", "hf-gpt2", "hf-llama", "hf-vit", "hf-t5-encoder"]
+NN_CASES = ["nn-encoder", "nn-encoder-padding", "nn-decoder", "nn-transformer"]
+ALL_CASES = ZOO_CASES + HF_CASES + NN_CASES
+
+
+def get_case(name: str) -> Case:
+    if name in ZOO_CASES:
+        return zoo_case(name)
+    if name.startswith("hf-"):
+        return hf_case(name)
+    return nn_case(name)
+
+
+def first_tensor(out: Any) -> torch.Tensor:
+    """The main output of a model: the tensor itself, or the first entry of a structure."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "keys"):
+        return out[next(iter(out.keys()))]
+    return out[0]
+
+
+def all_tensors(out: Any) -> list[torch.Tensor]:
+    import torch.utils._pytree as pytree
+
+    return [x for x in pytree.tree_leaves(out) if isinstance(x, torch.Tensor)]

@@ -1,0 +1,5 @@
+"""``python -m tgraph`` runs the CLI."""
+
+from tgraph.cli import main
+
+main()
