@@ -10,6 +10,7 @@ print(g.dump())
 from .api import CompiledModel, InputError, compile
 from .frontend import FrontendError, trace
 from .ir import DType, Graph, IRError, Node, SymDim, TensorType, Value
+from .passmanager import PassError, PipelineError, diff, list_passes, optimize
 
 __version__ = "0.1.0"
 
@@ -20,11 +21,16 @@ __all__ = [
     "Graph",
     "IRError",
     "InputError",
+    "PassError",
+    "PipelineError",
     "Node",
     "SymDim",
     "TensorType",
     "Value",
     "__version__",
     "compile",
+    "diff",
+    "list_passes",
+    "optimize",
     "trace",
 ]

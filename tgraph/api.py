@@ -10,6 +10,7 @@ import torch.utils._pytree as pytree
 
 from tgraph.frontend import ir_dtype, normalize_inputs, trace
 from tgraph.ir import Graph, SymDim
+from tgraph.passmanager import PassManager
 
 
 class InputError(ValueError):
@@ -78,25 +79,6 @@ def unflatten_outputs(graph: Graph, outputs: Sequence[torch.Tensor]) -> Any:
     return pytree.tree_unflatten(leaves, spec)
 
 
-def write_dumps(graph: Graph, dump_dir: str) -> None:
-    """Write the traced graph as ``00-input.txt`` plus ``summary.json`` (no passes yet)."""
-    import json
-    import os
-
-    os.makedirs(dump_dir, exist_ok=True)
-    with open(os.path.join(dump_dir, "00-input.txt"), "w") as f:
-        f.write(graph.dump())
-    summary = {
-        "graph": graph.name,
-        "nodes": len(graph.nodes),
-        "ops": graph.op_histogram(),
-        "passes": [],
-    }
-    with open(os.path.join(dump_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2, sort_keys=True)
-        f.write("\n")
-
-
 class CompiledModel:
     """A traced, optimized and lowered model, called like the original.
 
@@ -130,7 +112,7 @@ def compile(
     example_inputs: Any,
     backend: str = "reference",
     device: str = "cpu",
-    pipeline: str | Sequence[str] = "none",
+    pipeline: str | Sequence[str] = "default",
     dynamic: bool = True,
     dump_dir: str | None = None,
 ) -> CompiledModel:
@@ -139,11 +121,12 @@ def compile(
     Args:
         model: the PyTorch module (in eval mode for inference).
         example_inputs: a tensor, a tuple of args or a dict of kwargs.
-        backend: "ort", "torch" or "reference" (only "reference" exists so far).
+        backend: "ort", "torch" or "reference".
         device: "cpu" or "cuda".
-        pipeline: the pass pipeline; only "none" until the pass manager lands.
+        pipeline: a named pipeline ("default", "training", "none"), "pass-a,pass-b", or a
+            list of pass names.
         dynamic: keep batch and sequence dims symbolic.
-        dump_dir: where to write the graph dumps (``00-input.txt``, ``summary.json``).
+        dump_dir: write per-pass dumps, diffs and ``summary.json`` here.
 
     Returns:
         A :class:`CompiledModel` called like ``model``.
@@ -154,11 +137,9 @@ def compile(
         raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; valid devices: {', '.join(DEVICES)}")
-    if pipeline not in ("none", [], ()):
-        raise ValueError(f"pipeline {pipeline!r} is not available yet; only 'none' is")
+    manager = PassManager(pipeline, dump_dir=dump_dir)  # parse first: fail fast on a typo
     normalize_inputs(example_inputs)  # type check with a clear message
     graph = trace(model, example_inputs, dynamic=dynamic)
-    if dump_dir is not None:
-        write_dumps(graph, dump_dir)
+    graph, report = manager.run(graph)
     runner = get_backend(backend).lower(graph, device)
-    return CompiledModel(graph, runner, backend, device)
+    return CompiledModel(graph, runner, backend, device, report)

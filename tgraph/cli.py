@@ -94,9 +94,9 @@ def dump(
     """
     graph = _run(ctx, _trace, checkpoint, batch, seq_len)
     if dump_dir:
-        from tgraph.api import write_dumps
+        from tgraph.passmanager import optimize
 
-        _run(ctx, write_dumps, graph, dump_dir)
+        _run(ctx, optimize, graph, "none", dump_dir=dump_dir)
     click.echo(graph.dump(provenance=provenance), nl=False)
 
 

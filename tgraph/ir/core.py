@@ -485,6 +485,53 @@ class Graph:
     def __repr__(self) -> str:
         return f"Graph({self.name}: {len(self.inputs)} inputs, {len(self.nodes)} nodes)"
 
+    # Pickling goes through a flat description: the linked node list and use-lists would
+    # otherwise recurse once per node.
+    def __getstate__(self) -> dict[str, Any]:
+        def value_state(v: Value) -> tuple:
+            return (v.name, v.type, v.trainable, dict(v.meta))
+
+        return {
+            "name": self.name,
+            "meta": dict(self.meta),
+            "inputs": [value_state(v) for v in self.inputs],
+            "initializers": [(value_state(v), v.const) for v in self.initializers.values()],
+            "nodes": [
+                (
+                    n.op,
+                    [None if v is None else v.name for v in n.inputs],
+                    dict(n.attrs),
+                    dict(n.meta),
+                    [value_state(v) for v in n.outputs],
+                )
+                for n in self.nodes
+            ],
+            "outputs": [v.name for v in self.outputs],
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["name"])
+        self.meta = state["meta"]
+        values: dict[str, Value] = {}
+
+        def make(st: tuple, producer: Node | None = None, const: np.ndarray | None = None) -> Value:
+            name, type_, trainable, meta = st
+            v = Value(name, type_, producer=producer, const=const, trainable=trainable)
+            v.meta = meta
+            self._names.add(name)
+            values[name] = v
+            return v
+
+        self.inputs = [make(st) for st in state["inputs"]]
+        for st, const in state["initializers"]:
+            self.initializers[st[0]] = make(st, const=const)
+        for op, ins, attrs, meta, outs in state["nodes"]:
+            node = Node(op, [None if n is None else values[n] for n in ins], attrs, meta)
+            node.outputs = [make(st, producer=node) for st in outs]
+            node.graph = self
+            self.nodes._insert(node)
+        self.outputs = [values[n] for n in state["outputs"]]
+
 
 class _InsertionPoint:
     def __init__(self, graph: Graph, before: Node | None):

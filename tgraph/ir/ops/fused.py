@@ -1,0 +1,170 @@
+"""Fused ops that passes create: attention, rotary, skip-norms, bias+GELU.
+
+Each has a NumPy kernel written from its definition (not from the ops it replaces), so
+the reference interpreter checks every fusion against an independent formula.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tgraph.ir.core import IRError, TensorType
+from tgraph.ir.dtypes import DType
+from tgraph.ir.ops.elementwise import _gelu
+from tgraph.ir.ops.nn import _layer_norm_kernel, _norm_infer, _rms_norm_kernel
+from tgraph.ir.ops.registry import REQUIRED, defop
+from tgraph.ir.ops.shapes import broadcast_shapes
+
+# -- attention -------------------------------------------------------------------------------
+#
+# layout "bhsd": q (B, H, Tq, D), k (B, Hkv, Tk, D), v (B, Hkv, Tk, Dv) -> (B, H, Tq, Dv)
+# layout "bsd":  q (B, Tq, H*D), k (B, Tk, Hkv*D), v (B, Tk, Hkv*Dv)    -> (B, Tq, H*Dv)
+# mask: additive float, or bool (True = attend), broadcastable to (B, H, Tq, Tk).
+# causal: query i attends to keys j <= i (top-left aligned, like torch's sdpa).
+
+
+def _attention_infer(q, k, v, mask, num_heads, kv_heads, scale, causal, layout) -> TensorType:
+    if num_heads % kv_heads:
+        raise IRError(f"attention: num_heads {num_heads} is not a multiple of kv_heads {kv_heads}")
+    if q.dtype != k.dtype or q.dtype != v.dtype:
+        raise IRError(f"attention: q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype})")
+    if mask is not None and mask.dtype not in (DType.bool, q.dtype):
+        raise IRError(f"attention: mask dtype {mask.dtype} is neither bool nor {q.dtype}")
+    if layout == "bhsd":
+        if q.rank != 4 or k.rank != 4 or v.rank != 4:
+            raise IRError("attention (bhsd): q, k, v must have rank 4")
+        if q.shape[1] != num_heads or k.shape[1] != kv_heads:
+            raise IRError(
+                f"attention (bhsd): head dims {q.shape[1]}, {k.shape[1]} != {num_heads}, {kv_heads}"
+            )
+        return TensorType(q.dtype, (q.shape[0], num_heads, q.shape[2], v.shape[3]))
+    if layout == "bsd":
+        if q.rank != 3 or k.rank != 3 or v.rank != 3:
+            raise IRError("attention (bsd): q, k, v must have rank 3")
+        if q.shape[2] % num_heads or k.shape[2] % kv_heads or v.shape[2] % kv_heads:
+            raise IRError("attention (bsd): hidden sizes are not multiples of the head counts")
+        dv = v.shape[2] // kv_heads
+        return TensorType(q.dtype, (q.shape[0], q.shape[1], num_heads * dv))
+    raise IRError(f"attention: unknown layout {layout!r}; want 'bhsd' or 'bsd'")
+
+
+def _split_heads(x: np.ndarray, heads: int) -> np.ndarray:
+    b, t, hd = x.shape
+    return x.reshape(b, t, heads, hd // heads).transpose(0, 2, 1, 3)  # (B, H, T, D)
+
+
+def attention_reference(q, k, v, mask, num_heads, kv_heads, scale, causal, layout):
+    """softmax(q @ k^T * scale + mask) @ v in float64, per the layout rules above."""
+    if layout == "bsd":
+        q, k, v = _split_heads(q, num_heads), _split_heads(k, kv_heads), _split_heads(v, kv_heads)
+    dtype = q.dtype
+    if kv_heads != num_heads:
+        k = np.repeat(k, num_heads // kv_heads, axis=1)
+        v = np.repeat(v, num_heads // kv_heads, axis=1)
+    scores = np.matmul(q.astype(np.float64), np.swapaxes(k, -1, -2).astype(np.float64)) * scale
+    if causal:
+        tq, tk = scores.shape[-2:]
+        scores = np.where(np.tril(np.ones((tq, tk), dtype=bool)), scores, -np.inf)
+    if mask is not None:
+        scores = np.where(mask, scores, -np.inf) if mask.dtype == np.bool_ else scores + mask
+    scores = scores - np.max(scores, axis=-1, keepdims=True)
+    p = np.exp(scores)
+    out = np.matmul(p / np.sum(p, axis=-1, keepdims=True), v.astype(np.float64)).astype(dtype)
+    if layout == "bsd":
+        b, h, t, d = out.shape
+        out = out.transpose(0, 2, 1, 3).reshape(b, t, h * d)
+    return out
+
+
+defop(
+    "attention",
+    infer=_attention_infer,
+    kernel=attention_reference,
+    attrs={
+        "num_heads": REQUIRED,
+        "kv_heads": REQUIRED,
+        "scale": REQUIRED,
+        "causal": False,
+        "layout": "bhsd",
+    },
+    inputs=(3, 4),
+    doc="Fused multi-head attention softmax(q k^T * scale + mask) v (GQA when kv_heads < num_heads).",
+)
+
+# -- rotary ----------------------------------------------------------------------------------
+
+
+def _rotary_infer(x, cos, sin) -> TensorType:
+    shape = broadcast_shapes(x.shape, cos.shape, sin.shape, op="rotary")
+    if tuple(shape) != tuple(x.shape):
+        raise IRError(f"rotary: cos/sin {cos.shape} do not broadcast to x {x.shape}")
+    if x.dtype != cos.dtype or x.dtype != sin.dtype:
+        raise IRError("rotary: x, cos and sin dtypes differ")
+    return x
+
+
+def _rotary_kernel(x, cos, sin):
+    half = x.shape[-1] // 2
+    rotated = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return (x * cos + rotated * sin).astype(x.dtype)
+
+
+defop(
+    "rotary",
+    infer=_rotary_infer,
+    kernel=_rotary_kernel,
+    inputs=3,
+    doc="Rotary embedding, rotate-half form: x*cos + cat(-x2, x1)*sin over the last dim.",
+)
+
+# -- residual add + normalization --------------------------------------------------------------
+
+
+def _skip_norm_infer(x, skip, *params, axis, eps) -> list[TensorType]:
+    shape = broadcast_shapes(x.shape, skip.shape, op="skip_norm")
+    if tuple(shape) != tuple(x.shape):
+        raise IRError(f"skip_norm: residual {skip.shape} does not broadcast to {x.shape}")
+    out = _norm_infer(x, *params, axis=axis, eps=eps)
+    return [out, out]
+
+
+defop(
+    "skip_layer_norm",
+    infer=_skip_norm_infer,
+    kernel=lambda x, skip, w, b, axis, eps: (
+        _layer_norm_kernel(x + skip, w, b, axis, eps),
+        (x + skip).astype(x.dtype),
+    ),
+    attrs={"axis": -1, "eps": 1e-5},
+    inputs=(2, 4),
+    doc="s = x + skip; outputs (layer_norm(s) * w + b, s).",
+)
+defop(
+    "skip_rms_norm",
+    infer=_skip_norm_infer,
+    kernel=lambda x, skip, w, axis, eps: (
+        _rms_norm_kernel(x + skip, w, axis, eps),
+        (x + skip).astype(x.dtype),
+    ),
+    attrs={"axis": -1, "eps": 1e-6},
+    inputs=(2, 3),
+    doc="s = x + skip; outputs (rms_norm(s) * w, s).",
+)
+
+# -- bias + GELU -------------------------------------------------------------------------------
+
+
+def _bias_gelu_infer(x, bias, approximate) -> TensorType:
+    if bias.rank != 1 or bias.shape[0] != x.shape[-1]:
+        raise IRError(f"bias_gelu: bias shape {bias.shape} != ({x.shape[-1]},)")
+    return x
+
+
+defop(
+    "bias_gelu",
+    infer=_bias_gelu_infer,
+    kernel=lambda x, bias, approximate: _gelu((x + bias).astype(x.dtype), approximate),
+    attrs={"approximate": "none"},
+    inputs=2,
+    doc="gelu(x + bias) with a 1-D bias over the last dim.",
+)

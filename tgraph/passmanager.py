@@ -1,0 +1,349 @@
+"""The pass registry, textual pipelines and the pass manager.
+
+A pass is a class registered with ``@register("kebab-name")`` whose ``run(graph)``
+edits the graph in place and returns a :class:`PassResult`. The manager, not the
+passes, owns observability: timing, node counts, ``verify()`` after every pass, a check
+that ``changed`` agrees with the dump, per-pass dumps and diffs, and reproducers.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import pickle
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tgraph.ir import Graph, IRError
+
+
+@dataclass
+class PassResult:
+    """What a pass did: whether it changed the graph, and counters (matches per rule, ...)."""
+
+    changed: bool
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class Pass:
+    """Base class of passes. Options arrive as keyword arguments to ``__init__``."""
+
+    name: str = ""
+
+    def __init__(self, **options: Any):
+        if options:
+            raise PipelineError(f"pass {self.name} takes no options, got {sorted(options)}")
+
+    def run(self, graph: Graph) -> PassResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def description(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+class PipelineError(ValueError):
+    """A pipeline string names an unknown pass or has a malformed option."""
+
+
+class PassError(RuntimeError):
+    """A pass failed (raised, broke the graph, or misreported ``changed``)."""
+
+
+_PASSES: dict[str, type[Pass]] = {}
+_PIPELINES: dict[str, tuple[str, str]] = {}  # name -> (pipeline text, description)
+
+
+def register(name: str) -> Callable[[type[Pass]], type[Pass]]:
+    """Class decorator: register a pass under a kebab-case name."""
+    if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", name):
+        raise ValueError(f"pass name {name!r} is not kebab-case")
+
+    def deco(cls: type[Pass]) -> type[Pass]:
+        if name in _PASSES or name in _PIPELINES:
+            raise ValueError(f"pass {name!r} is registered twice")
+        cls.name = name
+        _PASSES[name] = cls
+        return cls
+
+    return deco
+
+
+def register_pipeline(name: str, text: str, description: str) -> None:
+    """Register a named pipeline (``default``, ``training``, ...) that expands to ``text``."""
+    if name in _PASSES or name in _PIPELINES:
+        raise ValueError(f"pipeline {name!r} is registered twice")
+    _PIPELINES[name] = (text, description)
+
+
+def _load_passes() -> None:
+    import tgraph.passes  # noqa: F401  (registers every pass and named pipeline)
+
+
+def list_passes() -> dict[str, str]:
+    """Every registered pass and named pipeline, with its one-line description."""
+    _load_passes()
+    out = {name: cls.description() for name, cls in _PASSES.items()}
+    out.update({name: f"pipeline: {desc}" for name, (_, desc) in _PIPELINES.items()})
+    return dict(sorted(out.items()))
+
+
+def get_pass(name: str) -> type[Pass]:
+    _load_passes()
+    if name not in _PASSES:
+        raise PipelineError(_unknown(name))
+    return _PASSES[name]
+
+
+def _unknown(name: str) -> str:
+    known = sorted(_PASSES) + sorted(_PIPELINES)
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(known)}"
+    return f"unknown pass {name!r}{hint}"
+
+
+# -- pipelines -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PassSpec:
+    """One entry of a pipeline: a pass name and its options."""
+
+    name: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def __str__(self) -> str:
+        if not self.options:
+            return self.name
+        opts = ",".join(f"{k}={_format_option(v)}" for k, v in self.options)
+        return f"{self.name}{{{opts}}}"
+
+    def create(self) -> Pass:
+        cls = get_pass(self.name)
+        try:
+            return cls(**dict(self.options))
+        except TypeError as e:
+            raise PipelineError(
+                f"pass {self.name}: bad options {dict(self.options)} ({e})"
+            ) from None
+
+
+def _format_option(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _parse_option(text: str) -> Any:
+    if text in ("true", "false"):
+        return text == "true"
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_pipeline(pipeline: str | Sequence[str]) -> list[PassSpec]:
+    """Parse ``"a,b{k=v},c"`` (or a list of entries); named pipelines expand in place.
+
+    ``format_pipeline(parse_pipeline(text)) == text`` for text without named pipelines.
+    """
+    _load_passes()
+    entries = _split_entries(pipeline) if isinstance(pipeline, str) else list(pipeline)
+    specs: list[PassSpec] = []
+    for entry in entries:
+        entry = entry.strip()
+        if not entry or entry == "none":
+            continue
+        m = re.fullmatch(r"([a-z0-9-]+)(?:\{(.*)\})?", entry)
+        if not m:
+            raise PipelineError(f"malformed pipeline entry {entry!r}; want name or name{{k=v,...}}")
+        name, opts = m.group(1), m.group(2)
+        if name in _PIPELINES and not opts:
+            specs.extend(parse_pipeline(_PIPELINES[name][0]))
+            continue
+        if name not in _PASSES:
+            raise PipelineError(_unknown(name))
+        options = []
+        for item in filter(None, (opts or "").split(",")):
+            if "=" not in item:
+                raise PipelineError(f"pass {name}: option {item!r} is not key=value")
+            k, v = item.split("=", 1)
+            options.append((k.strip(), _parse_option(v.strip())))
+        specs.append(PassSpec(name, tuple(options)))
+    return specs
+
+
+def _split_entries(text: str) -> list[str]:
+    """Split on commas outside braces."""
+    entries, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += ch == "{"
+        depth -= ch == "}"
+        if ch == "," and depth == 0:
+            entries.append(text[start:i])
+            start = i + 1
+    entries.append(text[start:])
+    return entries
+
+
+def format_pipeline(specs: Sequence[PassSpec]) -> str:
+    return ",".join(str(s) for s in specs)
+
+
+# -- running -------------------------------------------------------------------------------------
+
+
+def diff(a: Graph | str, b: Graph | str, a_name: str = "a", b_name: str = "b") -> str:
+    """Unified diff of two graphs' dumps (or two dump texts)."""
+    ta = a.dump() if isinstance(a, Graph) else a
+    tb = b.dump() if isinstance(b, Graph) else b
+    return "".join(
+        difflib.unified_diff(
+            ta.splitlines(keepends=True), tb.splitlines(keepends=True), a_name, b_name
+        )
+    )
+
+
+@dataclass
+class PassRecord:
+    """What the manager measured for one pass."""
+
+    name: str
+    seconds: float
+    nodes_before: int
+    nodes_after: int
+    changed: bool
+    stats: dict[str, Any]
+    ops: dict[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "seconds": round(self.seconds, 6),
+            "nodes_before": self.nodes_before,
+            "nodes_after": self.nodes_after,
+            "changed": self.changed,
+            "stats": self.stats,
+            "ops": self.ops,
+        }
+
+
+class PassManager:
+    """Runs a pipeline over a graph with verification, dumps and reproducers.
+
+    Args:
+        pipeline: a pipeline string, a named pipeline, or a list of entries.
+        verify: run ``graph.verify()`` after every pass.
+        dump_dir: write ``00-input.txt``, ``NN-<pass>.txt``/``.diff`` and ``summary.json``.
+    """
+
+    def __init__(
+        self, pipeline: str | Sequence[str], verify: bool = True, dump_dir: str | None = None
+    ):
+        self.specs = parse_pipeline(pipeline)
+        self.verify = verify
+        self.dump_dir = dump_dir
+
+    @property
+    def pipeline(self) -> str:
+        return format_pipeline(self.specs)
+
+    def run(self, graph: Graph) -> tuple[Graph, list[PassRecord]]:
+        """Optimize a clone of ``graph``; the caller's graph is untouched."""
+        graph = graph.clone()
+        records: list[PassRecord] = []
+        before = graph.dump()
+        self._write("00-input.txt", before)
+        for index, spec in enumerate(self.specs, start=1):
+            record, after = self._run_one(graph, spec, index, before, records)
+            records.append(record)
+            stem = f"{index:02d}-{spec.name}"
+            self._write(f"{stem}.txt", after)
+            self._write(f"{stem}.diff", diff(before, after, f"{index - 1:02d}", stem))
+            before = after
+        self._write_summary(records)
+        return graph, records
+
+    def _run_one(self, graph, spec, index, before, records):
+        n_before = len(graph.nodes)
+        snapshot = graph.clone() if self.dump_dir else None
+        start = time.perf_counter()
+        try:
+            result = spec.create().run(graph)
+            if self.verify:
+                graph.verify()
+        except (PipelineError, PassError):
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure in a pass is reported with context
+            raise self._failure(spec, index, records, snapshot, e) from e
+        seconds = time.perf_counter() - start
+        after = graph.dump()
+        if result.changed != (after != before):
+            what = "changed" if after != before else "did not change"
+            e = PassError(f"reported changed={result.changed} but the graph {what}")
+            raise self._failure(spec, index, records, snapshot, e)
+        record = PassRecord(
+            str(spec), seconds, n_before, len(graph.nodes), result.changed, result.stats,
+            graph.op_histogram(),
+        )  # fmt: skip
+        return record, after
+
+    def _failure(self, spec, index, records, snapshot, error) -> PassError:
+        done = ", ".join(r.name for r in records) or "none"
+        where = ""
+        if self.dump_dir and snapshot is not None:
+            repro = os.path.join(self.dump_dir, f"failed-{index:02d}-{spec.name}")
+            write_reproducer(repro, snapshot, str(spec))
+            where = f"; reproducer in {repro}"
+        kind = "broke the graph" if isinstance(error, IRError) else "failed"
+        return PassError(f"pass {spec} {kind}: {error} (after passes: {done}){where}")
+
+    def _write(self, name: str, text: str) -> None:
+        if self.dump_dir is None:
+            return
+        os.makedirs(self.dump_dir, exist_ok=True)
+        with open(os.path.join(self.dump_dir, name), "w") as f:
+            f.write(text)
+
+    def _write_summary(self, records: list[PassRecord]) -> None:
+        summary = {"pipeline": self.pipeline, "passes": [r.to_json() for r in records]}
+        self._write("summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+
+def write_reproducer(directory: str, graph: Graph, pipeline: str) -> None:
+    """The graph before a failing pass plus the one-pass pipeline that reproduces it."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "graph.pkl"), "wb") as f:
+        pickle.dump(graph, f)
+    with open(os.path.join(directory, "before.txt"), "w") as f:
+        f.write(graph.dump())
+    with open(os.path.join(directory, "pipeline.txt"), "w") as f:
+        f.write(pipeline + "\n")
+
+
+def replay(directory: str) -> tuple[Graph, list[PassRecord]]:
+    """Run a reproducer written by a failed pipeline again (raises the same failure)."""
+    with open(os.path.join(directory, "graph.pkl"), "rb") as f:
+        graph = pickle.load(f)
+    with open(os.path.join(directory, "pipeline.txt")) as f:
+        pipeline = f.read().strip()
+    return PassManager(pipeline).run(graph)
+
+
+def optimize(
+    graph: Graph,
+    pipeline: str | Sequence[str] = "default",
+    *,
+    verify: bool = True,
+    dump_dir: str | None = None,
+) -> tuple[Graph, list[PassRecord]]:
+    """Run ``pipeline`` on a clone of ``graph``; returns the new graph and per-pass records."""
+    return PassManager(pipeline, verify=verify, dump_dir=dump_dir).run(graph)
