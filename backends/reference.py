@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from tgraph.ir import DType, Graph, SymDim, Value
+from tgraph.ir.dims import format_shape
 from tgraph.ir.ops import get_op, resolve_attrs
 
 
@@ -31,7 +32,9 @@ def bind_symbols(graph: Graph, arrays: Sequence[np.ndarray]) -> dict[str, int]:
     bindings: dict[str, int] = {}
     for v, a in zip(graph.inputs, arrays):
         if a.ndim != v.rank:
-            raise ReferenceError(f"input {v.name}: rank {a.ndim}, expected shape {list(v.shape)}")
+            raise ReferenceError(
+                f"input {v.name}: rank {a.ndim}, expected shape {format_shape(v.shape)}"
+            )
         for axis, (want, have) in enumerate(zip(v.shape, a.shape)):
             if isinstance(want, SymDim):
                 seen = bindings.setdefault(want.name, int(have))
@@ -41,7 +44,7 @@ def bind_symbols(graph: Graph, arrays: Sequence[np.ndarray]) -> dict[str, int]:
                     )
             elif want != have:
                 raise ReferenceError(
-                    f"input {v.name}: dim {axis} is {have}, expected shape {list(v.shape)}"
+                    f"input {v.name}: dim {axis} is {have}, expected shape {format_shape(v.shape)}"
                 )
     return bindings
 

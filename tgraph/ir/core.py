@@ -370,6 +370,11 @@ class Graph:
         node.graph = self
         if before is None and after is None:
             before = self._insert_before
+        for anchor in (before, after):
+            if anchor is not None and anchor.graph is not self:
+                raise IRError(
+                    f"cannot insert next to node {anchor.name}: it is not in graph {self.name}"
+                )
         self.nodes._insert(node, before=before, after=after)
         return node
 

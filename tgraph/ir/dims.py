@@ -35,8 +35,10 @@ class _Atom:
         if kind == "sym":
             self._key = name
         else:
+            # Parenthesized as a whole, so 3*((seq+1)//2) and -(seq//2) print unambiguously.
             op = "//" if kind == "floordiv" else "%"
-            self._key = f"({expr}){op}{k}"
+            inner = str(expr) if expr.is_symbol() else f"({expr})"
+            self._key = f"({inner}{op}{k})"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _Atom) and self._key == other._key
@@ -82,8 +84,8 @@ class SymDim:
 
     @staticmethod
     def symbol(name: str) -> SymDim:
-        if not name or not (name[0].isalpha() or name[0] == "_"):
-            raise ValueError(f"bad symbol name {name!r}")
+        if not name.isidentifier():
+            raise ValueError(f"bad symbol name {name!r}: want an identifier such as 'seq'")
         return SymDim({(_Atom("sym", name),): 1})
 
     # -- structure -----------------------------------------------------------------------------
@@ -268,7 +270,7 @@ def format_shape(shape: Iterable[DimLike]) -> str:
 
 
 def parse_dim(text: str) -> DimLike:
-    """Parse the text form written by ``str(dim)`` (``batch``, ``2*seq+1``, ``(seq)//2``)."""
+    """Parse the text form written by ``str(dim)`` (``batch``, ``2*seq+1``, ``(seq//2)``)."""
     return _Parser(text).parse()
 
 

@@ -22,10 +22,13 @@ INLINE_MAX_ELEMENTS = 4
 
 
 def format_scalar(x: Any) -> str:
+    """Shortest round-trip text: float32 values in float32 digits, other floats in full."""
     if isinstance(x, (bool, np.bool_)):
         return "true" if x else "false"
+    if isinstance(x, (np.float32, np.float16)):
+        return str(x)
     if isinstance(x, (float, np.floating)):
-        return str(np.float32(x)) if np.isfinite(x) and abs(float(x)) < 3.4e38 else repr(float(x))
+        return repr(float(x))
     return str(int(x)) if isinstance(x, (int, np.integer)) else str(x)
 
 
@@ -51,8 +54,8 @@ def is_inline(v: Value) -> bool:
 def format_const_inline(v: Value) -> str:
     arr = v.const
     if arr.ndim == 0:
-        return f"{format_scalar(arr.item())}:{v.dtype}"
-    body = ",".join(format_scalar(x) for x in arr.reshape(-1).tolist())
+        return f"{format_scalar(arr[()])}:{v.dtype}"
+    body = ",".join(format_scalar(x) for x in arr.reshape(-1))
     return f"[{body}]:{v.type}"
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from tgraph.ir.core import IRError, TensorType
 from tgraph.ir.dtypes import DType
 
-from .registry import defop
+from .registry import REQUIRED, defop
 from .shapes import broadcast_shapes
 
 
@@ -88,7 +88,7 @@ defop(
     "cast",
     infer=lambda x, dtype: TensorType(dtype, x.shape),
     kernel=lambda x, dtype: x.astype(dtype.numpy),
-    attrs={"dtype": None},
+    attrs={"dtype": REQUIRED},
     doc="Convert the element type.",
 )
 defop(

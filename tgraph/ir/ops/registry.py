@@ -74,6 +74,9 @@ class OpDef:
 
     def infer_types(self, inputs: Sequence[Any], attrs: Mapping[str, Any]) -> list[TensorType]:
         self.check_arity(len(inputs))
+        missing = [i for i, v in enumerate(inputs[: self.min_inputs]) if v is None]
+        if missing:
+            raise IRError(f"op {self.name}: required input {missing[0]} is missing")
         types = self._pad([None if v is None else v.type for v in inputs])
         result = self.infer(*types, **attrs)
         if isinstance(result, TensorType):
@@ -84,8 +87,8 @@ class OpDef:
         self, arrays: Sequence[np.ndarray | None], attrs: Mapping[str, Any]
     ) -> list[np.ndarray]:
         result = self.kernel(*self._pad(list(arrays)), **attrs)
-        if isinstance(result, np.ndarray):
-            return [result]
+        if isinstance(result, (np.ndarray, np.generic)):
+            return [np.asarray(result)]
         return [np.asarray(r) for r in result]
 
 

@@ -280,6 +280,11 @@ defop(
 )
 
 
+def _crop_to(x: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray:
+    """torch.gather lets the index be smaller than x on the other dims: crop x to it."""
+    return x[tuple(slice(None) if d == axis % x.ndim else slice(0, n) for d, n in enumerate(shape))]
+
+
 def _gather_elements_infer(x: TensorType, index: TensorType, axis) -> TensorType:
     norm_axis(axis, x.rank, "gather_elements")
     if index.rank != x.rank:
@@ -290,7 +295,9 @@ def _gather_elements_infer(x: TensorType, index: TensorType, axis) -> TensorType
 defop(
     "gather_elements",
     infer=_gather_elements_infer,
-    kernel=lambda x, index, axis: np.take_along_axis(x, index, axis=axis),
+    kernel=lambda x, index, axis: np.take_along_axis(
+        _crop_to(x, index.shape, axis), index, axis=axis
+    ),
     attrs={"axis": REQUIRED},
     inputs=2,
     doc="out[i][j] = x[index[i][j]][j] along `axis` (torch.gather).",
