@@ -1,8 +1,10 @@
 """Backends: lower an optimized IR graph to something that runs.
 
-Each backend module provides ``lower(graph, device) -> Runner``; a runner takes the
-graph inputs as torch tensors (in graph-input order) and returns the graph outputs as
-torch tensors.
+Each backend module provides ``lower(graph, device, params=None) -> Runner``. ``params``
+maps initializer names to the model's own parameters and buffers (by full name), for
+backends that run on them in place (the torch backend trains through them). A runner
+takes the graph inputs as torch tensors (in graph-input order) and returns the graph
+outputs as torch tensors; it may be an ``nn.Module``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ Runner = Callable[[Sequence[torch.Tensor]], list[torch.Tensor]]
 
 BACKENDS = ("ort", "torch", "reference")
 DEVICES = ("cpu", "cuda")
-_MODULES = {"reference": "reference_runner"}
+_MODULES = {"reference": "reference_runner", "ort": "ort", "torch": "torch_backend"}
 
 
 def get_backend(name: str):

@@ -12,7 +12,7 @@ from tgraph.ir import Graph
 from .reference import run_graph
 
 
-def lower(graph: Graph, device: str = "cpu"):
+def lower(graph: Graph, device: str = "cpu", params=None):
     if device != "cpu":
         raise ValueError(f"the reference backend runs on cpu only, not {device!r}")
 

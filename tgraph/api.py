@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
+from tgraph.backends import Runner
 from tgraph.frontend import ir_dtype, normalize_inputs, trace
 from tgraph.ir import Graph, SymDim
 from tgraph.passmanager import PassManager
@@ -79,32 +80,59 @@ def unflatten_outputs(graph: Graph, outputs: Sequence[torch.Tensor]) -> Any:
     return pytree.tree_unflatten(leaves, spec)
 
 
-class CompiledModel:
+class CompiledModel(torch.nn.Module):
     """A traced, optimized and lowered model, called like the original.
+
+    For ``backend="torch"`` the lowered program is a submodule that holds the model's own
+    parameters, so ``cm.parameters()`` can be trained; other backends have no parameters.
 
     Attributes:
         graph: the optimized :class:`tgraph.Graph`.
         report: per-pass records (name, seconds, nodes before/after, changed).
         backend: "ort", "torch" or "reference".
         device: "cpu" or "cuda".
+        pipeline: the pipeline that produced ``graph``, as text.
     """
 
-    def __init__(self, graph: Graph, runner, backend: str, device: str, report: list | None = None):
+    def __init__(
+        self,
+        graph: Graph,
+        runner: Runner,
+        backend: str,
+        device: str,
+        report: list | None = None,
+        pipeline: str = "",
+    ):
+        super().__init__()
         self.graph = graph
         self.report = report or []
         self.backend = backend
         self.device = device
-        self._runner = runner
+        self.pipeline = pipeline
+        self.runner = runner  # an nn.Module runner registers as a submodule
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         tensors = flatten_call(self.graph, args, kwargs)
-        return unflatten_outputs(self.graph, self._runner(tensors))
+        return unflatten_outputs(self.graph, self.runner(tensors))
 
-    def __repr__(self) -> str:
-        return (
-            f"CompiledModel({self.graph.name}, backend={self.backend!r}, device={self.device!r}, "
-            f"{len(self.graph.nodes)} nodes)"
+    def extra_repr(self) -> str:
+        return f"{self.graph.name}, backend={self.backend!r}, device={self.device!r}, " + (
+            f"{len(self.graph.nodes)} nodes"
         )
+
+
+def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's parameters and buffers by full name (tied weights under every name)."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        tensors[name] = p
+    for name, b in model.named_buffers(remove_duplicate=False):
+        tensors.setdefault(name, b)
+    return tensors
+
+
+def _trains(model: torch.nn.Module) -> bool:
+    return any(p.requires_grad for p in model.parameters())
 
 
 def compile(
@@ -137,9 +165,12 @@ def compile(
         raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; valid devices: {', '.join(DEVICES)}")
+    if pipeline == "default" and backend == "torch" and model.training and _trains(model):
+        pipeline = "training"  # never bake parameters that are being trained into constants
     manager = PassManager(pipeline, dump_dir=dump_dir)  # parse first: fail fast on a typo
     normalize_inputs(example_inputs)  # type check with a clear message
     graph = trace(model, example_inputs, dynamic=dynamic)
     graph, report = manager.run(graph)
-    runner = get_backend(backend).lower(graph, device)
-    return CompiledModel(graph, runner, backend, device, report)
+    params = model_tensors(model) if isinstance(model, torch.nn.Module) else None
+    runner = get_backend(backend).lower(graph, device, params=params)
+    return CompiledModel(graph, runner, backend, device, report, manager.pipeline)
