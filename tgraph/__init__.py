@@ -8,6 +8,7 @@ print(g.dump())
 """
 
 from .api import CompiledModel, InputError, compile
+from .artifact import ArtifactError, load
 from .frontend import FrontendError, trace
 from .ir import DType, Graph, IRError, Node, SymDim, TensorType, Value
 from .passmanager import PassError, PipelineError, diff, list_passes, optimize
@@ -15,6 +16,7 @@ from .passmanager import PassError, PipelineError, diff, list_passes, optimize
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArtifactError",
     "CompiledModel",
     "DType",
     "FrontendError",
@@ -31,6 +33,7 @@ __all__ = [
     "compile",
     "diff",
     "list_passes",
+    "load",
     "optimize",
     "trace",
 ]

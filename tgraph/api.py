@@ -115,6 +115,12 @@ class CompiledModel(torch.nn.Module):
         tensors = flatten_call(self.graph, args, kwargs)
         return unflatten_outputs(self.graph, self.runner(tensors))
 
+    def save(self, directory: str) -> None:
+        """Write an artifact directory atomically; ``tgraph.load(directory)`` reloads it."""
+        from tgraph.artifact import save
+
+        save(self, directory)
+
     def extra_repr(self) -> str:
         return f"{self.graph.name}, backend={self.backend!r}, device={self.device!r}, " + (
             f"{len(self.graph.nodes)} nodes"

@@ -230,6 +230,10 @@ class Rule:
 
     ``check`` returns a reason string to reject a site ("bias has rank 2, want 1").
     ``replace`` returns the value(s) standing for the root node's output(s).
+
+    ``exports`` names interior nodes (bound with ``name=``) whose outputs the replacement
+    takes over: they may be read outside the match (by nodes after the root), and
+    ``replace`` returns, after the root's values, one value per output of each, in order.
     """
 
     name: str
@@ -237,13 +241,20 @@ class Rule:
     replace: Replace
     check: Check | None = None
     commutative: bool = True
+    exports: tuple[str, ...] = ()
 
 
-def _soundness(graph: Graph, m: Match) -> str | None:
+def _soundness(graph: Graph, m: Match, exports: tuple[str, ...] = ()) -> str | None:
     inside = {id(n) for n in m.nodes}
     outputs = {id(v) for v in graph.outputs}
+    exported = {id(m[e]) for e in exports}
     for node in m.nodes:
         if node is m.root:
+            continue
+        if id(node) in exported:
+            reason = _exported_users_follow_root(graph, m, node, inside)
+            if reason:
+                return reason
             continue
         for v in node.outputs:
             if id(v) in outputs:
@@ -251,6 +262,20 @@ def _soundness(graph: Graph, m: Match) -> str | None:
             for user, _ in v.uses():
                 if id(user) not in inside:
                     return f"interior value %{v.name} is also used by %{user.name} ({user.op})"
+    return None
+
+
+def _exported_users_follow_root(graph: Graph, m: Match, node: Node, inside: set[int]):
+    # The replacement goes just before the root, so it must come before every outside user.
+    before_root: set[int] = set()
+    for n in graph.nodes:
+        if n is m.root:
+            break
+        before_root.add(id(n))
+    for v in node.outputs:
+        for user, _ in v.uses():
+            if id(user) not in inside and id(user) in before_root:
+                return f"exported value %{v.name} is used by %{user.name} before the match root"
     return None
 
 
@@ -302,7 +327,7 @@ class RewritePass(Pass):
         reason = None
         for bindings, nodes in _match_node(pattern, root, {}, (), rule.commutative):
             m = Match(bindings, _order(graph, nodes), root)
-            reason = _soundness(graph, m) or (rule.check(m) if rule.check else None)
+            reason = _soundness(graph, m, rule.exports) or (rule.check(m) if rule.check else None)
             if reason is None:
                 rejected.pop(key, None)
                 self._rewrite(graph, rule, m)
@@ -321,12 +346,13 @@ class RewritePass(Pass):
         result = rule.replace(builder, m)
         new_values = [result] if isinstance(result, Value) else list(result)
         root = m.root
-        if len(new_values) != len(root.outputs):
+        old_values = list(root.outputs) + [v for e in rule.exports for v in m[e].outputs]
+        if len(new_values) != len(old_values):
             raise ValueError(
-                f"rule {rule.name} returned {len(new_values)} values for {len(root.outputs)}"
+                f"rule {rule.name} returned {len(new_values)} values for {len(old_values)}"
             )
-        old_names = [v.name for v in root.outputs]
-        for old, new in zip(root.outputs, new_values):
+        old_names = [v.name for v in old_values]
+        for old, new in zip(old_values, new_values):
             old.replace_all_uses_with(new, graph)
         for node in reversed(m.nodes):
             if node.graph is not None and not node.has_users() and not _is_output(graph, node):

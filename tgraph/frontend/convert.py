@@ -47,6 +47,9 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def to_torch(a: np.ndarray) -> torch.Tensor:
+    """A tensor for an array (shares memory when the array is writable, else copies)."""
+    if not a.flags.writeable:
+        a = a.copy()
     if a.dtype.name == "bfloat16":
         return torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(np.ascontiguousarray(a))

@@ -1,0 +1,204 @@
+"""Saving and loading compiled models (``cm.save(dir)``, ``tgraph.load(dir)``).
+
+An artifact directory holds ``manifest.json`` (format version, backend, device,
+pipeline, tgraph version, input/output spec), ``graph.json`` (the optimized IR),
+``weights.safetensors`` (its constants) and, for the ORT backend, ``model.onnx`` for
+inspection. Nothing is pickled: loading never executes code from the artifact, and it
+needs no model class. Saving is atomic: everything is written to a temporary directory
+beside the target and renamed into place, so a failure leaves an earlier artifact intact.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import tempfile
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch.utils._pytree as pytree
+
+from tgraph.ir import Graph
+from tgraph.ir.serialize import decode, encode, from_json, to_json
+
+if TYPE_CHECKING:
+    from tgraph.api import CompiledModel
+
+FORMAT = "tgraph-artifact"
+VERSION = 1
+
+
+class ArtifactError(ValueError):
+    """A directory is not a readable tgraph artifact."""
+
+
+def _structure(graph: Graph) -> dict[str, Any]:
+    """How calls map onto graph inputs and outputs back onto the model's structure."""
+    meta = graph.meta
+    out: dict[str, Any] = {}
+    for key in ("signature", "traced_names", "n_args", "input_names", "output_names"):
+        if key in meta:
+            out[key] = meta[key]
+    out["output_leaves"] = encode([list(x) for x in meta.get("output_leaves", [])])
+    for key in ("in_spec", "out_spec"):
+        spec = meta.get(key)
+        if spec is None:
+            continue
+        try:
+            out[key] = pytree.treespec_dumps(spec)
+        except Exception:  # noqa: BLE001 - a custom container: fall back to flat outputs
+            out[key] = None
+    return out
+
+
+def _restore_structure(graph: Graph, structure: dict[str, Any]) -> None:
+    for key in ("signature", "traced_names", "n_args", "input_names", "output_names"):
+        if key in structure:
+            graph.meta[key] = structure[key]
+    graph.meta["output_leaves"] = [tuple(x) for x in decode(structure.get("output_leaves", []))]
+    for key in ("in_spec", "out_spec"):
+        text = structure.get(key)
+        graph.meta[key] = _load_spec(text) if text else None
+
+
+def _load_spec(text: str) -> Any:
+    """A pytree spec; containers from libraries (ModelOutput) need their module imported."""
+    for type_name in _type_names(json.loads(text)):
+        module = type_name.rsplit(".", 1)[0]
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
+    try:
+        return pytree.treespec_loads(text)
+    except Exception:  # noqa: BLE001 - unknown container type: outputs come back flat
+        return None
+
+
+def _type_names(doc: Any) -> list[str]:
+    names = []
+    if isinstance(doc, dict):
+        if isinstance(doc.get("type"), str) and "." in doc["type"]:
+            names.append(doc["type"])
+        for v in doc.values():
+            names.extend(_type_names(v))
+    elif isinstance(doc, list):
+        for v in doc:
+            names.extend(_type_names(v))
+    return names
+
+
+def save(cm: CompiledModel, directory: str | os.PathLike[str]) -> None:
+    """Write ``cm`` to ``directory`` atomically (see the module docstring)."""
+    import safetensors.torch
+
+    from tgraph import __version__
+    from tgraph.frontend.convert import to_torch
+
+    directory = os.fspath(directory)
+    parent = os.path.dirname(os.path.abspath(directory)) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tgraph-save-", dir=parent)
+    try:
+        doc, arrays = to_json(cm.graph)
+        with open(os.path.join(tmp, "graph.json"), "w") as f:
+            json.dump(doc, f)
+        tensors = {k: to_torch(np.ascontiguousarray(a)).clone() for k, a in arrays.items()}
+        safetensors.torch.save_file(tensors, os.path.join(tmp, "weights.safetensors"))
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "tgraph_version": __version__,
+            "backend": cm.backend,
+            "device": cm.device,
+            "pipeline": cm.pipeline,
+            "inputs": [{"name": v.name, "type": str(v.type)} for v in cm.graph.inputs],
+            "outputs": [{"name": v.name, "type": str(v.type)} for v in cm.graph.outputs],
+            "structure": _structure(cm.graph),
+        }
+        _save_backend_files(cm, tmp)
+        with open(os.path.join(tmp, "manifest.json"), "w") as f:
+            json.dump(manifest, f, indent=2, sort_keys=True)
+            f.write("\n")
+        _swap_into_place(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _save_backend_files(cm: CompiledModel, tmp: str) -> None:
+    from tgraph.backends import get_backend
+
+    backend = get_backend(cm.backend)
+    if hasattr(backend, "save_files"):
+        backend.save_files(cm.graph, tmp)
+
+
+def _swap_into_place(tmp: str, directory: str) -> None:
+    """Replace ``directory`` with ``tmp``; an existing artifact is only removed after."""
+    if not os.path.exists(directory):
+        os.rename(tmp, directory)
+        return
+    if os.path.isdir(directory) and not os.path.exists(os.path.join(directory, "manifest.json")):
+        if os.listdir(directory):
+            raise ArtifactError(
+                f"{directory}: exists and is not a tgraph artifact; refusing to overwrite it"
+            )
+    backup = tempfile.mkdtemp(prefix=".tgraph-old-", dir=os.path.dirname(tmp))
+    os.rmdir(backup)
+    os.rename(directory, backup)
+    try:
+        os.rename(tmp, directory)
+    except BaseException:
+        os.rename(backup, directory)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    directory = os.fspath(directory)
+    path = os.path.join(directory, "manifest.json")
+    if not os.path.isdir(directory):
+        raise ArtifactError(f"{directory}: not a directory (expected a tgraph artifact)")
+    if not os.path.exists(path):
+        raise ArtifactError(
+            f"{directory}: no manifest.json; not a tgraph artifact (tgraph compile -o DIR writes one)"
+        )
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{path}: unreadable manifest ({e})") from None
+    if manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{path}: not a tgraph artifact manifest")
+    if manifest.get("version") != VERSION:
+        raise ArtifactError(
+            f"{path}: artifact format version {manifest.get('version')}, this tgraph reads {VERSION}"
+        )
+    return manifest
+
+
+def load(directory: str | os.PathLike[str], device: str | None = None) -> CompiledModel:
+    """Load an artifact written by ``CompiledModel.save`` and lower it again for its backend."""
+    import safetensors.torch
+
+    from tgraph.api import CompiledModel
+    from tgraph.backends import get_backend
+    from tgraph.frontend.convert import to_numpy
+
+    directory = os.fspath(directory)
+    manifest = read_manifest(directory)
+    try:
+        with open(os.path.join(directory, "graph.json")) as f:
+            doc = json.load(f)
+        tensors = safetensors.torch.load_file(os.path.join(directory, "weights.safetensors"))
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ArtifactError(f"{directory}: damaged artifact ({e})") from None
+    arrays = {k: to_numpy(t) for k, t in tensors.items()}
+    graph = from_json(doc, arrays)
+    _restore_structure(graph, manifest.get("structure", {}))
+    device = device or manifest["device"]
+    runner = get_backend(manifest["backend"]).lower(graph, device)
+    return CompiledModel(graph, runner, manifest["backend"], device, [], manifest["pipeline"])
