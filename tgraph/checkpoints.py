@@ -94,7 +94,127 @@ def _quiet_logger(name: str):
 
 
 def _load_hf_dir(path: str, batch: int, seq: int) -> LoadedModel:
-    raise CheckpointLoadError(
-        f"{path}: Hugging Face model directories are not supported yet; "
-        "use zoo:NAME, a .pt zoo checkpoint or a .pt2 program"
-    )
+    """A Hugging Face model directory: config.json plus safetensors or pytorch_model.bin.
+
+    The architecture comes from ``config.architectures`` through transformers' own classes;
+    ``trust_remote_code`` is never enabled, and .bin weights are checked with
+    ``torch.load(weights_only=True)`` before transformers reads them.
+    """
+    config_path = os.path.join(path, "config.json")
+    if not os.path.exists(config_path):
+        raise CheckpointLoadError(f"{path}: no config.json; not a Hugging Face model directory")
+    config_dict = _read_json(config_path)
+    try:
+        import transformers
+    except ImportError:
+        raise CheckpointLoadError(
+            f"{path}: Hugging Face directories need transformers: pip install 'tgraph[hf]'"
+        ) from None
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    _check_weights(path)
+    archs = config_dict.get("architectures") or []
+    cls = getattr(transformers, archs[0], None) if archs else None
+    if cls is None:
+        raise CheckpointLoadError(
+            f"{config_path}: architectures={archs!r} names no transformers class; "
+            "tgraph never runs remote code"
+        )
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=False)
+        if hasattr(config, "use_cache"):
+            config.use_cache = False  # a KV cache in the outputs is not a tensor structure
+        model = cls.from_pretrained(path, config=config, trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds
+        raise CheckpointLoadError(
+            f"{path}: transformers could not load it ({_first_line(e)})"
+        ) from None
+    return LoadedModel(path, model.eval(), _hf_inputs(config, batch, seq))
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    import json
+
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except OSError as e:
+        raise CheckpointLoadError(f"{path}: cannot read ({e.strerror})") from None
+    except ValueError as e:
+        raise CheckpointLoadError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointLoadError(f"{path}: expected a JSON object")
+    return data
+
+
+def _check_weights(path: str) -> None:
+    """Open every weight file safely first, so a bad one fails with its own name."""
+    files = sorted(os.listdir(path))
+    tensors = [f for f in files if f.endswith(".safetensors")]
+    pickles = [f for f in files if f.endswith(".bin")]
+    if not tensors and not pickles:
+        raise CheckpointLoadError(f"{path}: no *.safetensors or pytorch_model.bin weights")
+    for name in tensors:
+        _check_safetensors(os.path.join(path, name))
+    if not tensors:
+        for name in pickles:
+            check_torch_pickle(os.path.join(path, name))
+
+
+def _check_safetensors(file: str) -> None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(file, framework="pt") as f:
+            for key in f.keys():
+                f.get_slice(key)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointLoadError(
+            f"{file}: corrupt or truncated safetensors ({_first_line(e)})"
+        ) from None
+    size = os.path.getsize(file)
+    import json
+    import struct
+
+    with open(file, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + header_len + end > size:
+        raise CheckpointLoadError(f"{file}: truncated safetensors (data ends past the file)")
+
+
+def check_torch_pickle(file: str) -> Any:
+    """``torch.load(weights_only=True)``; a pickle that wants code is refused, never run."""
+    import pickle
+
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointLoadError(
+            f"{file}: refused: the pickle needs more than tensors ({_first_line(e)}); "
+            "save the weights as safetensors"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - truncated zip, bad magic, ...
+        raise CheckpointLoadError(
+            f"{file}: corrupt or not a torch checkpoint ({_first_line(e)})"
+        ) from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _hf_inputs(config: Any, batch: int, seq: int) -> dict[str, torch.Tensor]:
+    """Example inputs from the config: pixel_values for vision models, else ids and a mask."""
+    g = torch.Generator().manual_seed(0)
+    if hasattr(config, "image_size") and hasattr(config, "num_channels"):
+        size = config.image_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        return {"pixel_values": torch.randn(batch, config.num_channels, *size, generator=g)}
+    vocab = getattr(config, "vocab_size", 100)
+    return {
+        "input_ids": torch.randint(0, vocab, (batch, seq), generator=g),
+        "attention_mask": torch.ones(batch, seq, dtype=torch.long),
+    }

@@ -6,6 +6,7 @@ the traceback instead.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -13,7 +14,7 @@ import click
 
 CHECKPOINT_HELP = (
     "CHECKPOINT is zoo:NAME (a built-in config with random weights, e.g. zoo:gpt-tiny), "
-    "a zoo .pt checkpoint, or a torch.export .pt2 program."
+    "a zoo .pt checkpoint, a torch.export .pt2 program or a Hugging Face model directory."
 )
 
 
@@ -30,16 +31,25 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 def _run(ctx: _Context, fn, *args: Any, **kwargs: Any) -> Any:
-    """Call ``fn``; expected failures become one line on stderr (tracebacks with --debug)."""
+    """Call ``fn``; failures become one line on stderr (tracebacks with --debug)."""
     try:
         return fn(*args, **kwargs)
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit, click.exceptions.Exit):
         raise
     except Exception as e:  # noqa: BLE001 - the CLI's one place that turns errors into a line
         if ctx.debug:
             raise
         text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         _fail(text.strip("'\""))
+
+
+def _size_options(fn):
+    fn = click.option(
+        "--seq-len", default=16, show_default=True, help="Example sequence length for tracing."
+    )(fn)
+    return click.option(
+        "--batch", default=2, show_default=True, help="Example batch size for tracing."
+    )(fn)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,54 +60,226 @@ def main(ctx: _Context, debug: bool) -> None:
     """tgraph: a compute-graph compiler for Transformer models.
 
     \b
-    Examples:
-      tgraph dump zoo:gpt-tiny
-      tgraph dump model.pt --dump-dir dumps/
+    A session:
+      tgraph compile zoo:gpt-tiny -o gpt.tg --dump-dir dumps/
+      tgraph run gpt.tg --random --output out.npz
+      tgraph diff dumps/00-input.txt dumps/04-fuse-attention.txt
+      tgraph passes
     """
     ctx.debug = debug
 
 
-def _trace(checkpoint: str, batch: int, seq_len: int):
-    import tgraph
+def _load(checkpoint: str, batch: int, seq_len: int):
     from tgraph.checkpoints import load_model
 
-    loaded = load_model(checkpoint, batch=batch, seq=seq_len)
+    return load_model(checkpoint, batch=batch, seq=seq_len)
+
+
+def _trace(checkpoint: str, batch: int, seq_len: int):
+    import tgraph
+
+    loaded = _load(checkpoint, batch, seq_len)
     return tgraph.trace(loaded.model, loaded.example_inputs)
 
 
 @main.command()
 @click.argument("checkpoint")
-@click.option("--batch", default=2, show_default=True, help="Example batch size for tracing.")
-@click.option("--seq-len", default=16, show_default=True, help="Example sequence length.")
+@_size_options
+@click.option("--pipeline", default="none", show_default=True, help="Passes to run first.")
 @click.option(
-    "--format", "fmt", type=click.Choice(["text"]), default="text", show_default=True,
-    help="Output format.",
+    "--format", "fmt", type=click.Choice(["text", "json", "dot"]), default="text",
+    show_default=True, help="Output format of the final graph.",
 )  # fmt: skip
 @click.option("--provenance", is_flag=True, help="Show each node's source module and line.")
-@click.option("--dump-dir", type=click.Path(file_okay=False), help="Also write dump files here.")
+@click.option("--dump-dir", type=click.Path(file_okay=False), help="Write per-pass dumps here.")
 @pass_ctx
 def dump(
-    ctx: _Context, checkpoint: str, batch: int, seq_len: int, fmt: str, provenance: bool,
-    dump_dir: str | None,
+    ctx: _Context, checkpoint: str, batch: int, seq_len: int, pipeline: str, fmt: str,
+    provenance: bool, dump_dir: str | None,
 ) -> None:  # fmt: skip
-    """Print the traced graph of CHECKPOINT.
+    """Print the graph of CHECKPOINT, traced and optionally optimized.
 
     \b
     CHECKPOINT is zoo:NAME (a built-in config with random weights, e.g. zoo:gpt-tiny),
-    a zoo .pt checkpoint, or a torch.export .pt2 program.
+    a zoo .pt checkpoint, a torch.export .pt2 program or a Hugging Face model directory.
 
     \b
     Examples:
       tgraph dump zoo:gpt-tiny
-      tgraph dump zoo:bert-tiny --provenance
-      tgraph dump model.pt --dump-dir dumps/
+      tgraph dump zoo:bert-tiny --pipeline default --provenance
+      tgraph dump model.pt --pipeline default --dump-dir dumps/
+      tgraph dump zoo:llama-tiny --format dot | dot -Tsvg > llama.svg
     """
-    graph = _run(ctx, _trace, checkpoint, batch, seq_len)
-    if dump_dir:
-        from tgraph.passmanager import optimize
+    from tgraph.passmanager import optimize, parse_pipeline
 
-        _run(ctx, optimize, graph, "none", dump_dir=dump_dir)
-    click.echo(graph.dump(provenance=provenance), nl=False)
+    _run(ctx, parse_pipeline, pipeline)
+    graph = _run(ctx, _trace, checkpoint, batch, seq_len)
+    graph, _ = _run(ctx, optimize, graph, pipeline, dump_dir=dump_dir)
+    if fmt == "json":
+        click.echo(_graph_json(graph))
+    elif fmt == "dot":
+        click.echo(_graph_dot(graph))
+    else:
+        click.echo(graph.dump(provenance=provenance), nl=False)
+
+
+def _graph_json(graph) -> str:
+    import json
+
+    from tgraph.ir.serialize import to_json
+
+    doc, _ = to_json(graph)
+    return json.dumps(doc, indent=1, sort_keys=True)
+
+
+def _graph_dot(graph) -> str:
+    lines = [f'digraph "{graph.name}" {{', "  node [shape=box, fontname=monospace];"]
+    ids = {}
+    for i, v in enumerate(graph.inputs):
+        ids[id(v)] = f"in{i}"
+        lines.append(f'  in{i} [label="{v.name}\\n{v.type}", shape=ellipse];')
+    for i, node in enumerate(graph.nodes):
+        for v in node.outputs:
+            ids[id(v)] = f"n{i}"
+        label = f"{node.op}\\n" + ", ".join(str(v.type) for v in node.outputs)
+        lines.append(f'  n{i} [label="{label}"];')
+        for v in node.inputs:
+            if v is not None and id(v) in ids:
+                lines.append(f"  {ids[id(v)]} -> n{i};")
+    for i, v in enumerate(graph.outputs):
+        lines.append(f'  out{i} [label="{v.name}", shape=ellipse];')
+        if id(v) in ids:
+            lines.append(f"  {ids[id(v)]} -> out{i};")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+@main.command(name="compile")
+@click.argument("checkpoint")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Artifact directory.")
+@click.option(
+    "--backend", type=click.Choice(["ort", "torch", "reference"]), default="ort",
+    show_default=True,
+)  # fmt: skip
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--pipeline", default="default", show_default=True, help="Named or a,b,c.")
+@_size_options
+@click.option("--dump-dir", type=click.Path(file_okay=False), help="Write per-pass dumps here.")
+@pass_ctx
+def compile_(
+    ctx: _Context, checkpoint: str, output: str, backend: str, device: str, pipeline: str,
+    batch: int, seq_len: int, dump_dir: str | None,
+) -> None:  # fmt: skip
+    """Compile CHECKPOINT into an artifact directory that `tgraph run` executes.
+
+    \b
+    CHECKPOINT is zoo:NAME, a zoo .pt checkpoint, a .pt2 program or a Hugging Face
+    model directory. The artifact is written atomically: a failed compile leaves an
+    existing OUTPUT untouched.
+
+    \b
+    Examples:
+      tgraph compile zoo:gpt-tiny -o gpt.tg
+      tgraph compile ./bert-dir -o bert.tg --backend torch --pipeline default
+      tgraph compile model.pt2 -o m.tg --dump-dir dumps/
+    """
+    import tgraph
+    from tgraph.passmanager import parse_pipeline
+
+    _run(ctx, parse_pipeline, pipeline)
+    loaded = _run(ctx, _load, checkpoint, batch, seq_len)
+    cm = _run(
+        ctx, tgraph.compile, loaded.model, loaded.example_inputs, backend=backend, device=device,
+        pipeline=pipeline, dump_dir=dump_dir,
+    )  # fmt: skip
+    _run(ctx, cm.save, output)
+    nodes = cm.report[0].nodes_before if cm.report else len(cm.graph.nodes)
+    click.echo(
+        f"compiled {loaded.name}: {nodes} -> {len(cm.graph.nodes)} nodes, "
+        f"backend {backend}, wrote {output}"
+    )
+
+
+@main.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--inputs", "inputs_path", type=click.Path(), help=".npz with one array per input.")
+@click.option("--random", "random_inputs", is_flag=True, help="Use seeded random inputs.")
+@click.option("--batch", default=1, show_default=True, help="Batch size for --random.")
+@click.option("--seq-len", default=8, show_default=True, help="Sequence length for --random.")
+@click.option("--seed", default=0, show_default=True, help="Seed for --random.")
+@click.option("--output", "output_path", type=click.Path(), help="Write outputs to this .npz.")
+@pass_ctx
+def run(
+    ctx: _Context, artifact: str, inputs_path: str | None, random_inputs: bool, batch: int,
+    seq_len: int, seed: int, output_path: str | None,
+) -> None:  # fmt: skip
+    """Run a compiled ARTIFACT on inputs from an .npz (by input name) or random ones.
+
+    \b
+    Examples:
+      tgraph run gpt.tg --random --batch 2 --seq-len 16
+      tgraph run bert.tg --inputs inputs.npz --output outputs.npz
+    """
+    import tgraph
+    from tgraph.runio import read_inputs, run_flat, summarize, write_outputs
+
+    if bool(inputs_path) == random_inputs:
+        _fail("give exactly one of --inputs FILE.npz or --random", code=2)
+    cm = _run(ctx, tgraph.load, artifact)
+    arrays = _run(ctx, read_inputs, cm.graph, inputs_path, random_inputs, batch, seq_len, seed)
+    outputs = _run(ctx, run_flat, cm, arrays)
+    if output_path:
+        _run(ctx, write_outputs, output_path, outputs)
+    click.echo(summarize(outputs), nl=False)
+
+
+@main.command()
+@click.argument("a", type=click.Path(exists=True))
+@click.argument("b", type=click.Path(exists=True))
+@pass_ctx
+def diff(ctx: _Context, a: str, b: str) -> None:
+    """Unified diff of two dump files, or of two dump directories file by file.
+
+    \b
+    Examples:
+      tgraph diff dumps/03-fuse-linear.txt dumps/04-fuse-attention.txt
+      tgraph diff dumps-before/ dumps-after/
+    """
+    from tgraph.passmanager import diff as diff_text
+
+    if os.path.isdir(a) != os.path.isdir(b):
+        _fail("give two dump files or two dump directories", code=2)
+    pairs = [(a, b)]
+    if os.path.isdir(a):
+        names = sorted(set(os.listdir(a)) | set(os.listdir(b)))
+        pairs = [(os.path.join(a, n), os.path.join(b, n)) for n in names if n.endswith(".txt")]
+    for pa, pb in pairs:
+        ta = _run(ctx, _read_text, pa)
+        tb = _run(ctx, _read_text, pb)
+        click.echo(diff_text(ta, tb, pa, pb), nl=False)
+
+
+def _read_text(path: str) -> str:
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        return f.read()
+
+
+@main.command()
+def passes() -> None:
+    """List the registered passes and named pipelines, one line each.
+
+    \b
+    Example:
+      tgraph passes
+    """
+    from tgraph.passmanager import list_passes
+
+    entries = list_passes()
+    width = max(len(n) for n in entries)
+    for name, desc in entries.items():
+        click.echo(f"{name:<{width}}  {desc}")
 
 
 if __name__ == "__main__":  # pragma: no cover

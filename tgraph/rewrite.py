@@ -323,6 +323,8 @@ class RewritePass(Pass):
         pattern = rule.pattern
         if not isinstance(pattern, _Op) or root.op not in pattern.ops:
             return False
+        if len(root.inputs) != len(pattern.inputs):  # as _match checks for interior nodes
+            return False
         key = (rule.name, root.name)
         reason = None
         for bindings, nodes in _match_node(pattern, root, {}, (), rule.commutative):
