@@ -267,6 +267,97 @@ def _read_text(path: str) -> str:
 
 
 @main.command()
+@click.argument("checkpoint")
+@click.option(
+    "--backends", default=",".join(("eager", "torch.compile", "ort-optimizer", "tgraph-ort",
+                                    "tgraph-torch")),
+    show_default=True,
+    help="Comma-separated contenders: eager, torch.compile, ort-plain, ort-optimizer, "
+    "openvino, tgraph-ort, tgraph-torch.",
+)  # fmt: skip
+@click.option("--batch", default=1, show_default=True, help="Batch size.")
+@click.option("--seq-len", default=128, show_default=True, help="Sequence length.")
+@click.option("--pipeline", default="default", show_default=True, help="tgraph pipeline.")
+@click.option("--repeats", default=20, show_default=True, help="Timed rounds.")
+@click.option("--warmup", default=3, show_default=True, help="Untimed rounds first.")
+@click.option("--threads", type=int, help="Intra-op threads (default: torch's setting).")
+@click.option("--json", "json_path", type=click.Path(), help="Also write the results as JSON.")
+@pass_ctx
+def bench(
+    ctx: _Context, checkpoint: str, backends: str, batch: int, seq_len: int, pipeline: str,
+    repeats: int, warmup: int, threads: int | None, json_path: str | None,
+) -> None:  # fmt: skip
+    """Time CHECKPOINT side by side: eager, torch.compile, ONNX Runtime, tgraph.
+
+    Contenders run interleaved, one call each per round; the table shows the median,
+    the interquartile range, the ratio to eager and the max abs error against eager.
+
+    \b
+    Examples:
+      tgraph bench zoo:gpt-tiny
+      tgraph bench zoo:bert-base --batch 1 --seq-len 128 --json bert.json
+      tgraph bench ./hf-model --backends eager,ort-plain,tgraph-ort
+    """
+    import json
+
+    from tgraph.bench import bench as run_bench
+    from tgraph.bench import format_table
+
+    contenders = tuple(b.strip() for b in backends.split(",") if b.strip())
+    loaded = _run(ctx, _load, checkpoint, batch, seq_len)
+    with _progress() as say:
+        report = _run(
+            ctx, run_bench, loaded.model, loaded.example_inputs, name=loaded.name,
+            contenders=contenders, repeats=repeats, warmup=warmup, pipeline=pipeline,
+            threads=threads, progress=say,
+        )  # fmt: skip
+    _print_table(report, format_table)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(report.to_json(), f, indent=2)
+            f.write("\n")
+
+
+def _progress():
+    """A rich status line on a terminal; silent otherwise."""
+    import contextlib
+
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        return contextlib.nullcontext(lambda _msg: None)
+
+    @contextlib.contextmanager
+    def status():
+        with console.status("starting") as st:
+            yield lambda msg: st.update(msg)
+
+    return status()
+
+
+def _print_table(report, format_table) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:
+        click.echo(format_table(report))
+        return
+    table = Table(title=f"{report.model}  batch {report.batch}  seq {report.seq_len}  "
+                  f"threads {report.threads}")  # fmt: skip
+    for col in ("contender", "median ms", "iqr", "x eager", "max err", "build s"):
+        table.add_column(col, justify="left" if col == "contender" else "right")
+    for r in report.results:
+        if r.error:
+            table.add_row(r.name, "failed", r.error, "", "", "")
+        else:
+            table.add_row(r.name, f"{r.median_ms:.3f}", f"{r.iqr_ms:.3f}", f"{r.ratio_to_eager:.2f}",
+                          f"{r.max_abs_error:.1e}", f"{r.build_s:.2f}")  # fmt: skip
+    console.print(table)
+
+
+@main.command()
 def passes() -> None:
     """List the registered passes and named pipelines, one line each.
 
