@@ -1,0 +1,375 @@
+"""Lower a tgraph IR graph to an ONNX ``ModelProto``.
+
+The model uses standard ONNX ops at opset :data:`OPSET` plus ONNX Runtime's
+``com.microsoft`` contrib ops for some fused ops (see ``onnx_ops.py``, which holds the
+table op -> lowering function). One model runs at every batch and sequence size:
+
+- Graph inputs and outputs declare symbolic dims as ``dim_param`` names (``batch``, ``seq``).
+- Attributes that hold symbolic dims (a reshape target, a slice end, an ``arange`` end, ...)
+  become int64 tensors computed at run time: ``Shape`` of the graph input where each symbol
+  first appears, then ``Add``/``Mul``/floor division for expressions. Each expression is
+  computed once and shared (:meth:`Lowering.dim`).
+
+Weights stay ONNX initializers under their parameter names; an initializer that no ONNX
+node reads (a weight that only a ``linear`` reads gets a transposed copy) is left out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from tgraph.ir import DType, Graph, Node, SymDim, Value, simplify
+from tgraph.ir.dims import DimLike
+
+OPSET = 23  # RMSNormalization and Attention are standard from 23 on
+MS_DOMAIN = "com.microsoft"
+
+ONNX_DTYPE = {
+    DType.float32: TensorProto.FLOAT,
+    DType.float16: TensorProto.FLOAT16,
+    DType.bfloat16: TensorProto.BFLOAT16,
+    DType.float64: TensorProto.DOUBLE,
+    DType.int64: TensorProto.INT64,
+    DType.int32: TensorProto.INT32,
+    DType.int16: TensorProto.INT16,
+    DType.int8: TensorProto.INT8,
+    DType.uint8: TensorProto.UINT8,
+    DType.bool: TensorProto.BOOL,
+}
+_CACHED_CONST_ELEMENTS = 64  # small constants are shared by value
+
+
+class LoweringError(Exception):
+    """The graph has an op or a form that the ONNX lowering does not support."""
+
+
+class Lowering:
+    """The state of one IR -> ONNX lowering, and the helpers that lowering functions use.
+
+    Lowering functions (``onnx_ops.py``) receive this object, the IR node and the ONNX
+    names of its inputs, emit ONNX nodes with :meth:`op` and return the ONNX names of the
+    node's outputs.
+    """
+
+    def __init__(self, graph: Graph, fused_kernels: bool = True):
+        self.graph = graph
+        self.fused_kernels = fused_kernels
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._names: dict[int, str] = {}  # id(Value) -> ONNX name
+        self._bound: set[str] = set()  # ONNX names that some IR value has
+        self._used: set[str] = set()
+        self._reserved = {v.name for v in graph.values()}
+        self._counter = 0
+        self._consts: dict[tuple, str] = {}
+        self._dims: dict[tuple[DimLike, bool], str] = {}
+        self._shapes: dict[tuple[DimLike, ...], str] = {}
+        self._transposed: dict[int, str] = {}
+        self._const_values: dict[str, Value] = {}
+        self._pinned: set[str] = set()  # cached names: never renamed
+        self._hint = "t"
+        self._step_start = 0
+        self._symbol_source: dict[str, tuple[str, int]] = {}
+        for v in graph.inputs:
+            self._names[id(v)] = v.name
+            self._bound.add(v.name)
+            self._used.add(v.name)
+            for axis, d in enumerate(v.shape):
+                if isinstance(d, SymDim) and d.is_symbol():
+                    self._symbol_source.setdefault(d.name, (v.name, axis))
+
+    # -- names -----------------------------------------------------------------------------
+
+    def fresh(self, hint: str) -> str:
+        """A tensor name used nowhere in the IR graph or the ONNX model so far."""
+        while True:
+            self._counter += 1
+            name = f"{hint}__{self._counter}"
+            if name not in self._reserved and name not in self._used:
+                self._used.add(name)
+                return name
+
+    def name(self, v: Value | None) -> str:
+        """The ONNX name of an IR value ("" for an absent optional input)."""
+        if v is None:
+            return ""
+        key = id(v)
+        if key not in self._names:
+            if v.const is None:
+                raise LoweringError(f"value %{v.name} is used before it is defined")
+            # Emitted by finish() only if an ONNX node reads it (linear reads a transpose).
+            self._const_values[v.name] = v
+            self._used.add(v.name)
+            self._names[key] = v.name
+            self._bound.add(v.name)
+        return self._names[key]
+
+    def finish(self, outputs: Sequence[str]) -> list[onnx.TensorProto]:
+        """The initializers: the IR constants that ONNX nodes or outputs read, then ours."""
+        read = set(outputs)
+        for n in self.nodes:
+            read.update(n.input)
+        weights = [
+            numpy_helper.from_array(np.asarray(v.const), name)
+            for name, v in self._const_values.items()
+            if name in read
+        ]
+        return weights + self.initializers
+
+    @contextlib.contextmanager
+    def lowering(self, node: Node) -> Iterator[None]:
+        """Name the ONNX nodes and temporaries emitted for ``node`` after it."""
+        self._hint = node.name
+        self._step_start = len(self.nodes)
+        try:
+            yield
+        except LoweringError:
+            raise
+        except Exception as e:
+            module = node.meta.get("module")
+            where = f" (from {module})" if module else ""
+            raise LoweringError(f"cannot lower {node.op} node %{node.name}{where}: {e}") from e
+
+    def bind(self, node: Node, names: Sequence[str]) -> None:
+        """Record the ONNX names of ``node``'s outputs, renaming fresh ones to the IR names."""
+        if len(names) != len(node.outputs):
+            raise LoweringError(
+                f"lowering of {node.op} gave {len(names)} outputs, want {len(node.outputs)}"
+            )
+        for v, name in zip(node.outputs, names):
+            if name and self._rename(name, v.name):
+                name = v.name
+            self._names[id(v)] = name
+            self._bound.add(name)
+
+    def _rename(self, old: str, new: str) -> bool:
+        """Rename a temporary made while lowering the current node (keeps dumps readable)."""
+        if old in self._pinned or old in self._bound or new in self._used:
+            return False
+        step = self.nodes[self._step_start :]
+        if not any(old in n.output for n in step):
+            return False
+        for n in step:
+            for field in (n.input, n.output):
+                for i, x in enumerate(field):
+                    if x == old:
+                        field[i] = new
+        self._used.add(new)
+        return True
+
+    # -- emitting --------------------------------------------------------------------------
+
+    def op(self, op_type: str, inputs: Sequence[str], *, domain: str = "", **attrs: Any) -> str:
+        """Emit a one-output node and return its output name."""
+        return self.op_n(op_type, inputs, 1, domain=domain, **attrs)[0]
+
+    def op_n(
+        self,
+        op_type: str,
+        inputs: Sequence[str],
+        outputs: int | Sequence[str],
+        *,
+        domain: str = "",
+        **attrs: Any,
+    ) -> list[str]:
+        """Emit a node; ``outputs`` is a count or a list of names ("" skips an optional one)."""
+        if isinstance(outputs, int):
+            outputs = [self.fresh(f"{self._hint}/{op_type}") for _ in range(outputs)]
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+        inputs, outputs = _strip(inputs), _strip(outputs)
+        node_name = self.fresh(f"{self._hint}/{op_type}")
+        self.nodes.append(
+            helper.make_node(
+                op_type,
+                list(inputs),
+                list(outputs),
+                name=node_name,
+                domain=domain or None,
+                **attrs,
+            )
+        )
+        return list(outputs)
+
+    def copy(self, name: str, hint: str) -> str:
+        """An Identity of ``name``, named after ``hint``."""
+        self._hint = hint
+        return self.op("Identity", [name])
+
+    # -- constants -------------------------------------------------------------------------
+
+    def const(self, array: np.ndarray | float | int | bool, dtype: DType | None = None) -> str:
+        """An initializer holding ``array`` (small ones are shared by value)."""
+        array = np.asarray(array, dtype=dtype.numpy if dtype is not None else None)
+        key = None
+        if array.size <= _CACHED_CONST_ELEMENTS:
+            key = (array.dtype.str, array.shape, array.tobytes())
+            if key in self._consts:
+                return self._consts[key]
+        name = self.fresh("const")
+        self.initializers.append(numpy_helper.from_array(array, name))
+        if key is not None:
+            self._consts[key] = name
+            self._pinned.add(name)
+        return name
+
+    def ints(self, values: Sequence[int]) -> str:
+        """A 1-D int64 constant."""
+        return self.const(np.asarray(list(values), dtype=np.int64).reshape(-1))
+
+    def transposed_weight(self, w: Value) -> str:
+        """A constant weight (out, in) stored once as its transpose (in, out) for MatMul."""
+        if id(w) not in self._transposed:
+            name = self.fresh(f"{w.name}.T")
+            array = np.ascontiguousarray(np.asarray(w.const).T)
+            self.initializers.append(numpy_helper.from_array(array, name))
+            self._transposed[id(w)] = name
+            self._pinned.add(name)
+        return self._transposed[id(w)]
+
+    # -- symbolic dims ---------------------------------------------------------------------
+
+    def dim(self, d: DimLike, scalar: bool = False) -> str:
+        """An int64 tensor holding the value of ``d`` at run time: shape [1], or [] if scalar."""
+        d = simplify(d)
+        key = (d, scalar)
+        if key not in self._dims:
+            saved, self._hint = self._hint, f"dim[{d}]"
+            if isinstance(d, int):
+                name = self.const(np.asarray(d if scalar else [d], dtype=np.int64))
+            elif scalar:
+                name = self.op("Squeeze", [self.dim(d), self.ints([0])])
+            else:
+                name = self._poly(d)
+            self._hint = saved
+            self._dims[key] = name
+            self._pinned.add(name)
+        return self._dims[key]
+
+    def _poly(self, d: SymDim) -> str:
+        total = None
+        for mono, coeff in d.terms:
+            if mono == ():
+                term = self.ints([coeff])
+            else:
+                term = None
+                for atom in mono:
+                    factor = self._atom(atom)
+                    term = factor if term is None else self.op("Mul", [term, factor])
+                if coeff != 1:
+                    term = self.op("Mul", [term, self.ints([coeff])])
+            total = term if total is None else self.op("Add", [total, term])
+        return total
+
+    def _atom(self, atom: Any) -> str:
+        if atom.kind == "sym":
+            if atom.name not in self._symbol_source:
+                raise LoweringError(f"symbolic dim {atom.name!r} appears in no graph input shape")
+            source, axis = self._symbol_source[atom.name]
+            return self.op("Shape", [source], start=axis, end=axis + 1)
+        inner = self.dim(atom.expr)
+        k = self.ints([atom.k])
+        rem = self.op("Mod", [inner, k], fmod=0)  # Python's sign rule: rem in [0, k)
+        if atom.kind == "mod":
+            return rem
+        return self.op("Div", [self.op("Sub", [inner, rem]), k])  # exact, so floor
+
+    def shape(self, dims: Sequence[DimLike]) -> str:
+        """A 1-D int64 tensor holding ``dims`` (static runs stay constants)."""
+        dims = tuple(simplify(d) for d in dims)
+        if dims not in self._shapes:
+            if all(isinstance(d, int) for d in dims):
+                name = self.ints(dims)
+            else:
+                pieces: list[str] = []
+                run: list[int] = []
+                for d in dims:
+                    if isinstance(d, int):
+                        run.append(d)
+                        continue
+                    if run:
+                        pieces.append(self.ints(run))
+                        run = []
+                    pieces.append(self.dim(d))
+                if run:
+                    pieces.append(self.ints(run))
+                saved, self._hint = self._hint, "shape"
+                name = pieces[0] if len(pieces) == 1 else self.op("Concat", pieces, axis=0)
+                self._hint = saved
+            self._shapes[dims] = name
+            self._pinned.add(name)
+        return self._shapes[dims]
+
+
+def _strip(names: Sequence[str]) -> list[str]:
+    """Drop trailing "" (absent optional inputs or outputs)."""
+    names = list(names)
+    while names and not names[-1]:
+        names.pop()
+    return names
+
+
+def _value_info(v: Value, name: str) -> onnx.ValueInfoProto:
+    dims: list[int | str | None] = []
+    for d in v.shape:
+        if isinstance(d, int):
+            dims.append(d)
+        elif d.is_symbol():
+            dims.append(d.name)
+        else:
+            dims.append(None)  # an expression: leave the dim unnamed
+    return helper.make_tensor_value_info(name, ONNX_DTYPE[v.dtype], dims)
+
+
+def to_onnx(graph: Graph, *, fused_kernels: bool = True) -> onnx.ModelProto:
+    """Lower ``graph`` to an ONNX model.
+
+    Args:
+        graph: the (optimized) IR graph.
+        fused_kernels: lower fused ops to ONNX Runtime contrib kernels and fused standard
+            ops (MultiHeadAttention, Attention, SkipLayerNormalization, ...); False lowers
+            them to subgraphs of elementary ops instead.
+
+    Raises:
+        LoweringError: an op has no lowering, naming the node.
+    """
+    from .onnx_ops import LOWERINGS
+
+    ctx = Lowering(graph, fused_kernels)
+    for node in graph.nodes:
+        fn = LOWERINGS.get(node.op)
+        if fn is None:
+            raise LoweringError(
+                f"the ONNX lowering has no rule for op {node.op!r} (node %{node.name}); "
+                "use backend='reference' or 'torch', or add it to backends/onnx_ops.py"
+            )
+        with ctx.lowering(node):
+            result = fn(ctx, node, *[ctx.name(v) for v in node.inputs])
+            ctx.bind(node, [result] if isinstance(result, str) else list(result))
+
+    input_names = {v.name for v in graph.inputs}
+    outputs = []
+    taken: set[str] = set()
+    for v in graph.outputs:
+        name = ctx.name(v)
+        if name in input_names or name in taken or v.const is not None:
+            name = ctx.copy(name, v.name)  # an ONNX output must be a distinct node output
+        taken.add(name)
+        outputs.append(_value_info(v, name))
+
+    onnx_graph = helper.make_graph(
+        ctx.nodes,
+        graph.name,
+        [_value_info(v, v.name) for v in graph.inputs],
+        outputs,
+        initializer=ctx.finish([o.name for o in outputs]),
+    )
+    opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)]
+    model = helper.make_model(onnx_graph, opset_imports=opsets, producer_name="tgraph")
+    model.ir_version = helper.find_min_ir_version_for(opsets, ignore_unknown=True)
+    return model

@@ -1,0 +1,223 @@
+"""The ONNX Runtime backend: lower the IR to ONNX and run it in an InferenceSession.
+
+``lower(graph, device, params=None, *, ort_optimizations=None, fused_kernels=True)``
+returns an :class:`OrtRunner`. The graph's constants become ONNX initializers (``params``
+is not needed: ORT keeps its own copy of the weights). The backend is inference only.
+
+Options:
+    ort_optimizations: run ONNX Runtime's own graph optimizations (``ORT_ENABLE_ALL``) or
+        not (``ORT_DISABLE_ALL``), so that parity tests check tgraph's fusions without ORT's
+        hiding a bug. ``None`` (the default, and the case inside ``tgraph.compile``) reads
+        the environment variable ``TGRAPH_ORT_OPT``: ``0`` turns them off, anything else or
+        unset leaves them on.
+    fused_kernels: lower fused ops to ORT contrib / fused kernels (see ``onnx_ops.py``);
+        False lowers them to elementary ops.
+
+Threads: ``intra_op_num_threads`` is the number of physical cores this process may use
+(``psutil`` when installed, else the CPU affinity mask, else ``os.cpu_count()``).
+
+Devices: ``device="cuda"`` needs onnxruntime-gpu (the CUDAExecutionProvider); inputs and
+outputs then stay on the GPU through IO binding, with no host round trip.
+
+Models whose initializers pass :data:`EXTERNAL_DATA_BYTES` are written to a temporary
+directory with external data (a ModelProto cannot be serialized past 2 GB).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from tgraph.frontend.convert import torch_dtype
+from tgraph.ir import Graph, SymDim, evaluate
+
+from .onnx_lowering import LoweringError, to_onnx
+
+__all__ = ["EXTERNAL_DATA_BYTES", "LoweringError", "OrtRunner", "lower", "to_onnx"]
+
+ENV_OPTIMIZATIONS = "TGRAPH_ORT_OPT"
+EXTERNAL_DATA_BYTES = 1_500_000_000
+
+
+def physical_cores() -> int:
+    """Physical cores available to this process (at least 1)."""
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        available = os.cpu_count() or 1
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False) or available
+    except ImportError:
+        physical = available
+    return max(1, min(available, physical))
+
+
+def _optimizations_on(option: bool | None) -> bool:
+    if option is not None:
+        return option
+    return os.environ.get(ENV_OPTIMIZATIONS, "1").strip() != "0"
+
+
+def _providers(device: str) -> list:
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device != "cuda":
+        raise ValueError(f"unknown device {device!r}; the ort backend runs on 'cpu' or 'cuda'")
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        raise RuntimeError(
+            "device='cuda' needs onnxruntime-gpu with CUDAExecutionProvider; "
+            f"available: {', '.join(available)}"
+        )
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            "device='cuda' needs a CUDA GPU visible to torch (inputs are CUDA tensors)"
+        )
+    index = torch.cuda.current_device()
+    return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+
+
+def _session(model: onnx.ModelProto, options: ort.SessionOptions, providers: list):
+    """An InferenceSession; big models go through a temporary directory with external data.
+
+    Returns the session and the temporary directory to keep alive (or None).
+    """
+    size = sum(len(t.raw_data) for t in model.graph.initializer)
+    if size <= EXTERNAL_DATA_BYTES:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=providers), None
+    tmp = tempfile.TemporaryDirectory(prefix="tgraph-ort-")
+    path = os.path.join(tmp.name, "model.onnx")
+    onnx.save_model(
+        model,
+        path,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="model.onnx.data",
+        size_threshold=1024,
+    )
+    return ort.InferenceSession(path, options, providers=providers), tmp
+
+
+def lower(
+    graph: Graph,
+    device: str = "cpu",
+    params=None,
+    *,
+    ort_optimizations: bool | None = None,
+    fused_kernels: bool = True,
+) -> OrtRunner:
+    """Lower ``graph`` to ONNX and open an ONNX Runtime session for it (options: see above)."""
+    providers = _providers(device)  # fail fast, before lowering
+    model = to_onnx(graph, fused_kernels=fused_kernels)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = physical_cores()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if _optimizations_on(ort_optimizations)
+        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    session, tmp = _session(model, options, providers)
+    options_used = {"ort_optimizations": ort_optimizations, "fused_kernels": fused_kernels}
+    return OrtRunner(graph, session, device, options_used, tmp)
+
+
+class OrtRunner:
+    """Runs the lowered graph: torch tensors in (graph-input order), torch tensors out."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        session: ort.InferenceSession,
+        device: str,
+        options: dict | None = None,
+        tmp: tempfile.TemporaryDirectory | None = None,
+    ):
+        self.graph = graph
+        self.session = session
+        self.device = device
+        self.options = dict(options or {})  # lower()'s keyword options, to re-lower on unpickle
+        self._tmp = tmp  # keeps external weight files alive as long as the session
+        self.input_names = [i.name for i in session.get_inputs()]
+        self.output_names = [o.name for o in session.get_outputs()]
+
+    def __reduce__(self):
+        # A session does not pickle: unpickling lowers the graph again.
+        return (_relower, (self.graph, self.device, self.options))
+
+    def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        self._check_inference(inputs)
+        if self.device == "cuda":
+            return self._run_cuda(inputs)
+        feeds = {name: _to_numpy(t) for name, t in zip(self.input_names, inputs)}
+        return [torch.from_numpy(a) for a in self.session.run(self.output_names, feeds)]
+
+    def _check_inference(self, inputs: Sequence[torch.Tensor]) -> None:
+        if not torch.is_grad_enabled():
+            return
+        for v, t in zip(self.graph.inputs, inputs):
+            if t.requires_grad:
+                raise RuntimeError(
+                    f"the ort backend is inference-only, but input {v.name!r} requires grad; "
+                    "use backend='torch' for training, or call under torch.no_grad()"
+                )
+
+    def _run_cuda(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        device = torch.device("cuda", torch.cuda.current_device())
+        inputs = [t.detach().to(device).contiguous() for t in inputs]
+        bindings = _symbol_values(self.graph, inputs)
+        binding = self.session.io_binding()
+        for name, t in zip(self.input_names, inputs):
+            binding.bind_input(
+                name, "cuda", device.index, _np_dtype(t.dtype), list(t.shape), t.data_ptr()
+            )
+        outputs = []
+        for name, v in zip(self.output_names, self.graph.outputs):
+            shape = [evaluate(d, bindings) for d in v.shape]
+            out = torch.empty(shape, dtype=torch_dtype(v.dtype), device=device)
+            binding.bind_output(
+                name, "cuda", device.index, _np_dtype(out.dtype), shape, out.data_ptr()
+            )
+            outputs.append(out)
+        torch.cuda.current_stream(device).synchronize()  # inputs written by torch are ready
+        binding.synchronize_inputs()
+        self.session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        return outputs
+
+
+def _relower(graph: Graph, device: str, options: dict) -> OrtRunner:
+    return lower(graph, device, **options)
+
+
+def _symbol_values(graph: Graph, inputs: Sequence[torch.Tensor]) -> dict[str, int]:
+    values: dict[str, int] = {}
+    for v, t in zip(graph.inputs, inputs):
+        for d, n in zip(v.shape, t.shape):
+            if isinstance(d, SymDim) and d.is_symbol():
+                values.setdefault(d.name, int(n))
+    return values
+
+
+def _np_dtype(dtype: torch.dtype) -> np.dtype:
+    return torch.empty((), dtype=dtype).numpy().dtype
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A NumPy view of a CPU tensor (a copy only when it is not contiguous or not on CPU)."""
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if t.dtype == torch.bfloat16:
+        raise TypeError("the ort backend takes no bfloat16 inputs on cpu; cast them to float32")
+    a = t.numpy()
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
