@@ -114,5 +114,18 @@ def random_inputs(
         elif v.dtype is DType.bool:
             out.append(rng.random(shape) < 0.8)
         else:
-            out.append(rng.integers(0, int_high, size=shape).astype(v.dtype.numpy))
+            high = _index_bound(v, int_high)
+            out.append(rng.integers(0, high, size=shape).astype(v.dtype.numpy))
     return out
+
+
+def _index_bound(v: Value, default: int) -> int:
+    """Exclusive upper bound for a random integer input: masks get 0/1, and an input that
+    indexes a constant table (an embedding) stays below the table's size."""
+    if "mask" in v.name:
+        return 2
+    bounds = [default]
+    for node, index in v.uses():
+        if node.op == "gather" and index == 1 and node.inputs[0].const is not None:
+            bounds.append(node.inputs[0].shape[node.attrs["axis"]])
+    return max(1, min(bounds))
