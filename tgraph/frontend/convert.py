@@ -50,9 +50,11 @@ def to_torch(a: np.ndarray) -> torch.Tensor:
     """A tensor for an array (shares memory when the array is writable, else copies)."""
     if not a.flags.writeable:
         a = a.copy()
+    # np.ascontiguousarray makes 0-d arrays 1-d: restore the shape.
     if a.dtype.name == "bfloat16":
-        return torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(np.ascontiguousarray(a))
+        bits = np.ascontiguousarray(a).view(np.int16).reshape(a.shape)
+        return torch.from_numpy(bits).view(torch.bfloat16)
+    return torch.from_numpy(np.ascontiguousarray(a).reshape(a.shape))
 
 
 class SymbolTable:
