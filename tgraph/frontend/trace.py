@@ -140,18 +140,36 @@ def export(
             {n: pytree.tree_map(plan.spec, bound.arguments[n]) for n in names} if plan else None
         )
         try:
-            with warnings.catch_warnings():
-                # torch's own pytree code warns about its LeafSpec deprecation on every export.
-                warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-                ep = torch.export.export(
-                    model, wargs, wkwargs, dynamic_shapes=dynamic_shapes, strict=False
-                )
-                # Functionalize only: an empty table keeps linear/layer_norm/sdpa/gelu whole.
-                return ep.run_decompositions({})
+            return _export_refined(model, wargs, wkwargs, dynamic_shapes)
         except Exception as e:  # noqa: BLE001 - retried with the lenient plan, then reported
             error = error or e
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     raise FrontendError(f"torch.export failed on {type(model).__name__}: {first}") from error
+
+
+def _export_refined(model, args, kwargs, dynamic_shapes, attempts: int = 3) -> ExportedProgram:
+    """torch.export, applying export's own suggested fixes (e.g. ``seq <= 512`` from a
+    position table) to named dims before giving up on them."""
+    from torch.export.dynamic_shapes import refine_dynamic_shapes_from_suggested_fixes
+
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                # torch's own pytree code warns about its LeafSpec deprecation on every export.
+                warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+                ep = torch.export.export(
+                    model, args, kwargs, dynamic_shapes=dynamic_shapes, strict=False
+                )
+                # Functionalize only: an empty table keeps linear/layer_norm/sdpa/gelu whole.
+                return ep.run_decompositions({})
+        except Exception as e:
+            if attempt + 1 == attempts or dynamic_shapes is None or "Suggested fixes" not in str(e):
+                raise
+            # torch's parser wants the fixes alone, without the advice that follows them.
+            fixes = [ln for ln in str(e).split("Suggested fixes:")[1].splitlines() if " = " in ln]
+            message = "Suggested fixes:\n" + "\n".join(fixes)
+            dynamic_shapes = refine_dynamic_shapes_from_suggested_fixes(message, dynamic_shapes)
+    raise AssertionError("unreachable")
 
 
 def _module_path(node: torch.fx.Node) -> str:

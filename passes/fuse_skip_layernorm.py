@@ -1,0 +1,49 @@
+"""Fuse a residual add into the norm that reads it: skip_layer_norm / skip_rms_norm.
+
+The fused op has two outputs, the normalized value and the sum. In a pre-norm Transformer
+the sum is also the next residual, so the rules export the add node: its other users (all
+after the norm) read the fused node's second output instead.
+"""
+
+from __future__ import annotations
+
+from tgraph.ir.dims import format_shape
+from tgraph.passmanager import register
+from tgraph.rewrite import Match, P, RewritePass, Rule
+
+PARAMS = {"layer_norm": ("weight", "bias"), "rms_norm": ("weight",)}
+FUSED = {"layer_norm": "skip_layer_norm", "rms_norm": "skip_rms_norm"}
+
+
+def _check(m: Match) -> str | None:
+    total = m["sum"].output
+    for v in (m["x"], m["skip"]):
+        if tuple(v.shape) != tuple(total.shape):
+            return f"%{v.name} {format_shape(v.shape)} broadcasts to {format_shape(total.shape)}"
+    return None
+
+
+def _rule(op: str, n_params: int) -> Rule:
+    # norm(x + skip, params) = skip_norm(x, skip, params)[0];  x + skip = skip_norm(...)[1]
+    params = PARAMS[op][:n_params]
+
+    def replace(builder, m):
+        inputs = [m["x"], m["skip"], *(m[p] for p in params)]
+        fused = builder.node(FUSED[op], inputs, **m["norm"].attrs)
+        return fused.outputs  # (normalized, sum): for the norm and for the exported add
+
+    total = P.op("add", P.var("x"), P.var("skip"), name="sum")
+    return Rule(
+        name=f"skip-{op.replace('_', '-')}",
+        pattern=P.op(op, total, *map(P.var, params), name="norm"),
+        check=_check,
+        replace=replace,
+        exports=("sum",),
+    )
+
+
+@register("fuse-skip-layernorm")
+class FuseSkipLayerNorm(RewritePass):
+    """Fuse residual add + LayerNorm/RMSNorm into skip_layer_norm / skip_rms_norm."""
+
+    rules = tuple(_rule(op, n) for op in PARAMS for n in range(len(PARAMS[op]), -1, -1))
