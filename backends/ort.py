@@ -39,7 +39,7 @@ from tgraph.ir import Graph, SymDim, evaluate
 
 from .onnx_lowering import LoweringError, to_onnx
 
-__all__ = ["EXTERNAL_DATA_BYTES", "LoweringError", "OrtRunner", "lower", "to_onnx"]
+__all__ = ["EXTERNAL_DATA_BYTES", "LoweringError", "OrtRunner", "lower", "save_files", "to_onnx"]
 
 ENV_OPTIMIZATIONS = "TGRAPH_ORT_OPT"
 EXTERNAL_DATA_BYTES = 1_500_000_000
@@ -221,3 +221,12 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
         raise TypeError("the ort backend takes no bfloat16 inputs on cpu; cast them to float32")
     a = t.numpy()
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def save_files(graph: Graph, directory: str) -> None:
+    """Write the lowered ONNX model beside an artifact (``model.onnx``), for inspection
+    and for running it with ONNX Runtime directly; big weights go to external data."""
+    model = to_onnx(graph)
+    path = os.path.join(directory, "model.onnx")
+    large = model.ByteSize() > EXTERNAL_DATA_BYTES
+    onnx.save_model(model, path, save_as_external_data=large, location="model.onnx.data")

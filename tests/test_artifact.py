@@ -17,8 +17,9 @@ def _compile(name="bert-tiny", backend="reference"):
     return case, tgraph.compile(case.model, case.make(2, 16, 0), backend=backend)
 
 
-def test_save_then_load_in_a_fresh_process_without_model_code(tmp_path):
-    case, cm = _compile()
+@pytest.mark.parametrize("backend", ["reference", "ort", "torch"])
+def test_save_then_load_in_a_fresh_process_without_model_code(tmp_path, backend):
+    case, cm = _compile(backend=backend)
     cm.save(tmp_path / "art")
     inputs = case.make(3, 7, 5)
     torch.save(inputs, tmp_path / "inputs.pt")
