@@ -1,0 +1,354 @@
+"""Helpers of fuse-attention: the causal-mask proof, and the rules that rewrite the heads of
+a fused attention (GQA head repeats dropped, head split/merge absorbed into layout bsd).
+
+A causal mask is proven from the IR alone (:func:`tri_form`): constants are inspected, and
+``full`` / ``tril`` / ``triu`` / top-left ``slice`` / ``eq 0`` / ``logical_not`` / ``where`` /
+``cast`` / reshapes that keep the last two dims are followed symbolically. Anything else stays
+a general mask input, which is always correct (just slower).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from tgraph.ir import DType, Node, Value, simplify
+from tgraph.ir.ops.shapes import broadcast_shapes
+from tgraph.rewrite import Builder, Match, P, Pattern, Rule
+
+ID = ("identity", "dropout")
+HEADS = (0, 2, 1, 3)  # (B, T, H, D) <-> (B, H, T, D)
+
+
+def opt_id(p: Pattern, on: bool) -> Pattern:
+    return P.op(ID, p) if on else p
+
+
+KIND_LOWER, KIND_UPPER, KIND_ALL, KIND_NONE = "lower", "upper", "all", "none"
+
+
+@dataclass(frozen=True)
+class Tri:
+    """Where a tensor is nonzero, over (row i, column j) of its last two dims.
+
+    ``lower``: j - i <= d (``tril``); ``upper``: j - i >= d (``triu``); ``all`` / ``none``:
+    everywhere / nowhere, in every dim. The same in every leading index. ``fill`` is the
+    value of the nonzero entries when it is one known number.
+    """
+
+    kind: str
+    d: int = 0
+    fill: float | None = None
+
+    def negate(self) -> Tri:
+        flip = {KIND_ALL: KIND_NONE, KIND_NONE: KIND_ALL}
+        if self.kind in flip:
+            return Tri(flip[self.kind], fill=1.0)
+        if self.kind == KIND_LOWER:  # not (j - i <= d)  <=>  j - i >= d + 1
+            return Tri(KIND_UPPER, self.d + 1, 1.0)
+        return Tri(KIND_LOWER, self.d - 1, 1.0)
+
+    @property
+    def matrix(self) -> bool:
+        return self.kind in (KIND_LOWER, KIND_UPPER)
+
+
+CAUSAL_KEEP = (KIND_LOWER, 0)  # tril(ones(Tq, Tk)): query i sees keys j <= i
+CAUSAL_DROP = (KIND_UPPER, 1)  # triu(ones(Tq, Tk), 1): the keys a causal query must not see
+
+
+def _const_form(a: np.ndarray) -> Tri | None:
+    nz = a != 0
+    values = np.unique(a[nz]) if nz.any() else np.zeros(0)
+    fill = float(values[0]) if len(values) == 1 else None
+    if nz.all():
+        return Tri(KIND_ALL, fill=fill)
+    if not nz.any():
+        return Tri(KIND_NONE)
+    if a.ndim < 2:
+        return None
+    rows, cols = a.shape[-2:]
+    mats = nz.reshape(-1, rows, cols)
+    if not (mats == mats[0]).all():
+        return None
+    m = mats[0]
+    ones = np.ones((rows, cols), dtype=bool)
+    d_lower = int(m[-1].sum()) - rows  # the last row of tril(.., d) holds rows + d ones
+    if np.array_equal(m, np.tril(ones, d_lower)):
+        return Tri(KIND_LOWER, d_lower, fill)
+    d_upper = cols - int(m[0].sum())  # the first row of triu(.., d) holds cols - d ones
+    if np.array_equal(m, np.triu(ones, d_upper)):
+        return Tri(KIND_UPPER, d_upper, fill)
+    return None
+
+
+def _keeps_matrix(src: Value, out: Value, form: Tri) -> bool:
+    """Whether ``out`` has the same (i, j) matrix as ``src`` (or the form needs none)."""
+    if not form.matrix:
+        return True
+    return src.rank >= 2 and out.rank >= 2 and tuple(src.shape[-2:]) == tuple(out.shape[-2:])
+
+
+def _is_zero(v: Value) -> bool:
+    return v.const is not None and v.const.size == 1 and float(np.asarray(v.const).flat[0]) == 0
+
+
+def _cast_keeps_truth(src: DType, dst: DType) -> bool:
+    # float -> int would turn 0.5 into 0; everything else keeps zero / nonzero apart.
+    return dst is DType.bool or src is DType.bool or dst.is_float or (src.is_int and dst.is_int)
+
+
+def _shift(form: Tri, rows: int = 0, cols: int = 0) -> Tri:
+    # out[i, j] = in[i + rows, j + cols]: j - i <= d  becomes  j - i <= d + rows - cols.
+    return replace(form, d=form.d + rows - cols) if form.matrix else form
+
+
+def tri_form(v: Value, depth: int = 0) -> Tri | None:
+    """The :class:`Tri` form of ``v``, or None when it cannot be proven."""
+    if v.const is not None:
+        return _const_form(np.asarray(v.const))
+    node = v.producer
+    if node is None or depth > 16:
+        return None
+    op, a = node.op, node.attrs
+    ins = node.inputs
+    if op == "full":
+        return Tri(KIND_ALL, fill=float(a["value"])) if a["value"] else Tri(KIND_NONE)
+    if op in ("identity", "dropout", "unsqueeze", "reshape", "expand"):
+        form = tri_form(ins[0], depth + 1)
+        if form is None or not _keeps_matrix(ins[0], v, form):
+            return None
+        if op == "unsqueeze" and form.matrix and max(x % v.rank for x in a["axes"]) >= v.rank - 2:
+            return None
+        return form
+    if op == "cast":
+        ok = _cast_keeps_truth(ins[0].dtype, a["dtype"])
+        form = tri_form(ins[0], depth + 1) if ok else None
+        return replace(form, fill=None if a["dtype"] is DType.bool else form.fill) if form else None
+    if op == "logical_not":
+        form = tri_form(ins[0], depth + 1)
+        return form.negate() if form else None
+    if op in ("eq", "ne") and any(_is_zero(x) for x in ins):
+        other = ins[1] if _is_zero(ins[0]) else ins[0]
+        form = tri_form(other, depth + 1)
+        if form is None or not _keeps_matrix(other, v, form):
+            return None
+        return form.negate() if op == "eq" else replace(form, fill=1.0)
+    if op in ("tril", "triu"):
+        return _tri_op(op, a["diagonal"], tri_form(ins[0], depth + 1))
+    if op == "slice":
+        return _slice_form(node, tri_form(ins[0], depth + 1))
+    if op == "where":
+        return _where_form(node, [tri_form(x, depth + 1) for x in ins])
+    return None
+
+
+def _tri_op(op: str, diagonal: int, form: Tri | None) -> Tri | None:
+    if form is None or form.kind == KIND_NONE:
+        return form
+    if form.kind == KIND_ALL:
+        return Tri(KIND_LOWER if op == "tril" else KIND_UPPER, diagonal, form.fill)
+    if op == "tril" and form.kind == KIND_LOWER:
+        return replace(form, d=min(form.d, diagonal))
+    if op == "triu" and form.kind == KIND_UPPER:
+        return replace(form, d=max(form.d, diagonal))
+    return None
+
+
+def _slice_form(node, form: Tri | None) -> Tri | None:
+    if form is None or not form.matrix:
+        return form
+    x, a = node.inputs[0], node.attrs
+    axis = a["axis"] % x.rank
+    if axis < x.rank - 2:
+        return form
+    if a["step"] != 1 or not isinstance(a["start"], int):
+        return None
+    return _shift(form, rows=a["start"]) if axis == x.rank - 2 else _shift(form, cols=a["start"])
+
+
+def _where_form(node, forms: list[Tri | None]) -> Tri | None:
+    cond, x, y = forms
+    if (
+        cond is None
+        or x is None
+        or y is None
+        or not _keeps_matrix(node.inputs[0], node.output, cond)
+    ):
+        return None
+    if x.kind == KIND_ALL and y.kind == KIND_NONE:
+        return replace(cond, fill=x.fill)
+    if x.kind == KIND_NONE and y.kind == KIND_ALL:
+        return replace(cond.negate(), fill=y.fill)
+    return None
+
+
+def is_causal(v: Value, scores_shape: Sequence, want: tuple[str, int]) -> bool:
+    """Whether ``v`` is nonzero exactly where ``want`` says, over the scores' (Tq, Tk)."""
+    form = tri_form(v)
+    if form is None or (form.kind, form.d) != want:
+        return False
+    return v.rank >= 2 and tuple(v.shape[-2:]) == tuple(scores_shape[-2:])
+
+
+def fill_kind(fill: float, dtype: DType) -> str | None:
+    """'inf' for -inf, 'min' for a finite fill at most half the dtype's minimum, else None.
+
+    Adding a 'min' fill to a score s gives exactly the fill while |s| < 2**100, and a masked
+    entry's exp() is 0 whenever its row holds one unmasked score, as a causal row always does.
+    """
+    if fill == -math.inf:
+        return "inf"
+    if dtype.is_float and fill <= float(np.finfo(dtype.numpy).min) / 2:
+        return "min"
+    return None
+
+
+def broadcasts_into(shape: Sequence, target: Sequence) -> bool:
+    try:
+        return len(shape) <= len(target) and broadcast_shapes(shape, target) == tuple(target)
+    except Exception:  # noqa: BLE001 - IRError: the shapes do not broadcast
+        return False
+
+
+# -- rewriting a fused attention -----------------------------------------------------------
+
+
+def attention_pattern(inputs: list[Pattern]) -> Pattern:
+    return P.op("attention", *inputs, name="attn")
+
+
+def reattend(b: Builder, attn: Node, inputs: list[Value], **changes) -> Value:
+    return b.op("attention", *inputs, **{**attn.attrs, **changes})
+
+
+# -- k, v heads repeated for grouped-query attention ------------------------------------------
+#
+# reshape(expand(unsqueeze(x, 2), (B, Hkv, n, T, D)), (B, Hkv*n, T, D))
+#   == repeat_interleave(x, n, dim=1), the order GQA gives the heads (h -> h // n)
+
+
+def _repeat(x: str, ids: tuple[bool, bool]) -> Pattern:
+    u = P.op("unsqueeze", P.var(x), name=f"{x}_unsq")
+    e = P.op("expand", opt_id(u, ids[0]), name=f"{x}_exp")
+    return P.op("reshape", opt_id(e, ids[1]), name=f"{x}_rep")
+
+
+def _repeat_factor(m: Match, x: str) -> int | str:
+    src, unsq, exp, rep = m[x], m[f"{x}_unsq"], m[f"{x}_exp"], m[f"{x}_rep"]
+    if src.rank != 4 or tuple(a % 5 for a in unsq.attrs["axes"]) != (2,):
+        return f"%{rep.name} is not a head repeat of a rank-4 tensor (unsqueeze at axis 2)"
+    b, h, t, d = src.shape
+    n = exp.attrs["shape"][2]
+    if tuple(exp.output.shape) != (b, h, n, t, d) or not isinstance(n, int):
+        return f"expand %{exp.name} {list(exp.output.shape)} is not (B, Hkv, n, T, D)"
+    if tuple(rep.output.shape) != (b, simplify(h * n), t, d):
+        return f"reshape %{rep.name} {list(rep.output.shape)} does not merge (Hkv, n)"
+    return n
+
+
+def _repeat_check(m: Match) -> str | None:
+    attn = m["attn"]
+    if attn.attrs["layout"] != "bhsd":
+        return "layout is not bhsd"
+    nk, nv = _repeat_factor(m, "k"), _repeat_factor(m, "v")
+    for n in (nk, nv):
+        if isinstance(n, str):
+            return n
+    if nk != nv:
+        return f"k heads repeat {nk} times, v heads {nv} times"
+    kv = m["k"].shape[1]
+    if m["v"].shape[1] != kv or attn.attrs["num_heads"] % kv:
+        return f"{attn.attrs['num_heads']} heads are not a multiple of {kv} kv heads"
+    return None
+
+
+def _repeat_replace(b: Builder, m: Match) -> Value:
+    ins = [m["q"], m["k"], m["v"], *m["attn"].inputs[3:]]
+    return reattend(b, m["attn"], ins, kv_heads=m["k"].shape[1])
+
+
+def _repeat_rules() -> list[Rule]:
+    rules = []
+    for ids in itertools.product((False, True), repeat=4):
+        for mask in ((), (P.var("mask"),)):
+            ins = [P.var("q"), _repeat("k", ids[:2]), _repeat("v", ids[2:]), *mask]
+            rules.append(Rule("repeat-kv", attention_pattern(ins), _repeat_replace, _repeat_check))
+    return rules
+
+
+# -- head split and merge: bhsd with the heads split out of (B, T, H*D) tensors -> bsd ------------
+#
+# reshape(permute(attention(permute(reshape(Xq, (B, T, H, D)), HEADS), ...), HEADS), S)
+#   == reshape(attention{bsd}(Xq', Xk', Xv'), S), X' = X viewed as (B, T, H*D)
+# and for a packed projection (ViT): q, k, v = gather(permute(reshape(X, (B, T, 3, H, D)),
+# (2, 0, 3, 1, 4)), 0 / 1 / 2) -> Xq', Xk', Xv' = split(X', 3 ways on the last axis).
+
+PACKED = (2, 0, 3, 1, 4)  # (B, T, 3, H, D) -> (3, B, H, T, D)
+
+
+def _split(x: str) -> Pattern:
+    return P.op("permute", P.op("reshape", P.var(x), name=f"{x}_split"), perm=HEADS)
+
+
+def _packed(x: str) -> Pattern:
+    packed = P.op("permute", P.op("reshape", P.var("x"), name="x_split"), name="packed")
+    return P.op("gather", packed, P.scalar(name=x), axis=0)
+
+
+def _view(b: Builder, x: Value, shape: tuple) -> Value:
+    return x if tuple(x.shape) == tuple(shape) else b.op("reshape", x, shape=shape)
+
+
+def _bsd_check(m: Match) -> str | None:
+    if m["attn"].attrs["layout"] != "bhsd":
+        return "layout is not bhsd"
+    if "packed" not in m:
+        return None  # the attention's own shape checks pin the split shapes
+    split = m["x_split"].output
+    if m["packed"].attrs["perm"] != PACKED or split.rank != 5 or split.shape[2] != 3:
+        return f"%{m['packed'].name} is not a (B, T, 3, H, D) -> (3, B, H, T, D) qkv unpacking"
+    if any(m[x] not in (0.0, 1.0, 2.0) for x in ("xq", "xk", "xv")):
+        return "q, k, v gather indices are not 0, 1, 2"
+    return None
+
+
+def _bsd_inputs(b: Builder, m: Match) -> list[Value]:
+    if "packed" not in m:
+        return [_view(b, m[x], _bsd_shape(m[f"{x}_split"].output)) for x in ("xq", "xk", "xv")]
+    bb, t, _, h, d = m["x_split"].output.shape
+    e = simplify(h * d)
+    x = _view(b, m["x"], (bb, t, simplify(3 * e)))
+    parts = b.node("split", [x], axis=2, sizes=(e, e, e)).outputs
+    return [parts[int(m[x])] for x in ("xq", "xk", "xv")]
+
+
+def _bsd_shape(split: Value) -> tuple:
+    b, t, h, d = split.shape
+    return (b, t, simplify(h * d))
+
+
+def _bsd_replace(b: Builder, m: Match) -> Value:
+    ins = [*_bsd_inputs(b, m), *m["attn"].inputs[3:]]
+    return _view(b, reattend(b, m["attn"], ins, layout="bsd"), m.root.output.shape)
+
+
+def _bsd_rules() -> list[Rule]:
+    rules = []
+    for ids in itertools.product((False, True), repeat=2):
+        for mask in ((), (P.var("mask"),)):
+            for heads in (_split, _packed):
+                attn = attention_pattern([heads("xq"), heads("xk"), heads("xv"), *mask])
+                merged = P.op("permute", opt_id(attn, ids[0]), perm=HEADS)
+                pattern = P.op("reshape", opt_id(merged, ids[1]))
+                rules.append(Rule("split-merge-heads", pattern, _bsd_replace, _bsd_check))
+    return rules
+
+
+def head_rules() -> list[Rule]:
+    """The rules that rewrite a fused attention's heads: GQA repeats, split/merge to bsd."""
+    return [*_repeat_rules(), *_bsd_rules()]

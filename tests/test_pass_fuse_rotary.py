@@ -1,0 +1,122 @@
+"""fuse-rotary: x*cos + cat(-x2, x1)*sin -> rotary(x, cos, sin)."""
+
+import functools
+
+import pytest
+import torch
+from pass_helpers import check_pass, matches, rejections, trace_module
+
+from tgraph.passmanager import optimize
+
+CLEANUP = "simplify,fold-constants,cse,dce,fuse-rotary,fuse-attention,dce"
+
+
+def _cos_sin(t, dim):
+    """Llama's tables, computed in the graph from arange: (T, dim) each."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim))
+    freqs = torch.arange(t).float()[:, None] * inv_freq[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+class Rope(torch.nn.Module):
+    """Rotary on (B, H, T, D) heads, written the ways models write it.
+
+    form: "neg" (HF's rotate_half), "mul" (-x2 as x2 * -1), "swapped" (the sum and products
+      in the other order), "partial" (only the first half of each head rotates), and the
+      negatives "halves" (cat(-x1, x2)), "uneven" (cut at 3 of 8) and "leak" (the rotated half
+      is also returned).
+    """
+
+    def __init__(self, form="neg"):
+        super().__init__()
+        self.form = form
+        self.proj = torch.nn.Linear(32, 32)
+
+    def _rotate(self, x):
+        d = x.shape[-1]
+        h = {"uneven": 3}.get(self.form, d // 2)
+        x1, x2 = x[..., :h], x[..., h:]
+        if self.form == "halves":
+            return torch.cat((-x1, x2), dim=-1)
+        if self.form == "mul":
+            return torch.cat((x2 * -1, x1), dim=-1)
+        return torch.cat((-x2, x1), dim=-1)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q = self.proj(x).view(b, t, 4, 8).transpose(1, 2)  # (B, 4, T, 8)
+        rot, rest = (q[..., :4], q[..., 4:]) if self.form == "partial" else (q, None)
+        cos, sin = _cos_sin(t, rot.shape[-1])
+        r = self._rotate(rot)
+        out = sin * r + cos * rot if self.form == "swapped" else rot * cos + r * sin
+        if rest is not None:
+            out = torch.cat((out, rest), dim=-1)
+        return (out, r) if self.form == "leak" else out
+
+
+class Blocks(torch.nn.Module):
+    def __init__(self, forms):
+        super().__init__()
+        self.blocks = torch.nn.ModuleDict({f: Rope(f) for f in forms})
+
+    def forward(self, x):
+        outs = []
+        for block in self.blocks.values():
+            out = block(x)
+            outs.extend(out if isinstance(out, tuple) else (out,))
+        return tuple(outs)
+
+
+@functools.cache
+def _traced(forms):
+    return trace_module(Blocks(forms), torch.randn(2, 8, 32))
+
+
+def _rotaries(graph):
+    return {n.meta["module"].split(".")[1]: n for n in graph.nodes if n.op == "rotary"}
+
+
+POSITIVE = ("neg", "mul", "swapped", "partial")
+
+
+@pytest.mark.parametrize("pipeline", ["fuse-rotary,dce", CLEANUP])
+def test_rotate_half_forms_fuse(pipeline):
+    out, records = check_pass(_traced(POSITIVE), pipeline, appear=["rotary"], disappear=["neg"])
+    rot = _rotaries(out)
+    assert sorted(rot) == sorted(POSITIVE)
+    assert matches(records, "rotate-half") == len(POSITIVE)
+    assert rot["partial"].inputs[0].shape[-1] == 4
+    assert rot["neg"].inputs[0].producer.op == "permute"  # x itself, the heads of the projection
+
+
+# block -> words of the reason
+NEGATIVE = {
+    "halves": "is not x[..., 4:8]",
+    "uneven": "is not x[..., 4:8]",
+    "leak": "is a graph output",
+}
+
+
+def test_other_forms_are_rejected_with_a_reason():
+    g = _traced(tuple(NEGATIVE))
+    out, records = optimize(g, "fuse-rotary")
+    assert out.dump() == g.dump()
+    got = {r["module"].split(".")[1]: r["reason"] for r in rejections(records, "rotate-half")}
+    for name, words in NEGATIVE.items():
+        assert words in got[name], (name, got)
+
+
+# -- model cases -------------------------------------------------------------------------------
+
+ROTARIES = {"llama-tiny": 4, "hf-llama": 4, "gpt-tiny": 0}  # q and k in each of 2 layers
+
+
+@pytest.mark.parametrize("name", sorted(ROTARIES))
+def test_model_cases(name, traced_case):
+    _, g = traced_case(name)
+    want = ROTARIES[name]
+    out, records = check_pass(g, "fuse-rotary", changed=want > 0, sizes=((2, 16), (1, 7)))
+    assert out.op_histogram().get("rotary", 0) == matches(records, "rotate-half") == want
+    if want:
+        assert "neg" not in out.op_histogram()
