@@ -13,6 +13,7 @@ IR op              kernel (checked against the reference kernels)  fallback
 =================  ==============================================  ====================
 attention bsd      com.microsoft MultiHeadAttention (f32, H==Hkv)  Attention, subgraph
 attention, sdpa    Attention (opset 23: bhsd, GQA, bool masks)     MatMul/Softmax/...
+qkv_attention      com.microsoft Attention (f32, H==Hkv)           MatMul+Split+attention
 skip_layer_norm    com.microsoft SkipLayerNormalization            Add+LayerNorm
 skip_rms_norm      com.microsoft SkipSimplifiedLayerNormalization  Add+rms subgraph
 rms_norm           RMSNormalization (opset 23)                     Mul/ReduceMean/...
@@ -33,7 +34,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from onnx import numpy_helper
 
-from tgraph.ir import DType, Node, SymDim, TensorType, simplify
+from tgraph.ir import DType, Node, SymDim, TensorType, Value, simplify
 from tgraph.ir.dims import DimLike
 from tgraph.ir.ops.shapes import norm_axis
 
@@ -266,15 +267,22 @@ def _matmul(ctx, node, a, b):
     return ctx.op("MatMul", [a, b])
 
 
+def _weight_t(ctx, w: Value, name: str) -> str:
+    """A linear weight (out, in) as (in, out): stored once pre-transposed when constant."""
+    if w.const is not None:
+        return ctx.transposed_weight(w)
+    return ctx.op("Transpose", [name], perm=[1, 0])
+
+
+def _project(ctx, x: str, w: Value, w_name: str, b: str) -> str:
+    """x @ w.T + b for a weight w of shape (out, in)."""
+    y = ctx.op("MatMul", [x, _weight_t(ctx, w, w_name)])
+    return ctx.op("Add", [y, b]) if b else y
+
+
 @lowers("linear")
 def _linear(ctx, node, x, w, b=""):
-    wv = node.inputs[1]
-    if wv.const is not None:
-        wt = ctx.transposed_weight(wv)
-    else:
-        wt = ctx.op("Transpose", [w], perm=[1, 0])
-    y = ctx.op("MatMul", [x, wt])
-    return ctx.op("Add", [y, b]) if b else y
+    return _project(ctx, x, node.inputs[1], w, b)
 
 
 @lowers("softmax")
@@ -672,20 +680,24 @@ def _heads_shape(shape: Sequence[DimLike], heads: int) -> tuple[DimLike, ...]:
     return (b, heads, t, simplify(hd // heads))
 
 
-def _multi_head_attention(ctx, node, q, k, v, mask) -> str:
+def _additive_bias(ctx, mask: str, mt: TensorType | None, dtype: DType, q_len, k_len) -> str:
+    """The mask as the (B|1, H|1, q_len, k_len) additive attention_bias of ORT's contrib
+    attention kernels ("" without a mask): bool True = attend becomes 0 / -inf."""
+    if not mask:
+        return ""
+    if mt.dtype is DType.bool:
+        mask = _where(ctx, mask, _scalar(ctx, 0.0, dtype), _neg_inf(ctx, dtype), dtype)
+    return _mask_to(ctx, mask, mt.shape, q_len, k_len, 4)
+
+
+def _multi_head_attention(ctx, attrs, q, k, v, mask, qt, kt, mt) -> str:
     """com.microsoft MultiHeadAttention: bsd layout, as many kv heads as query heads."""
-    a, qt, kt = node.attrs, _type(node, 0), _type(node, 1)
     q_len, k_len = qt.shape[1], kt.shape[1]
-    bias = ""
-    if mask:
-        mt = _type(node, 3)
-        if mt.dtype is DType.bool:  # True = attend -> additive 0 / -inf
-            mask = _where(ctx, mask, _scalar(ctx, 0.0, qt.dtype), _neg_inf(ctx, qt.dtype), qt.dtype)
-        bias = _mask_to(ctx, mask, mt.shape, q_len, k_len, 4)
+    bias = _additive_bias(ctx, mask, mt, qt.dtype, q_len, k_len)
     unidirectional = 0
-    if a["causal"] and _same(q_len, k_len):
+    if attrs["causal"] and _same(q_len, k_len):
         unidirectional = 1  # ORT aligns its causal mask bottom-right: the same when square
-    elif a["causal"]:
+    elif attrs["causal"]:
         keep = _causal_keep(ctx, q_len, k_len)
         causal = _where(ctx, keep, _scalar(ctx, 0.0, qt.dtype), _neg_inf(ctx, qt.dtype), qt.dtype)
         causal = _mask_to(ctx, causal, (q_len, k_len), q_len, k_len, 4)
@@ -694,8 +706,8 @@ def _multi_head_attention(ctx, node, q, k, v, mask) -> str:
         "MultiHeadAttention",
         [q, k, v, "", "", bias],
         domain=MS_DOMAIN,
-        num_heads=a["num_heads"],
-        scale=float(a["scale"]),
+        num_heads=attrs["num_heads"],
+        scale=float(attrs["scale"]),
         unidirectional=unidirectional,
     )
 
@@ -715,16 +727,14 @@ def _onnx_attention(ctx, q, k, v, mask, qt, kt, mt, scale, causal, heads=None, k
     )
 
 
-@lowers("attention")
-def _attention(ctx, node, q, k, v, mask=""):
-    a, qt, kt = node.attrs, _type(node, 0), _type(node, 1)
-    mt = _type(node, 3) if mask else None
+def _attention(ctx, a, q, k, v, mask, qt, kt, mt) -> str:
+    """The attention op with attributes ``a`` on q, k, v, mask of IR types qt, kt, mt."""
     heads, kv_heads, bsd = a["num_heads"], a["kv_heads"], a["layout"] == "bsd"
     if ctx.fused_kernels and qt.dtype is DType.float32 and bsd and heads == kv_heads:
         if a["scale"] != 0:  # MultiHeadAttention reads scale 0 as "the default"
-            return _multi_head_attention(ctx, node, q, k, v, mask)
-    if ctx.fused_kernels and qt.dtype in (DType.float32, DType.float16):
-        counts = (heads, kv_heads) if bsd else (None, None)
+            return _multi_head_attention(ctx, a, q, k, v, mask, qt, kt, mt)
+    if ctx.fused_kernels and qt.dtype in (DType.float32, DType.float16) and a["scale"] > 0:
+        counts = (heads, kv_heads) if bsd else (None, None)  # Attention refuses scale <= 0
         return _onnx_attention(ctx, q, k, v, mask, qt, kt, mt, a["scale"], a["causal"], *counts)
     qs, ks = qt.shape, kt.shape
     if bsd:
@@ -741,6 +751,39 @@ def _attention(ctx, node, q, k, v, mask=""):
         return out
     out = ctx.op("Transpose", [out], perm=[0, 2, 1, 3])
     return ctx.op("Reshape", [out, ctx.ints([0, 0, -1])])
+
+
+@lowers("attention")
+def _attention_op(ctx, node, q, k, v, mask=""):
+    mt = _type(node, 3) if mask else None
+    return _attention(ctx, node.attrs, q, k, v, mask, _type(node, 0), _type(node, 1), mt)
+
+
+@lowers("qkv_attention")
+def _qkv_attention(ctx, node, x, w, b="", mask=""):
+    """com.microsoft Attention (the QKV GEMM and attention in one kernel) when it fits:
+    f32, as many kv heads as query heads, a scale other than 0 (which it reads as the default);
+    else MatMul(+Add), Split and the attention lowering."""
+    a, xt = node.attrs, _type(node, 0)
+    mt = _type(node, 3) if mask else None
+    batch, seq, _ = xt.shape
+    fits = xt.dtype is DType.float32 and a["num_heads"] == a["kv_heads"] and a["scale"] != 0
+    if ctx.fused_kernels and fits:
+        wt = _weight_t(ctx, node.inputs[1], w)  # (C, Nq+Nk+Nv), as Attention wants it
+        bias = _additive_bias(ctx, mask, mt, xt.dtype, seq, seq)
+        return ctx.op(
+            "Attention",
+            [x, wt, b, "", "", bias],
+            domain=MS_DOMAIN,
+            num_heads=a["num_heads"],
+            qkv_hidden_sizes=list(a["sizes"]),
+            scale=float(a["scale"]),
+            unidirectional=int(a["causal"]),  # q and k have one length: no alignment issue
+        )
+    qkv = _project(ctx, x, node.inputs[1], w, b)
+    q, k, v = ctx.op_n("Split", [qkv, ctx.ints(a["sizes"])], 3, axis=2)
+    qt, kt = (TensorType(xt.dtype, (batch, seq, n)) for n in a["sizes"][:2])
+    return _attention(ctx, {**a, "layout": "bsd"}, q, k, v, mask, qt, kt, mt)
 
 
 @lowers("sdpa")

@@ -208,6 +208,11 @@ def attention(q, k, v, mask, num_heads, kv_heads, scale, causal, layout) -> Tens
     return out
 
 
+def qkv_attention(x, w, b, mask, num_heads, kv_heads, scale, causal, sizes) -> Tensor:
+    q, k, v = F.linear(x, w, b).split(list(sizes), dim=-1)  # (B, T, Nq), (B, T, Nk), (B, T, Nv)
+    return attention(q, k, v, mask, num_heads, kv_heads, scale, causal, layout="bsd")
+
+
 def rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
@@ -342,6 +347,7 @@ OPS: dict[str, Callable[..., Tensor | tuple[Tensor, ...]]] = {
     "conv2d": conv2d,
     "sdpa": sdpa,
     "attention": attention,
+    "qkv_attention": qkv_attention,
     "rotary": rotary,
     "skip_layer_norm": skip_layer_norm,
     "skip_rms_norm": skip_rms_norm,

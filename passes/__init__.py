@@ -19,11 +19,13 @@ _DEFAULT = [
     "simplify", "fold-constants", "cse", "dce",
     "fuse-layernorm", "fuse-gelu", "fuse-linear", "fuse-rotary", "fuse-attention",
     "simplify", "dce",
-    "fuse-skip-layernorm", "merge-qkv", "layout",
+    "fuse-skip-layernorm", "merge-qkv", "fuse-qkv-attention", "layout",
     "simplify", "cse", "dce",
 ]  # fmt: skip
 _KEEP = {"fold-constants", "fuse-linear", "layout"}  # passes that can bake weights
-_TRAINING = [f"{p}{{keep_trainable=true}}" if p in _KEEP else p for p in _DEFAULT if p != "merge-qkv"]
+_TRAINING = [
+    f"{p}{{keep_trainable=true}}" if p in _KEEP else p for p in _DEFAULT if p != "merge-qkv"
+]
 
 register_pipeline("none", "", "no passes")
 register_pipeline(

@@ -19,12 +19,20 @@ from tgraph.passmanager import PassManager
 STEPS = 10
 
 
-def _max_diff(a: torch.nn.Module, b: torch.nn.Module, what: str) -> None:
+LR = 1e-3
+
+
+def _max_diff(a: torch.nn.Module, b: torch.nn.Module, what: str, loose=frozenset()) -> None:
     for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         x, y = (p.grad, q.grad) if what == "grad" else (p, q)
         assert (x is None) == (y is None), f"{name}: gradient on one side only"
-        if x is not None:
-            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=f"{what} of {name}")
+        if x is None:
+            continue
+        # A parameter whose true gradient is zero (the key bias: softmax ignores a shift
+        # that is the same for every key) gets Adam steps of +-lr driven by rounding noise,
+        # on either side; it may drift by lr per step and no more.
+        atol = LR * STEPS if name in loose else 1e-6
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=atol, msg=f"{what} of {name}")
 
 
 def test_training_an_encoder_matches_eager():
@@ -40,8 +48,9 @@ def test_training_an_encoder_matches_eager():
     assert cm.pipeline == PassManager("training").pipeline
     assert [id(p) for p in cm.parameters()] == [id(p) for p in model.parameters()]
 
-    opt_c = torch.optim.Adam(cm.parameters(), lr=1e-3)
-    opt_e = torch.optim.Adam(eager.parameters(), lr=1e-3)
+    opt_c = torch.optim.Adam(cm.parameters(), lr=LR)
+    opt_e = torch.optim.Adam(eager.parameters(), lr=LR)
+    biggest_grad = {name: 0.0 for name, _ in eager.named_parameters()}
     for step in range(STEPS):
         opt_c.zero_grad()
         opt_e.zero_grad()
@@ -50,12 +59,15 @@ def test_training_an_encoder_matches_eager():
         loss_c.backward()
         loss_e.backward()
         torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=0, msg=f"loss at step {step}")
-        if step == 0:
-            _max_diff(model, eager, "grad")
+        _max_diff(model, eager, "grad")
+        for name, p in eager.named_parameters():
+            biggest_grad[name] = max(biggest_grad[name], p.grad.abs().max().item())
         opt_c.step()
         opt_e.step()
 
-    _max_diff(model, eager, "param")  # the model's own parameters were trained
+    zero_grad = frozenset(n for n, g in biggest_grad.items() if g < 1e-6)
+    assert all(".k_proj.bias" in n for n in zero_grad), zero_grad
+    _max_diff(model, eager, "param", loose=zero_grad)  # the model's own parameters were trained
     assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before.parameters()))
 
     cm.eval()

@@ -1,4 +1,5 @@
-"""Fused ops that passes create: attention, rotary, skip-norms, bias+GELU.
+"""Fused ops that passes create: attention (alone or with its QKV projection), rotary,
+skip-norms, bias+GELU.
 
 Each has a NumPy kernel written from its definition (not from the ops it replaces), so
 the reference interpreter checks every fusion against an independent formula.
@@ -89,6 +90,60 @@ defop(
     },
     inputs=(3, 4),
     doc="Fused multi-head attention softmax(q k^T * scale + mask) v (GQA when kv_heads < num_heads).",
+)
+
+# -- attention with its QKV projection ---------------------------------------------------------
+#
+# qkv_attention(x, w, b?, mask?) {sizes=(Nq, Nk, Nv)}
+#   == attention{layout=bsd}(split(linear(x, w, b), sizes, axis=-1), mask)
+# x (B, T, C), w (Nq+Nk+Nv, C) in linear's (out, in) layout, b (Nq+Nk+Nv,) -> (B, T, H*Dv),
+# with H = num_heads and Dv = Nv / kv_heads.
+
+
+def _qkv_attention_infer(x, w, b, mask, num_heads, kv_heads, scale, causal, sizes):
+    if len(sizes) != 3 or not all(isinstance(n, int) and n > 0 for n in sizes):
+        raise IRError(f"qkv_attention: sizes {sizes} must be three positive ints (Nq, Nk, Nv)")
+    if x.rank != 3 or w.rank != 2:
+        raise IRError(f"qkv_attention: x has rank {x.rank} and w rank {w.rank}, want 3 and 2")
+    if x.dtype != w.dtype or (b is not None and b.dtype != x.dtype):
+        raise IRError("qkv_attention: x, w and b dtypes differ")
+    n = sum(sizes)
+    if tuple(w.shape) != (n, x.shape[2]):
+        raise IRError(f"qkv_attention: w shape {w.shape} != ({n}, {x.shape[2]}) for sizes {sizes}")
+    if b is not None and tuple(b.shape) != (n,):
+        raise IRError(f"qkv_attention: b shape {b.shape} != ({n},)")
+    nq, nk, nv = sizes
+    if nq % num_heads or nk % kv_heads or nq // num_heads != nk // kv_heads:
+        raise IRError(
+            f"qkv_attention: Nq {nq} / {num_heads} heads and Nk {nk} / {kv_heads} heads "
+            "do not give one head size"
+        )
+    q, k, v = (TensorType(x.dtype, (x.shape[0], x.shape[1], s)) for s in sizes)
+    return _attention_infer(q, k, v, mask, num_heads, kv_heads, scale, causal, layout="bsd")
+
+
+def _qkv_attention_kernel(x, w, b, mask, num_heads, kv_heads, scale, causal, sizes):
+    qkv = np.matmul(x.astype(np.float64), w.T.astype(np.float64))  # (B, T, Nq+Nk+Nv)
+    if b is not None:
+        qkv = qkv + b
+    qkv = qkv.astype(x.dtype)
+    q, k, v = np.split(qkv, np.cumsum(sizes)[:2], axis=-1)
+    return attention_reference(q, k, v, mask, num_heads, kv_heads, scale, causal, layout="bsd")
+
+
+defop(
+    "qkv_attention",
+    infer=_qkv_attention_infer,
+    kernel=_qkv_attention_kernel,
+    attrs={
+        "num_heads": REQUIRED,
+        "kv_heads": REQUIRED,
+        "scale": REQUIRED,
+        "causal": False,
+        "sizes": REQUIRED,
+    },
+    inputs=(2, 4),
+    doc="Attention (bsd) of the q, k, v split from one projection x @ w.T + b (sizes Nq, Nk, Nv).",
 )
 
 # -- rotary ----------------------------------------------------------------------------------
