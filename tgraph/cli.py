@@ -92,10 +92,14 @@ def _trace(checkpoint: str, batch: int, seq_len: int):
 )  # fmt: skip
 @click.option("--provenance", is_flag=True, help="Show each node's source module and line.")
 @click.option("--dump-dir", type=click.Path(file_okay=False), help="Write per-pass dumps here.")
+@click.option(
+    "--html", "html_path", type=click.Path(dir_okay=False),
+    help="Also write a self-contained HTML report of the pipeline run here.",
+)  # fmt: skip
 @pass_ctx
 def dump(
     ctx: _Context, checkpoint: str, batch: int, seq_len: int, pipeline: str, fmt: str,
-    provenance: bool, dump_dir: str | None,
+    provenance: bool, dump_dir: str | None, html_path: str | None,
 ) -> None:  # fmt: skip
     """Print the graph of CHECKPOINT, traced and optionally optimized.
 
@@ -109,18 +113,33 @@ def dump(
       tgraph dump zoo:bert-tiny --pipeline default --provenance
       tgraph dump model.pt --pipeline default --dump-dir dumps/
       tgraph dump zoo:llama-tiny --format dot | dot -Tsvg > llama.svg
+      tgraph dump zoo:gpt-tiny --pipeline default --html report.html
+
+    \b
+    --html writes one HTML file (no network needed to view it): the pipeline as a
+    timeline, op histograms, a side-by-side diff per pass and the "why not fused"
+    table. The graph is still printed.
     """
     from tgraph.passmanager import optimize, parse_pipeline
 
     _run(ctx, parse_pipeline, pipeline)
-    graph = _run(ctx, _trace, checkpoint, batch, seq_len)
-    graph, _ = _run(ctx, optimize, graph, pipeline, dump_dir=dump_dir)
+    traced = _run(ctx, _trace, checkpoint, batch, seq_len)
+    keep = html_path is not None
+    graph, records = _run(ctx, optimize, traced, pipeline, dump_dir=dump_dir, keep_dumps=keep)
+    if html_path:
+        _run(ctx, _write_report, html_path, checkpoint, traced, graph, records)
     if fmt == "json":
         click.echo(_graph_json(graph))
     elif fmt == "dot":
         click.echo(_graph_dot(graph))
     else:
         click.echo(graph.dump(provenance=provenance), nl=False)
+
+
+def _write_report(path: str, checkpoint: str, traced, graph, records) -> None:
+    from tgraph.report import html_report, write_text_atomic
+
+    write_text_atomic(path, html_report(traced, graph, records, title=f"tgraph: {checkpoint}"))
 
 
 def _graph_json(graph) -> str:

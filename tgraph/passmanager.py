@@ -223,6 +223,9 @@ class PassRecord:
     changed: bool
     stats: dict[str, Any]
     ops: dict[str, int]
+    # The graph's dump after the pass; kept only with ``keep_dumps=True`` (the HTML report
+    # reads it). Not part of ``to_json``: summary.json stays small.
+    dump: str | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -243,14 +246,21 @@ class PassManager:
         pipeline: a pipeline string, a named pipeline, or a list of entries.
         verify: run ``graph.verify()`` after every pass.
         dump_dir: write ``00-input.txt``, ``NN-<pass>.txt``/``.diff`` and ``summary.json``.
+        keep_dumps: keep each pass's dump text on its record (``PassRecord.dump``), for
+            reports built in memory (``tgraph.report``) rather than from a dump dir.
     """
 
     def __init__(
-        self, pipeline: str | Sequence[str], verify: bool = True, dump_dir: str | None = None
+        self,
+        pipeline: str | Sequence[str],
+        verify: bool = True,
+        dump_dir: str | None = None,
+        keep_dumps: bool = False,
     ):
         self.specs = parse_pipeline(pipeline)
         self.verify = verify
         self.dump_dir = dump_dir
+        self.keep_dumps = keep_dumps
 
     @property
     def pipeline(self) -> str:
@@ -292,7 +302,7 @@ class PassManager:
             raise self._failure(spec, index, records, snapshot, e)
         record = PassRecord(
             str(spec), seconds, n_before, len(graph.nodes), result.changed, result.stats,
-            graph.op_histogram(),
+            graph.op_histogram(), after if self.keep_dumps else None,
         )  # fmt: skip
         return record, after
 
@@ -344,6 +354,11 @@ def optimize(
     *,
     verify: bool = True,
     dump_dir: str | None = None,
+    keep_dumps: bool = False,
 ) -> tuple[Graph, list[PassRecord]]:
-    """Run ``pipeline`` on a clone of ``graph``; returns the new graph and per-pass records."""
-    return PassManager(pipeline, verify=verify, dump_dir=dump_dir).run(graph)
+    """Run ``pipeline`` on a clone of ``graph``; returns the new graph and per-pass records.
+
+    ``keep_dumps=True`` keeps each pass's dump on its record (see :class:`PassManager`).
+    """
+    manager = PassManager(pipeline, verify=verify, dump_dir=dump_dir, keep_dumps=keep_dumps)
+    return manager.run(graph)

@@ -1,0 +1,360 @@
+"""One self-contained HTML page about one pipeline run (``tgraph dump --html``).
+
+The page holds the pipeline as a timeline (a bar per pass, as wide as its time), the op
+histograms of the input and the final graph, the "why not fused" table of every rejected
+rewrite, a side-by-side diff per changed pass and the final graph with provenance. CSS
+and a little JS are inline; the page loads nothing, so it can be mailed or attached to a
+bug. Every piece of graph text is HTML-escaped. Apart from the timings the output is a
+function of the graphs and records alone: no dates, no ``id()``, no dict-order accidents.
+
+Example::
+
+    graph, records = tgraph.optimize(traced, "default", keep_dumps=True)
+    write_text_atomic("report.html", html_report(traced, graph, records))
+"""
+
+from __future__ import annotations
+
+import difflib
+import html
+import os
+from collections.abc import Sequence
+
+from tgraph.ir import Graph
+from tgraph.passmanager import PassRecord
+
+# Unchanged lines shown around each change in a diff; longer unchanged runs fold to one row.
+CONTEXT_LINES = 3
+
+
+def html_report(
+    input_graph: Graph,
+    output_graph: Graph,
+    records: Sequence[PassRecord],
+    *,
+    title: str | None = None,
+) -> str:
+    """The report page for one run of the pass manager.
+
+    Args:
+        input_graph: the graph the pipeline started from.
+        output_graph: the optimized graph (shown at the end with provenance).
+        records: the manager's records, from a run with ``keep_dumps=True``.
+        title: the page's heading; defaults to the graph's name.
+
+    Returns:
+        The whole HTML document.
+
+    Raises:
+        ValueError: a record carries no dump (the run did not keep them).
+    """
+    bare = [r.name for r in records if r.dump is None]
+    if bare:
+        raise ValueError(
+            f"the record of pass {bare[0]} has no dump; run the pipeline with keep_dumps=True"
+        )
+    title = title or f"tgraph report: {input_graph.name}"
+    body = "\n".join(
+        (
+            f"<h1>{_e(title)}</h1>",
+            _summary(input_graph, output_graph, records),
+            _timeline(records),
+            '<div class="cols">',
+            _histograms(input_graph.op_histogram(), output_graph.op_histogram()),
+            _rejections(records),
+            "</div>",
+            _diffs(input_graph.dump(), records),
+            _final_graph(output_graph),
+        )
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n"
+        f"<body>\n{body}\n<script>{_JS}</script>\n</body>\n</html>\n"
+    )
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file and ``os.replace``: never half a file."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"cannot write {path}: folder {parent} does not exist")
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms"
+
+
+def _anchor(index: int) -> str:
+    return f"pass-{index:02d}"
+
+
+def _summary(input_graph: Graph, output_graph: Graph, records: Sequence[PassRecord]) -> str:
+    changed = sum(r.changed for r in records)
+    rejected = sum(len(r.stats.get("rejected", ())) for r in records)
+    pipeline = ",".join(r.name for r in records) or "none"
+    facts = (
+        ("pipeline", f"<code>{_e(pipeline)}</code>"),
+        ("passes", f"{len(records)} run, {changed} changed the graph"),
+        ("time", _ms(sum(r.seconds for r in records))),
+        ("nodes", f"{len(input_graph.nodes)} &rarr; {len(output_graph.nodes)}"),
+        ("rejected matches", str(rejected)),
+    )
+    rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts)
+    return f'<table class="facts">{rows}</table>'
+
+
+def _timeline(records: Sequence[PassRecord]) -> str:
+    """A row per pass; each bar starts where the passes before it ended (a Gantt chart)."""
+    if not records:
+        return '<section id="timeline"><h2>Timeline</h2><p>No passes ran.</p></section>'
+    total = sum(r.seconds for r in records) or 1.0
+    start, rows = 0.0, []
+    for index, r in enumerate(records, start=1):
+        state = "changed" if r.changed else "unchanged"
+        target = _anchor(index) if r.changed else "unchanged"
+        left, width = 100 * start / total, 100 * r.seconds / total
+        start += r.seconds
+        info = f"{_ms(r.seconds)} &middot; {r.nodes_before} &rarr; {r.nodes_after} nodes"
+        rows.append(
+            f'<div class="tl-row {state}">'
+            f'<a class="tl-name" href="#{target}">{index:02d} {_e(r.name)}</a>'
+            f'<div class="tl-track"><div class="tl-bar" title="{_e(r.name)}: {_ms(r.seconds)}"'
+            f' style="left:{left:.2f}%;width:{width:.2f}%"></div></div>'
+            f'<span class="tl-info">{info} &middot; {state}</span></div>'
+        )
+    return f'<section id="timeline"><h2>Timeline</h2>\n{"".join(rows)}\n</section>'
+
+
+def _histograms(before: dict[str, int], after: dict[str, int]) -> str:
+    def most_first(op: str) -> tuple[int, str]:
+        return -max(before.get(op, 0), after.get(op, 0)), op
+
+    ops = sorted(set(before) | set(after), key=most_first)
+    top = max([*before.values(), *after.values(), 1])
+    rows = []
+    for op in ops:
+        a, b = before.get(op, 0), after.get(op, 0)
+        delta = f"{b - a:+d}" if b != a else ""
+        bars = (
+            f'<div class="hbar in" style="width:{100 * a / top:.1f}%"></div>'
+            f'<div class="hbar out" style="width:{100 * b / top:.1f}%"></div>'
+        )
+        rows.append(
+            f"<tr><td><code>{_e(op)}</code></td><td class=num>{a}</td><td class=num>{b}</td>"
+            f'<td class=num>{delta}</td><td class="bars">{bars}</td></tr>'
+        )
+    head = (
+        "<tr><th>op</th><th>input</th><th>final</th><th>&Delta;</th>"
+        '<th><span class="key in"></span>input <span class="key out"></span>final</th></tr>'
+    )
+    return (
+        '<section id="ops"><h2>Op histogram</h2><table class="ops">'
+        f"<thead>{head}</thead><tbody>{''.join(rows)}</tbody></table></section>"
+    )
+
+
+def _rejections(records: Sequence[PassRecord]) -> str:
+    rows = []
+    for index, r in enumerate(records, start=1):
+        for rej in r.stats.get("rejected", ()):
+            cells = [f"{index:02d} {r.name}"]
+            cells += [rej.get(k, "") for k in ("rule", "node", "module", "reason")]
+            rows.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("pass", "rule", "node", "module", "reason"))
+    if not rows:
+        table = "<p>No rewrite was rejected.</p>"
+    else:
+        table = (
+            '<p><input id="reject-filter" type="search" placeholder="filter rows">'
+            ' <span id="reject-count"></span></p>'
+            f'<table id="rejected"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>"
+        )
+    return (
+        '<section id="why-not-fused"><h2>Why not fused</h2>'
+        "<p>Sites where a rule's pattern matched but a check refused the rewrite.</p>"
+        f"{table}</section>"
+    )
+
+
+def _diffs(input_dump: str, records: Sequence[PassRecord]) -> str:
+    parts, unchanged, before = [], [], input_dump
+    for index, r in enumerate(records, start=1):
+        if r.changed:
+            parts.append(_pass_diff(index, r, before, r.dump))
+        else:
+            unchanged.append(f"{index:02d} {_e(r.name)}")
+        before = r.dump
+    listed = ", ".join(unchanged) or "none"
+    buttons = (
+        '<p><button type="button" id="expand-all">expand all</button> '
+        '<button type="button" id="collapse-all">collapse all</button></p>'
+    )
+    return (
+        f'<section id="diffs"><h2>Changes per pass</h2>{buttons if parts else ""}'
+        f"{''.join(parts) or '<p>No pass changed the graph.</p>'}"
+        f'<p id="unchanged">Passes that changed nothing: {listed}.</p></section>'
+    )
+
+
+def _pass_diff(index: int, record: PassRecord, before: str, after: str) -> str:
+    rows, removed, added = _diff_rows(before.splitlines(), after.splitlines())
+    matches = ", ".join(
+        f"{_e(rule)} &times;{n}" for rule, n in record.stats.get("matches", {}).items() if n
+    )
+    summary = (
+        f"<b>{index:02d} {_e(record.name)}</b> &middot; {record.nodes_before} &rarr; "
+        f"{record.nodes_after} nodes &middot; "
+        f'<span class="minus">&minus;{removed}</span> <span class="plus">+{added}</span> lines'
+        + (f" &middot; {matches}" if matches else "")
+    )
+    return (
+        f'<details class="pass" id="{_anchor(index)}"><summary>{summary}</summary>'
+        '<table class="diff"><colgroup><col class="ln"><col><col class="ln"><col></colgroup>'
+        f"<thead><tr><th></th><th>before</th><th></th><th>after</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table></details>"
+    )
+
+
+def _diff_rows(a: list[str], b: list[str]) -> tuple[list[str], int, int]:
+    """Side-by-side rows (with folded context) and the numbers of removed and added lines."""
+    rows, removed, added = [], 0, 0
+    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            rows += _context_rows(a, i1, i2, j1, at_end=i2 == len(a))
+            continue
+        removed, added = removed + i2 - i1, added + j2 - j1
+        for k in range(max(i2 - i1, j2 - j1)):
+            left = (i1 + k, a[i1 + k]) if i1 + k < i2 else None
+            right = (j1 + k, b[j1 + k]) if j1 + k < j2 else None
+            rows.append(_row(left, "del", right, "add"))
+    return rows, removed, added
+
+
+def _context_rows(a: list[str], i1: int, i2: int, j1: int, at_end: bool) -> list[str]:
+    """Unchanged lines ``a[i1:i2]`` (``j1`` on the right): a few around changes, the rest folded."""
+    head = 0 if i1 == 0 else CONTEXT_LINES
+    tail = 0 if at_end else CONTEXT_LINES
+    hidden = i2 - i1 - head - tail
+    if hidden <= 1:
+        return [_same(a, i, j1 - i1) for i in range(i1, i2)]
+    rows = [_same(a, i, j1 - i1) for i in range(i1, i1 + head)]
+    rows.append(f'<tr class="fold"><td colspan="4">&#8943; {hidden} unchanged lines</td></tr>')
+    rows += [_same(a, i, j1 - i1) for i in range(i2 - tail, i2)]
+    return rows
+
+
+def _same(a: list[str], i: int, shift: int) -> str:
+    return _row((i, a[i]), "", (i + shift, a[i]), "")
+
+
+def _row(left: tuple[int, str] | None, lcls: str, right: tuple[int, str] | None, rcls: str) -> str:
+    return f"<tr>{_cells(left, lcls)}{_cells(right, rcls)}</tr>"
+
+
+def _cells(line: tuple[int, str] | None, cls: str) -> str:
+    if line is None:
+        return '<td class="ln"></td><td class="empty"></td>'
+    number, text = line
+    attr = f' class="{cls}"' if cls else ""
+    return f'<td class="ln">{number + 1}</td><td{attr}>{_e(text)}</td>'
+
+
+def _final_graph(graph: Graph) -> str:
+    return (
+        '<section id="final"><h2>Final graph</h2><details><summary>dump with provenance '
+        f"({len(graph.nodes)} nodes)</summary><pre>{_e(graph.dump(provenance=True))}</pre>"
+        "</details></section>"
+    )
+
+
+_CSS = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 24px; color: #1d2330; }
+h1 { font-size: 20px; margin: 0 0 12px; }
+h2 { font-size: 16px; margin: 28px 0 8px; border-bottom: 1px solid #d8dce4; }
+code, pre, .diff td { font: 12px/1.4 ui-monospace, Menlo, Consolas, monospace; }
+table { border-collapse: collapse; }
+th, td { text-align: left; padding: 2px 8px; vertical-align: top; }
+.facts th { color: #5a6375; font-weight: normal; white-space: nowrap; }
+.cols { display: flex; flex-wrap: wrap; gap: 0 32px; align-items: flex-start; }
+#why-not-fused { flex: 1; min-width: 480px; }
+.tl-row { display: flex; align-items: center; gap: 10px; height: 20px; }
+.tl-name { width: 210px; flex: none; font: 12px ui-monospace, monospace; color: inherit;
+  text-decoration: none; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+.tl-track { position: relative; flex: 1; height: 14px; background: #f1f3f7; }
+.tl-bar { position: absolute; top: 0; bottom: 0; min-width: 2px; background: #9aa3b3; }
+.tl-row.changed .tl-bar { background: #2f6fdb; }
+.tl-row.unchanged .tl-name { color: #7a8396; }
+.tl-info { width: 300px; flex: none; font-size: 12px; color: #5a6375; }
+.ops td.num { text-align: right; }
+.ops td.bars { width: 260px; }
+.hbar { height: 5px; margin: 2px 0; }
+.hbar.in, .key.in { background: #b9c0cc; }
+.hbar.out, .key.out { background: #2f6fdb; }
+.key { display: inline-block; width: 10px; height: 10px; margin: 0 3px 0 8px; }
+#rejected { width: 100%; }
+#rejected td:not(:last-child) { white-space: nowrap; }
+#rejected td, #rejected th, .ops td, .ops th { border-bottom: 1px solid #eceef2; }
+#rejected tr:nth-child(even) { background: #fafbfc; }
+details.pass { margin: 6px 0; border: 1px solid #d8dce4; border-radius: 4px; }
+details.pass > summary { padding: 4px 8px; cursor: pointer; background: #f6f7f9; }
+.minus { color: #b3261e; } .plus { color: #1a7f37; }
+.diff { width: 100%; table-layout: fixed; }
+.diff col.ln { width: 40px; }
+.diff td { white-space: pre-wrap; overflow-wrap: anywhere; padding: 0 6px; }
+.diff td.ln { color: #9aa3b3; text-align: right; user-select: none; }
+.diff td.del { background: #ffebe9; }
+.diff td.add { background: #dafbe1; }
+.diff td.empty { background: #f6f7f9; }
+.diff tr.fold td { color: #7a8396; background: #f1f3f7; text-align: center; }
+pre { background: #f6f7f9; padding: 8px; overflow-x: auto; }
+"""
+
+# Progressive enhancement only: the page reads the same with scripts off.
+_JS = """
+(function () {
+  document.documentElement.dataset.js = "on";
+  var passes = document.querySelectorAll("details.pass");
+  function setAll(open) { passes.forEach(function (d) { d.open = open; }); }
+  var expand = document.getElementById("expand-all");
+  var collapse = document.getElementById("collapse-all");
+  if (expand) { expand.onclick = function () { setAll(true); }; }
+  if (collapse) { collapse.onclick = function () { setAll(false); }; }
+  function openTarget(hash) {
+    var el = hash && document.getElementById(hash.slice(1));
+    if (el && el.tagName === "DETAILS") { el.open = true; }
+  }
+  document.querySelectorAll(".tl-name").forEach(function (a) {
+    a.addEventListener("click", function () { openTarget(a.getAttribute("href")); });
+  });
+  openTarget(location.hash);
+  var filter = document.getElementById("reject-filter");
+  var count = document.getElementById("reject-count");
+  if (!filter) { return; }
+  var rows = Array.prototype.slice.call(document.querySelectorAll("#rejected tbody tr"));
+  function apply() {
+    var q = filter.value.toLowerCase(), shown = 0;
+    rows.forEach(function (r) {
+      r.hidden = r.textContent.toLowerCase().indexOf(q) < 0;
+      shown += r.hidden ? 0 : 1;
+    });
+    count.textContent = shown + " of " + rows.length + " rows";
+  }
+  filter.addEventListener("input", apply);
+  apply();
+})();
+"""
