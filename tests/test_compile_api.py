@@ -92,3 +92,15 @@ def test_dump_dir_holds_one_record_per_pass(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [p["name"] for p in summary["passes"]] == [r.name for r in cm.report]
     assert len(cm.report) == len(cm.pipeline.split(","))
+
+
+def test_progress_reports_each_step_and_the_default_backend_is_ort():
+    case = get_case("gpt-tiny")
+    messages = []
+    cm = tgraph.compile(case.model, case.make(2, 8, 0), progress=messages.append)
+    assert cm.backend == "ort"
+    n = len(cm.report)
+    assert messages[0] == "tracing with torch.export"
+    assert messages[1] == f"pass 1/{n}: {cm.report[0].name}"
+    assert messages[-1] == "lowering to ort"
+    assert len(messages) == n + 2

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -144,11 +144,12 @@ def _trains(model: torch.nn.Module) -> bool:
 def compile(
     model: torch.nn.Module,
     example_inputs: Any,
-    backend: str = "reference",
+    backend: str = "ort",
     device: str = "cpu",
     pipeline: str | Sequence[str] = "default",
     dynamic: bool = True,
     dump_dir: str | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> CompiledModel:
     """Trace, optimize and lower ``model``.
 
@@ -161,6 +162,7 @@ def compile(
             list of pass names.
         dynamic: keep batch and sequence dims symbolic.
         dump_dir: write per-pass dumps, diffs and ``summary.json`` here.
+        progress: called with a short message at each step (tracing, each pass, lowering).
 
     Returns:
         A :class:`CompiledModel` called like ``model``.
@@ -173,10 +175,14 @@ def compile(
         raise ValueError(f"unknown device {device!r}; valid devices: {', '.join(DEVICES)}")
     if pipeline == "default" and backend == "torch" and model.training and _trains(model):
         pipeline = "training"  # never bake parameters that are being trained into constants
-    manager = PassManager(pipeline, dump_dir=dump_dir)  # parse first: fail fast on a typo
+    say = progress or (lambda _msg: None)
+    # Parse the pipeline first: a typo fails before the slow trace.
+    manager = PassManager(pipeline, dump_dir=dump_dir, progress=progress)
     normalize_inputs(example_inputs)  # type check with a clear message
+    say("tracing with torch.export")
     graph = trace(model, example_inputs, dynamic=dynamic)
     graph, report = manager.run(graph)
     params = model_tensors(model) if isinstance(model, torch.nn.Module) else None
+    say(f"lowering to {backend}")
     runner = get_backend(backend).lower(graph, device, params=params)
     return CompiledModel(graph, runner, backend, device, report, manager.pipeline)

@@ -206,12 +206,15 @@ def compile_(
     from tgraph.passmanager import parse_pipeline
 
     _run(ctx, parse_pipeline, pipeline)
-    loaded = _run(ctx, _load, checkpoint, batch, seq_len)
-    cm = _run(
-        ctx, tgraph.compile, loaded.model, loaded.example_inputs, backend=backend, device=device,
-        pipeline=pipeline, dump_dir=dump_dir,
-    )  # fmt: skip
-    _run(ctx, cm.save, output)
+    with _progress() as say:
+        say(f"loading {checkpoint}")
+        loaded = _run(ctx, _load, checkpoint, batch, seq_len)
+        cm = _run(
+            ctx, tgraph.compile, loaded.model, loaded.example_inputs, backend=backend,
+            device=device, pipeline=pipeline, dump_dir=dump_dir, progress=say,
+        )  # fmt: skip
+        say(f"saving {output}")
+        _run(ctx, cm.save, output)
     nodes = cm.report[0].nodes_before if cm.report else len(cm.graph.nodes)
     click.echo(
         f"compiled {loaded.name}: {nodes} -> {len(cm.graph.nodes)} nodes, "

@@ -248,6 +248,7 @@ class PassManager:
         dump_dir: write ``00-input.txt``, ``NN-<pass>.txt``/``.diff`` and ``summary.json``.
         keep_dumps: keep each pass's dump text on its record (``PassRecord.dump``), for
             reports built in memory (``tgraph.report``) rather than from a dump dir.
+        progress: called with a short message before each pass (the CLI's status line).
     """
 
     def __init__(
@@ -256,11 +257,13 @@ class PassManager:
         verify: bool = True,
         dump_dir: str | None = None,
         keep_dumps: bool = False,
+        progress: Callable[[str], None] | None = None,
     ):
         self.specs = parse_pipeline(pipeline)
         self.verify = verify
         self.dump_dir = dump_dir
         self.keep_dumps = keep_dumps
+        self.progress = progress
 
     @property
     def pipeline(self) -> str:
@@ -273,6 +276,8 @@ class PassManager:
         before = graph.dump()
         self._write("00-input.txt", before)
         for index, spec in enumerate(self.specs, start=1):
+            if self.progress:
+                self.progress(f"pass {index}/{len(self.specs)}: {spec}")
             record, after = self._run_one(graph, spec, index, before, records)
             records.append(record)
             stem = f"{index:02d}-{spec.name}"
