@@ -115,7 +115,7 @@ RULES = (
     # x / 1 = x
     _scalar_rule("div-one", P.op("div", x, _exact(1.0)), 1.0),
     # cast(x: T, T) = x
-    Rule("cast-same", P.op("cast", x, name="node"), replace=_forward, check=_cast_same),
+    Rule("cast-same", P.op("cast", x, name="node"), replace=_forward, check=_cast_same, quiet=True),
     # reshape(reshape(x, s1), s2) = reshape(x, s2)  (row-major data never moves)
     Rule(
         "reshape-reshape",
@@ -123,7 +123,13 @@ RULES = (
         replace=_one_reshape,
     ),
     # reshape(x, x.shape) = x
-    Rule("reshape-same", P.op("reshape", x, name="node"), replace=_forward, check=_same_shape_attr),
+    Rule(
+        "reshape-same",
+        P.op("reshape", x, name="node"),
+        replace=_forward,
+        check=_same_shape_attr,
+        quiet=True,
+    ),
     # permute(x, (0, 1, ..., n-1)) = x
     _forward_rule("permute-identity", P.op("permute", x, perm=_is_identity_perm)),
     # permute(permute(x, p), q) = permute(x, p[q])  (and x when p[q] is the identity)
@@ -133,13 +139,20 @@ RULES = (
         replace=_one_permute,
     ),
     # expand(x, x.shape) = x
-    Rule("expand-same", P.op("expand", x, name="node"), replace=_forward, check=_same_shape_attr),
+    Rule(
+        "expand-same",
+        P.op("expand", x, name="node"),
+        replace=_forward,
+        check=_same_shape_attr,
+        quiet=True,
+    ),
     # x[0:len:1] along any axis = x
     Rule(
         "slice-whole",
         P.op("slice", x, start=0, step=1, name="node"),
         replace=_forward,
         check=_whole_slice,
+        quiet=True,
     ),
     # squeeze(unsqueeze(x, axes), axes) = x
     Rule(

@@ -121,8 +121,8 @@ def test_cast_to_the_same_dtype_disappears():
 
 def test_cast_to_another_dtype_stays():
     g = _hand("cast", {"dtype": DType.float64})
-    (why,) = rejections(_unchanged(g), "cast-same")
-    assert why["reason"] == "cast converts f32 to f64"
+    # A canonicalization's "not this case" is not a why-not-fused record (quiet rule).
+    assert rejections(_unchanged(g), "cast-same") == []
 
 
 def test_dropout_disappears():
@@ -164,8 +164,7 @@ def test_reshape_of_reshape_with_another_user_stays():
 
 def test_reshape_to_another_shape_stays():
     g = _hand("reshape", {"shape": (B, T, 2, 4)})
-    (why,) = rejections(_unchanged(g), "reshape-same")
-    assert why["reason"] == "reshape changes shape [batch,seq,8] to [batch,seq,2,4]"
+    assert rejections(_unchanged(g), "reshape-same") == []
 
 
 class Permutes(torch.nn.Module):
@@ -209,8 +208,7 @@ def test_expand_to_the_same_shape_disappears():
 
 def test_real_expand_stays():
     g = _hand("expand", {"shape": (B, T, 8)}, shape=(B, 1, 8))
-    (why,) = rejections(_unchanged(g), "expand-same")
-    assert why["reason"] == "expand changes shape [batch,1,8] to [batch,seq,8]"
+    assert rejections(_unchanged(g), "expand-same") == []
 
 
 @pytest.mark.parametrize("axis, end", [(1, T), (2, 8), (-1, 8)])
@@ -221,18 +219,14 @@ def test_whole_slice_disappears(axis, end):
 
 
 @pytest.mark.parametrize(
-    "attrs, reason",
+    "attrs",
     [
-        ({"axis": 2, "start": 0, "end": 4, "step": 1}, "slice ends at 4, dim 2 has size 8"),
-        (
-            {"axis": 1, "start": 0, "end": T - 1, "step": 1},
-            "slice ends at seq-1, dim 1 has size seq",
-        ),
+        {"axis": 2, "start": 0, "end": 4, "step": 1},
+        {"axis": 1, "start": 0, "end": T - 1, "step": 1},
     ],
 )
-def test_partial_slice_stays(attrs, reason):
-    (why,) = rejections(_unchanged(_hand("slice", attrs)), "slice-whole")
-    assert why["reason"] == reason
+def test_partial_slice_stays(attrs):
+    assert rejections(_unchanged(_hand("slice", attrs)), "slice-whole") == []
 
 
 def test_strided_slice_does_not_match():

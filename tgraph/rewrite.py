@@ -234,6 +234,10 @@ class Rule:
     ``exports`` names interior nodes (bound with ``name=``) whose outputs the replacement
     takes over: they may be read outside the match (by nodes after the root), and
     ``replace`` returns, after the root's values, one value per output of each, in order.
+
+    ``quiet=True`` marks a canonicalization whose check only says "not this case" (a
+    reshape to another shape is not a no-op reshape): its rejections are not "why not
+    fused" records, which would otherwise list every real reshape in the model.
     """
 
     name: str
@@ -242,6 +246,7 @@ class Rule:
     check: Check | None = None
     commutative: bool = True
     exports: tuple[str, ...] = ()
+    quiet: bool = False
 
 
 def _soundness(graph: Graph, m: Match, exports: tuple[str, ...] = ()) -> str | None:
@@ -334,7 +339,7 @@ class RewritePass(Pass):
                 rejected.pop(key, None)
                 self._rewrite(graph, rule, m)
                 return True
-        if reason is not None:
+        if reason is not None and not rule.quiet:
             rejected[key] = {
                 "rule": rule.name,
                 "node": root.name,
