@@ -16,7 +16,7 @@ class DeadCodeElimination(Pass):
         removed = 0
         # Walking backwards frees a whole dead chain in one sweep.
         for node in reversed(graph.nodes):
-            if get_op(node.op).pure and not node.has_users() and not _is_output(graph, node):
+            if get_op(node.op).pure and not node.has_users() and not graph.feeds_output(node):
                 node.remove()
                 removed += 1
         # Tiny constants print inline at their uses, so dropping an unused one leaves the dump
@@ -24,11 +24,6 @@ class DeadCodeElimination(Pass):
         listed = sum(not is_inline(v) for v in _unused_initializers(graph))
         dropped = graph.remove_unused_initializers()
         return PassResult(bool(removed or listed), {"nodes": removed, "initializers": dropped})
-
-
-def _is_output(graph: Graph, node) -> bool:
-    outputs = {id(v) for v in graph.outputs}
-    return any(id(v) in outputs for v in node.outputs)
 
 
 def _unused_initializers(graph: Graph) -> list:

@@ -32,6 +32,16 @@ def _padding_mask(b: int, s: int, g: torch.Generator) -> torch.Tensor:
     return mask
 
 
+def _ids_and_mask(b: int, s: int, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"input_ids": _ids(100, b, s, g), "attention_mask": _padding_mask(b, s, g)}
+
+
+def _ids_without_cache(b: int, s: int, seed: int) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(seed)
+    return {"input_ids": _ids(100, b, s, g), "use_cache": False}
+
+
 def zoo_case(name: str) -> Case:
     model = build(name)
     return Case(name, model, lambda b, s, seed: example_inputs(model, batch=b, seq=s, seed=seed))
@@ -45,34 +55,26 @@ def hf_case(name: str) -> Case:
     if name == "hf-bert":
         model = T.BertModel(T.BertConfig(vocab_size=100, max_position_embeddings=64, **small))
 
-        def make(b, s, seed):
-            g = torch.Generator().manual_seed(seed)
-            return {"input_ids": _ids(100, b, s, g), "attention_mask": _padding_mask(b, s, g)}
+        make = _ids_and_mask
     elif name == "hf-distilbert":
         model = T.DistilBertModel(
             T.DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=4, hidden_dim=64)
         )
 
-        def make(b, s, seed):
-            g = torch.Generator().manual_seed(seed)
-            return {"input_ids": _ids(100, b, s, g), "attention_mask": _padding_mask(b, s, g)}
+        make = _ids_and_mask
     elif name == "hf-gpt2":
         model = T.GPT2LMHeadModel(
             T.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64)
         )
 
-        def make(b, s, seed):
-            g = torch.Generator().manual_seed(seed)
-            return {"input_ids": _ids(100, b, s, g), "use_cache": False}
+        make = _ids_without_cache
     elif name == "hf-llama":
         config = T.LlamaConfig(
             vocab_size=100, num_key_value_heads=2, max_position_embeddings=64, **small
         )
         model = T.LlamaForCausalLM(config)
 
-        def make(b, s, seed):
-            g = torch.Generator().manual_seed(seed)
-            return {"input_ids": _ids(100, b, s, g), "use_cache": False}
+        make = _ids_without_cache
     elif name == "hf-vit":
         model = T.ViTModel(T.ViTConfig(image_size=32, patch_size=8, **small))
 
@@ -83,9 +85,7 @@ def hf_case(name: str) -> Case:
         config = T.T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
         model = T.T5EncoderModel(config)
 
-        def make(b, s, seed):
-            g = torch.Generator().manual_seed(seed)
-            return {"input_ids": _ids(100, b, s, g), "attention_mask": _padding_mask(b, s, g)}
+        make = _ids_and_mask
     else:
         raise KeyError(name)
     return Case(name, model.eval(), make)

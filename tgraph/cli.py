@@ -12,11 +12,6 @@ from typing import Any
 
 import click
 
-CHECKPOINT_HELP = (
-    "CHECKPOINT is zoo:NAME (a built-in config with random weights, e.g. zoo:gpt-tiny), "
-    "a zoo .pt checkpoint, a torch.export .pt2 program or a Hugging Face model directory."
-)
-
 
 class _Context:
     debug = False

@@ -362,16 +362,12 @@ class RewritePass(Pass):
         for old, new in zip(old_values, new_values):
             old.replace_all_uses_with(new, graph)
         for node in reversed(m.nodes):
-            if node.graph is not None and not node.has_users() and not _is_output(graph, node):
+            if node.graph is not None and not node.has_users() and not graph.feeds_output(node):
                 node.remove()
         created = {id(v) for n in builder.created for v in n.outputs}
         for name, new in zip(old_names, new_values):
             if id(new) in created and name not in graph._names:
                 graph.rename(new, name)
-
-
-def _is_output(graph: Graph, node: Node) -> bool:
-    return any(v in graph.outputs for v in node.outputs)
 
 
 def _rejection_key(r: dict[str, str]) -> tuple[str, str]:

@@ -406,6 +406,10 @@ class Graph:
         for node in self.nodes:
             yield from node.outputs
 
+    def feeds_output(self, node: Node) -> bool:
+        """True when one of ``node``'s outputs is a graph output."""
+        return any(o is v for v in node.outputs for o in self.outputs)
+
     def op_histogram(self) -> dict[str, int]:
         """Node count per op, sorted by op name."""
         hist: dict[str, int] = {}

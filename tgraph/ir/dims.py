@@ -257,14 +257,6 @@ def evaluate(d: DimLike, bindings: Mapping[str, int]) -> int:
     return total
 
 
-def is_static(shape: Iterable[DimLike]) -> bool:
-    return all(not isinstance(d, SymDim) for d in shape)
-
-
-def format_dim(d: DimLike) -> str:
-    return str(d)
-
-
 def format_shape(shape: Iterable[DimLike]) -> str:
     return "[" + ",".join(str(d) for d in shape) + "]"
 
