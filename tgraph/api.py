@@ -150,6 +150,7 @@ def compile(
     dynamic: bool = True,
     dump_dir: str | None = None,
     progress: Callable[[str], None] | None = None,
+    verify: bool = False,
 ) -> CompiledModel:
     """Trace, optimize and lower ``model``.
 
@@ -163,6 +164,10 @@ def compile(
         dynamic: keep batch and sequence dims symbolic.
         dump_dir: write per-pass dumps, diffs and ``summary.json`` here.
         progress: called with a short message at each step (tracing, each pass, lowering).
+        verify: check every pass numerically against the graph before it with the
+            reference interpreter (and gradients, for the torch backend with trainable
+            parameters); raises ``PassError`` naming the first pass that drifts
+            (``tgraph.numcheck``).
 
     Returns:
         A :class:`CompiledModel` called like ``model``.
@@ -181,6 +186,10 @@ def compile(
     normalize_inputs(example_inputs)  # type check with a clear message
     say("tracing with torch.export")
     graph = trace(model, example_inputs, dynamic=dynamic)
+    if verify:
+        from tgraph.numcheck import compile_verifier
+
+        manager.instruments.append(compile_verifier(graph, model, example_inputs, backend))
     graph, report = manager.run(graph)
     params = model_tensors(model) if isinstance(model, torch.nn.Module) else None
     say(f"lowering to {backend}")

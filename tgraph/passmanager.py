@@ -52,7 +52,34 @@ class PipelineError(ValueError):
 
 
 class PassError(RuntimeError):
-    """A pass failed (raised, broke the graph, or misreported ``changed``)."""
+    """A pass failed (raised, broke the graph, or misreported ``changed``).
+
+    ``reproducer`` is the directory written for it (with a dump dir), else None.
+    """
+
+    reproducer: str | None = None
+
+
+class InstrumentError(Exception):
+    """An instrument rejected a pass's result (numeric verification: ``tgraph.numcheck``)."""
+
+
+class PassInstrument:
+    """Hooks the manager calls around every pass (TVM's pass instruments, in small).
+
+    ``after_pass`` raises :class:`InstrumentError` to fail the pass; the manager turns it
+    into a :class:`PassError` naming the pass (with a reproducer when it has a dump dir).
+    Instrument time is not counted in the pass's ``seconds``.
+    """
+
+    def run_start(self, graph: Graph) -> None:
+        """Called once with the pipeline's input graph (a clone the passes will edit)."""
+
+    def before_pass(self, graph: Graph, spec: PassSpec, index: int) -> None:
+        """Called just before pass number ``index`` (1-based) runs."""
+
+    def after_pass(self, graph: Graph, spec: PassSpec, index: int, changed: bool) -> None:
+        """Called after the pass ran and ``verify()`` passed."""
 
 
 _PASSES: dict[str, type[Pass]] = {}
@@ -249,6 +276,8 @@ class PassManager:
         keep_dumps: keep each pass's dump text on its record (``PassRecord.dump``), for
             reports built in memory (``tgraph.report``) rather than from a dump dir.
         progress: called with a short message before each pass (the CLI's status line).
+        instruments: :class:`PassInstrument` objects called around every pass (numeric
+            verification, ``tgraph.numcheck``).
     """
 
     def __init__(
@@ -258,8 +287,10 @@ class PassManager:
         dump_dir: str | None = None,
         keep_dumps: bool = False,
         progress: Callable[[str], None] | None = None,
+        instruments: Sequence[PassInstrument] = (),
     ):
         self.specs = parse_pipeline(pipeline)
+        self.instruments = list(instruments)
         self.verify = verify
         self.dump_dir = dump_dir
         self.keep_dumps = keep_dumps
@@ -275,6 +306,8 @@ class PassManager:
         records: list[PassRecord] = []
         before = graph.dump()
         self._write("00-input.txt", before)
+        for instrument in self.instruments:
+            instrument.run_start(graph)
         for index, spec in enumerate(self.specs, start=1):
             if self.progress:
                 self.progress(f"pass {index}/{len(self.specs)}: {spec}")
@@ -290,6 +323,11 @@ class PassManager:
     def _run_one(self, graph, spec, index, before, records):
         n_before = len(graph.nodes)
         snapshot = graph.clone() if self.dump_dir else None
+        try:
+            for instrument in self.instruments:
+                instrument.before_pass(graph, spec, index)
+        except InstrumentError as e:
+            raise self._failure(spec, index, records, snapshot, e) from e
         start = time.perf_counter()
         try:
             result = spec.create().run(graph)
@@ -305,6 +343,11 @@ class PassManager:
             what = "changed" if after != before else "did not change"
             e = PassError(f"reported changed={result.changed} but the graph {what}")
             raise self._failure(spec, index, records, snapshot, e)
+        try:
+            for instrument in self.instruments:
+                instrument.after_pass(graph, spec, index, result.changed)
+        except InstrumentError as e:
+            raise self._failure(spec, index, records, snapshot, e) from e
         record = PassRecord(
             str(spec), seconds, n_before, len(graph.nodes), result.changed, result.stats,
             graph.op_histogram(), after if self.keep_dumps else None,
@@ -318,8 +361,15 @@ class PassManager:
             repro = os.path.join(self.dump_dir, f"failed-{index:02d}-{spec.name}")
             write_reproducer(repro, snapshot, str(spec))
             where = f"; reproducer in {repro}"
-        kind = "broke the graph" if isinstance(error, IRError) else "failed"
-        return PassError(f"pass {spec} {kind}: {error} (after passes: {done}){where}")
+        kind = "failed"
+        if isinstance(error, IRError):
+            kind = "broke the graph"
+        elif isinstance(error, InstrumentError):
+            kind = "failed verification"
+        failure = PassError(f"pass {spec} {kind}: {error} (after passes: {done}){where}")
+        if where:
+            failure.reproducer = where[len("; reproducer in ") :]
+        return failure
 
     def _write(self, name: str, text: str) -> None:
         if self.dump_dir is None:
@@ -329,8 +379,37 @@ class PassManager:
             f.write(text)
 
     def _write_summary(self, records: list[PassRecord]) -> None:
-        summary = {"pipeline": self.pipeline, "passes": [r.to_json() for r in records]}
+        summary = {
+            "pipeline": self.pipeline,
+            "passes": [r.to_json() for r in records],
+            "why_not_fused": why_not_fused(records),
+        }
         self._write("summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+
+def why_not_fused(records: Sequence[PassRecord]) -> list[dict[str, Any]]:
+    """Per rewrite rule of every pass that ran: how many sites it fused and every candidate
+    site it rejected, with the first check that failed (the "why not fused" report).
+
+    Entries follow the pipeline order; a rule that neither fused nor rejected anything is
+    left out. Each entry: ``{"pass": "05 fuse-linear", "rule", "fused", "rejected": [{"node",
+    "module", "reason"}]}``.
+    """
+    out = []
+    for index, r in enumerate(records, start=1):
+        matches = r.stats.get("matches")
+        if not isinstance(matches, dict):
+            continue  # not a rewrite pass
+        rejected: dict[str, list[dict[str, str]]] = {}
+        for rej in r.stats.get("rejected", ()):
+            site = {k: rej.get(k, "") for k in ("node", "module", "reason")}
+            rejected.setdefault(rej["rule"], []).append(site)
+        for rule in [*matches, *(k for k in rejected if k not in matches)]:
+            fused, sites = int(matches.get(rule, 0)), rejected.get(rule, [])
+            if fused or sites:
+                entry = {"pass": f"{index:02d} {r.name}", "rule": rule, "fused": fused}
+                out.append({**entry, "rejected": sites})
+    return out
 
 
 def write_reproducer(directory: str, graph: Graph, pipeline: str) -> None:
@@ -360,10 +439,14 @@ def optimize(
     verify: bool = True,
     dump_dir: str | None = None,
     keep_dumps: bool = False,
+    instruments: Sequence[PassInstrument] = (),
 ) -> tuple[Graph, list[PassRecord]]:
     """Run ``pipeline`` on a clone of ``graph``; returns the new graph and per-pass records.
 
-    ``keep_dumps=True`` keeps each pass's dump on its record (see :class:`PassManager`).
+    ``keep_dumps=True`` keeps each pass's dump on its record (see :class:`PassManager`);
+    ``instruments`` run around every pass (see :class:`PassInstrument`).
     """
-    manager = PassManager(pipeline, verify=verify, dump_dir=dump_dir, keep_dumps=keep_dumps)
+    manager = PassManager(
+        pipeline, verify=verify, dump_dir=dump_dir, keep_dumps=keep_dumps, instruments=instruments
+    )
     return manager.run(graph)

@@ -294,6 +294,10 @@ class RewritePass(Pass):
 
     Options:
         max_matches: stop after this many rewrites (used to bisect a bad rewrite).
+
+    After ``run``, ``applied`` lists the sites it rewrote, in order (``{"rule", "node",
+    "module", "source"}``): match N of a bisect is ``applied[N - 1]``. It describes the
+    last run only; nothing carries over to the next.
     """
 
     rules: tuple[Rule, ...] = ()
@@ -301,8 +305,10 @@ class RewritePass(Pass):
 
     def __init__(self, max_matches: int | None = None):
         self.max_matches = max_matches
+        self.applied: list[dict[str, str]] = []
 
     def run(self, graph: Graph) -> PassResult:
+        self.applied = []
         counts = {r.name: 0 for r in self.rules}
         rejected: dict[tuple[str, str], dict[str, str]] = {}
         total = 0
@@ -337,6 +343,7 @@ class RewritePass(Pass):
             reason = _soundness(graph, m, rule.exports) or (rule.check(m) if rule.check else None)
             if reason is None:
                 rejected.pop(key, None)
+                self.applied.append(_site(rule, root))
                 self._rewrite(graph, rule, m)
                 return True
         if reason is not None and not rule.quiet:
@@ -368,6 +375,16 @@ class RewritePass(Pass):
         for name, new in zip(old_names, new_values):
             if id(new) in created and name not in graph._names:
                 graph.rename(new, name)
+
+
+def _site(rule: Rule, root: Node) -> dict[str, str]:
+    meta = root.meta
+    return {
+        "rule": rule.name,
+        "node": root.name,
+        "module": meta.get("module", ""),
+        "source": meta.get("source", ""),
+    }
 
 
 def _rejection_key(r: dict[str, str]) -> tuple[str, str]:
