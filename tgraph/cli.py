@@ -91,10 +91,14 @@ def _trace(checkpoint: str, batch: int, seq_len: int):
     "--html", "html_path", type=click.Path(dir_okay=False),
     help="Also write a self-contained HTML report of the pipeline run here.",
 )  # fmt: skip
+@click.option(
+    "--why-not-fused", "why_not", is_flag=True,
+    help="Print, per fusion rule, the sites it fused and why each other candidate was not.",
+)  # fmt: skip
 @pass_ctx
 def dump(
     ctx: _Context, checkpoint: str, batch: int, seq_len: int, pipeline: str, fmt: str,
-    provenance: bool, dump_dir: str | None, html_path: str | None,
+    provenance: bool, dump_dir: str | None, html_path: str | None, why_not: bool,
 ) -> None:  # fmt: skip
     """Print the graph of CHECKPOINT, traced and optionally optimized.
 
@@ -109,6 +113,7 @@ def dump(
       tgraph dump model.pt --pipeline default --dump-dir dumps/
       tgraph dump zoo:llama-tiny --format dot | dot -Tsvg > llama.svg
       tgraph dump zoo:gpt-tiny --pipeline default --html report.html
+      tgraph dump zoo:bert-tiny --pipeline default --why-not-fused
 
     \b
     --html writes one HTML file (no network needed to view it): the pipeline as a
@@ -123,7 +128,11 @@ def dump(
     graph, records = _run(ctx, optimize, traced, pipeline, dump_dir=dump_dir, keep_dumps=keep)
     if html_path:
         _run(ctx, _write_report, html_path, checkpoint, traced, graph, records)
-    if fmt == "json":
+    if why_not:
+        from tgraph.report import why_not_fused_text
+
+        click.echo(why_not_fused_text(records), nl=False)
+    elif fmt == "json":
         click.echo(_graph_json(graph))
     elif fmt == "dot":
         click.echo(_graph_dot(graph))
@@ -179,10 +188,14 @@ def _graph_dot(graph) -> str:
 @click.option("--pipeline", default="default", show_default=True, help="Named or a,b,c.")
 @_size_options
 @click.option("--dump-dir", type=click.Path(file_okay=False), help="Write per-pass dumps here.")
+@click.option(
+    "--verify", is_flag=True,
+    help="Check every pass numerically (reference interpreter, several sizes); fail on drift.",
+)  # fmt: skip
 @pass_ctx
 def compile_(
     ctx: _Context, checkpoint: str, output: str, backend: str, device: str, pipeline: str,
-    batch: int, seq_len: int, dump_dir: str | None,
+    batch: int, seq_len: int, dump_dir: str | None, verify: bool,
 ) -> None:  # fmt: skip
     """Compile CHECKPOINT into an artifact directory that `tgraph run` executes.
 
@@ -196,6 +209,7 @@ def compile_(
       tgraph compile zoo:gpt-tiny -o gpt.tg
       tgraph compile ./bert-dir -o bert.tg --backend torch --pipeline default
       tgraph compile model.pt2 -o m.tg --dump-dir dumps/
+      tgraph compile zoo:bert-tiny -o bert.tg --verify
     """
     import tgraph
     from tgraph.passmanager import parse_pipeline
@@ -206,7 +220,7 @@ def compile_(
         loaded = _run(ctx, _load, checkpoint, batch, seq_len)
         cm = _run(
             ctx, tgraph.compile, loaded.model, loaded.example_inputs, backend=backend,
-            device=device, pipeline=pipeline, dump_dir=dump_dir, progress=say,
+            device=device, pipeline=pipeline, dump_dir=dump_dir, progress=say, verify=verify,
         )  # fmt: skip
         say(f"saving {output}")
         _run(ctx, cm.save, output)
@@ -299,10 +313,15 @@ def _read_text(path: str) -> str:
 @click.option("--warmup", default=3, show_default=True, help="Untimed rounds first.")
 @click.option("--threads", type=int, help="Intra-op threads (default: torch's setting).")
 @click.option("--json", "json_path", type=click.Path(), help="Also write the results as JSON.")
+@click.option(
+    "--per-pass", is_flag=True,
+    help="Time the pipeline with each fusion pass switched off in turn, on the first "
+    "tgraph-* backend of --backends.",
+)  # fmt: skip
 @pass_ctx
 def bench(
     ctx: _Context, checkpoint: str, backends: str, batch: int, seq_len: int, pipeline: str,
-    repeats: int, warmup: int, threads: int | None, json_path: str | None,
+    repeats: int, warmup: int, threads: int | None, json_path: str | None, per_pass: bool,
 ) -> None:  # fmt: skip
     """Time CHECKPOINT side by side: eager, torch.compile, ONNX Runtime, tgraph.
 
@@ -314,8 +333,14 @@ def bench(
       tgraph bench zoo:gpt-tiny
       tgraph bench zoo:bert-base --batch 1 --seq-len 128 --json bert.json
       tgraph bench ./hf-model --backends eager,ort-plain,tgraph-ort
+      tgraph bench zoo:bert-base --per-pass --backends tgraph-ort
     """
     import json
+
+    if per_pass:
+        _bench_per_pass(ctx, checkpoint, backends, batch, seq_len, pipeline, repeats, warmup,
+                        threads, json_path)  # fmt: skip
+        return
 
     from tgraph.bench import bench as run_bench
     from tgraph.bench import format_table
@@ -333,6 +358,110 @@ def bench(
         with open(json_path, "w") as f:
             json.dump(report.to_json(), f, indent=2)
             f.write("\n")
+
+
+def _bench_per_pass(
+    ctx: _Context, checkpoint: str, backends: str, batch: int, seq_len: int, pipeline: str,
+    repeats: int, warmup: int, threads: int | None, json_path: str | None,
+) -> None:  # fmt: skip
+    import json
+
+    from tgraph.perpass import format_report, per_pass_bench
+
+    chosen = [b.strip()[len("tgraph-") :] for b in backends.split(",")
+              if b.strip().startswith("tgraph-")]  # fmt: skip
+    if not chosen:
+        _fail("--per-pass needs a tgraph-* backend in --backends (e.g. tgraph-ort)", code=2)
+    loaded = _run(ctx, _load, checkpoint, batch, seq_len)
+    with _progress() as say:
+        report = _run(
+            ctx, per_pass_bench, loaded.model, loaded.example_inputs, name=loaded.name,
+            backend=chosen[0], pipeline=pipeline, repeats=repeats, warmup=warmup,
+            threads=threads, progress=say,
+        )  # fmt: skip
+    click.echo(format_report(report))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(report.to_json(), f, indent=2)
+            f.write("\n")
+
+
+@main.command(name="bisect")
+@click.argument("checkpoint")
+@click.option("--pipeline", default="default", show_default=True, help="Pipeline to bisect.")
+@click.option(
+    "--backend", type=click.Choice(["reference", "ort", "torch"]), default="reference",
+    show_default=True, help="Whose outputs to check (on CPU) against the reference oracle.",
+)  # fmt: skip
+@click.option("--tol", default=1e-4, show_default=True, help="rtol and atol of the check.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
+@click.option(
+    "--out", "out_dir", default="bisect-repro", show_default=True,
+    type=click.Path(file_okay=False), help="Write the reproducer here.",
+)  # fmt: skip
+@_size_options
+@pass_ctx
+def bisect_(
+    ctx: _Context, checkpoint: str, pipeline: str, backend: str, tol: float, seed: int,
+    out_dir: str, batch: int, seq_len: int,
+) -> None:  # fmt: skip
+    """Find the pass, and the rewrite inside it, that breaks CHECKPOINT's outputs.
+
+    Binary search over the pipeline's passes, then over the culprit rewrite pass's
+    matches (max_matches), comparing BACKEND's outputs with the reference interpreter
+    on the unoptimized graph. Writes a reproducer that `tgraph replay` runs again.
+
+    \b
+    Examples:
+      tgraph bisect zoo:bert-tiny --pipeline default --backend ort
+      tgraph bisect ./bert-dir --pipeline fold-constants,fuse-gelu --tol 1e-3
+      tgraph replay bisect-repro
+    """
+    import tgraph
+    from tgraph.api import flatten_call, model_tensors
+    from tgraph.bisect import bisect as run_bisect
+    from tgraph.frontend import normalize_inputs
+    from tgraph.numcheck import traced_bindings
+    from tgraph.passmanager import parse_pipeline
+
+    _run(ctx, parse_pipeline, pipeline)
+    loaded = _run(ctx, _load, checkpoint, batch, seq_len)
+    graph = _run(ctx, tgraph.trace, loaded.model, loaded.example_inputs)
+    args, kwargs = normalize_inputs(loaded.example_inputs)
+    tensors = _run(ctx, flatten_call, graph, args, kwargs)
+    traced = traced_bindings(graph, [tuple(t.shape) for t in tensors])
+    params = model_tensors(loaded.model) if hasattr(loaded.model, "named_parameters") else None
+    with _progress() as say:
+        result = _run(
+            ctx, run_bisect, graph, pipeline, backend=backend, tol=tol, params=params,
+            traced=traced, seed=seed, out_dir=out_dir, progress=say,
+        )  # fmt: skip
+    click.echo(result.summary())
+    if result.reproducer:
+        click.echo(f"reproducer: {result.reproducer} (tgraph replay {result.reproducer})")
+    click.echo(f"{result.probes} probes in {result.seconds:.1f} s")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option(
+    "--backend", type=click.Choice(["reference", "ort", "torch"]),
+    help="Run on this backend instead of the one bisect used.",
+)  # fmt: skip
+@pass_ctx
+def replay(ctx: _Context, directory: str, backend: str | None) -> None:
+    """Run a reproducer written by `tgraph bisect` again and say whether it still drifts.
+
+    \b
+    Example:
+      tgraph replay bisect-repro
+    """
+    from tgraph.bisect import replay as run_replay
+
+    result = _run(ctx, run_replay, directory, backend)
+    click.echo(result.summary())
+    if not result.ok:
+        sys.exit(1)
 
 
 def _progress():

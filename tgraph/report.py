@@ -2,7 +2,10 @@
 
 The page holds the pipeline as a timeline (a bar per pass, as wide as its time), the op
 histograms of the input and the final graph, the "why not fused" table of every rejected
-rewrite, a side-by-side diff per changed pass and the final graph with provenance. CSS
+rewrite, a side-by-side diff per changed pass, a provenance table (each final node: the
+pass that last changed it, linked to that pass's diff; its rule, module and source line;
+the input-graph nodes it replaced, linked to their lines in the input graph), the final
+graph and the input graph with provenance. CSS
 and a little JS are inline; the page loads nothing, so it can be mailed or attached to a
 bug. Every piece of graph text is HTML-escaped. Apart from the timings the output is a
 function of the graphs and records alone: no dates, no ``id()``, no dict-order accidents.
@@ -61,10 +64,12 @@ def html_report(
             _timeline(records),
             '<div class="cols">',
             _histograms(input_graph.op_histogram(), output_graph.op_histogram()),
-            _rejections(records),
+            _rejections(records, frozenset(n.name for n in input_graph.nodes)),
             "</div>",
             _diffs(input_graph.dump(), records),
+            _provenance(input_graph, output_graph, records),
             _final_graph(output_graph),
+            _input_graph(input_graph),
         )
     )
     return (
@@ -166,14 +171,18 @@ def _histograms(before: dict[str, int], after: dict[str, int]) -> str:
     )
 
 
-def _rejections(records: Sequence[PassRecord]) -> str:
+def _rejections(records: Sequence[PassRecord], known: frozenset[str] = frozenset()) -> str:
     rows = []
     for index, r in enumerate(records, start=1):
         for rej in r.stats.get("rejected", ()):
             cells = [f"{index:02d} {r.name}"]
             cells += [rej.get(k, "") for k in ("rule", "node", "module", "reason")]
-            rows.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
-    head = "".join(f"<th>{h}</th>" for h in ("pass", "rule", "node", "module", "reason"))
+            cells = [_e(c) for c in cells]
+            node = rej.get("node", "")
+            # A node of the input graph links to its line there: where the site came from.
+            cells.append(_node_link("input", node, "input graph") if node in known else "")
+            rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("pass", "rule", "node", "module", "reason", "origin"))
     if not rows:
         table = "<p>No rewrite was rejected.</p>"
     else:
@@ -274,6 +283,109 @@ def _cells(line: tuple[int, str] | None, cls: str) -> str:
     return f'<td class="ln">{number + 1}</td><td{attr}>{_e(text)}</td>'
 
 
+def _node_link(where: str, name: str, text: str | None = None) -> str:
+    return f'<a class="node" href="#{where}-{_e(name)}">{text or _e(name)}</a>'
+
+
+def _dump_lines(dump: str) -> dict[str, str]:
+    """Node lines of a dump by the node's first output name."""
+    out = {}
+    for line in dump.splitlines():
+        if line.startswith("  %"):
+            out[line[3:].split(":", 1)[0]] = line
+    return out
+
+
+def _last_changed(input_graph: Graph, records: Sequence[PassRecord]) -> dict[str, int]:
+    """For every node name, the (1-based) index of the last pass that created or changed
+    its line in the dump; absent when the node is the input graph's, unchanged."""
+    last: dict[str, int] = {}
+    before = _dump_lines(input_graph.dump())
+    for index, r in enumerate(records, start=1):
+        after = _dump_lines(r.dump or "")
+        for name, line in after.items():
+            if before.get(name) != line:
+                last[name] = index
+        before = after
+    return last
+
+
+def _provenance(input_graph: Graph, output_graph: Graph, records: Sequence[PassRecord]) -> str:
+    """Every final node: the pass that last changed it (link to its diff), the rule, the
+    model module and source line, and the input-graph nodes it stands for (links)."""
+    inputs = {n.name for n in input_graph.nodes}
+    last = _last_changed(input_graph, records)
+    rows = []
+    for node in output_graph.nodes:
+        meta = node.meta
+        index = last.get(node.name)
+        if index is None:
+            created = "input graph"
+        else:
+            created = f'<a href="#{_anchor(index)}">{index:02d} {_e(records[index - 1].name)}</a>'
+        replaced = meta.get("replaced") or ((node.name,) if node.name in inputs else ())
+        origins = " ".join(
+            _node_link("input", name) if name in inputs else _e(name) for name in replaced
+        )
+        cells = (
+            f'<td id="final-{_e(node.name)}"><code>%{_e(node.name)}</code></td>',
+            f"<td><code>{_e(node.op)}</code></td>",
+            f"<td>{created}</td>",
+            f"<td>{_e(meta.get('rule', ''))}</td>",
+            f"<td>{_e(meta.get('module', ''))}</td>",
+            f"<td>{_e(meta.get('source', ''))}</td>",
+            f'<td class="origins">{origins}</td>',
+        )
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("node", "op", "last changed by", "rule", "module", "source", "stands for")
+    )
+    return (
+        '<section id="provenance"><h2>Provenance</h2>'
+        "<p>Each node of the final graph: the pass that last changed it (its diff), the rule "
+        "that made it, where in the model it comes from, and the input-graph nodes it "
+        "replaced.</p><details open><summary>"
+        f"{len(output_graph.nodes)} nodes</summary>"
+        f'<table id="provenance-table"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></details></section>"
+    )
+
+
+def _input_graph(graph: Graph) -> str:
+    """The input graph with provenance, one anchor per node for the provenance links."""
+    lines = []
+    for line in graph.dump(provenance=True).splitlines():
+        if line.startswith("  %"):
+            name = line[3:].split(":", 1)[0]
+            lines.append(f'<span id="input-{_e(name)}">{_e(line)}</span>')
+        else:
+            lines.append(_e(line))
+    body = "\n".join(lines)
+    return (
+        '<section id="input"><h2>Input graph</h2><details><summary>dump with provenance '
+        f"({len(graph.nodes)} nodes)</summary><pre>{body}</pre></details></section>"
+    )
+
+
+def why_not_fused_text(records: Sequence[PassRecord]) -> str:
+    """The "why not fused" report as text (``tgraph dump --why-not-fused``): per rule of
+    every rewrite pass, how many sites it fused and each rejected site with its reason."""
+    from tgraph.passmanager import why_not_fused
+
+    entries = why_not_fused(records)
+    rejected = sum(len(e["rejected"]) for e in entries)
+    lines = [f"why not fused: {rejected} rejected sites in {len(entries)} rules"]
+    for e in entries:
+        lines.append(
+            f"{e['pass']} / {e['rule']}: {e['fused']} fused, {len(e['rejected'])} rejected"
+        )
+        for site in e["rejected"]:
+            module = f" ({site['module']})" if site.get("module") else ""
+            lines.append(f"  %{site['node']}{module}: {site['reason']}")
+    return "\n".join(lines) + "\n"
+
+
 def _final_graph(graph: Graph) -> str:
     return (
         '<section id="final"><h2>Final graph</h2><details><summary>dump with provenance '
@@ -307,7 +419,7 @@ th, td { text-align: left; padding: 2px 8px; vertical-align: top; }
 .hbar.out, .key.out { background: #2f6fdb; }
 .key { display: inline-block; width: 10px; height: 10px; margin: 0 3px 0 8px; }
 #rejected { width: 100%; }
-#rejected td:not(:last-child) { white-space: nowrap; }
+#rejected td:not(:nth-child(5)) { white-space: nowrap; }
 #rejected td, #rejected th, .ops td, .ops th { border-bottom: 1px solid #eceef2; }
 #rejected tr:nth-child(even) { background: #fafbfc; }
 details.pass { margin: 6px 0; border: 1px solid #d8dce4; border-radius: 4px; }
@@ -322,6 +434,11 @@ details.pass > summary { padding: 4px 8px; cursor: pointer; background: #f6f7f9;
 .diff td.empty { background: #f6f7f9; }
 .diff tr.fold td { color: #7a8396; background: #f1f3f7; text-align: center; }
 pre { background: #f6f7f9; padding: 8px; overflow-x: auto; }
+#provenance-table { width: 100%; font-size: 12px; }
+#provenance-table td, #provenance-table th { border-bottom: 1px solid #eceef2; }
+#provenance-table td.origins { font: 12px ui-monospace, monospace; }
+a.node { color: #2f6fdb; text-decoration: none; margin-right: 4px; }
+.target { background: #fff3b0; }
 """
 
 # Progressive enhancement only: the page reads the same with scripts off.
@@ -335,10 +452,15 @@ _JS = """
   if (expand) { expand.onclick = function () { setAll(true); }; }
   if (collapse) { collapse.onclick = function () { setAll(false); }; }
   function openTarget(hash) {
-    var el = hash && document.getElementById(hash.slice(1));
-    if (el && el.tagName === "DETAILS") { el.open = true; }
+    var el = hash && document.getElementById(decodeURIComponent(hash.slice(1)));
+    if (!el) { return; }
+    for (var p = el; p; p = p.parentElement) {
+      if (p.tagName === "DETAILS") { p.open = true; }
+    }
+    document.querySelectorAll(".target").forEach(function (t) { t.classList.remove("target"); });
+    el.classList.add("target");
   }
-  document.querySelectorAll(".tl-name").forEach(function (a) {
+  document.querySelectorAll('a[href^="#"]').forEach(function (a) {
     a.addEventListener("click", function () { openTarget(a.getAttribute("href")); });
   });
   openTarget(location.hash);
