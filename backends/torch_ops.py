@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .torch_quant import QUANT_OPS
+
 Tensor = torch.Tensor
 
 # -- elementwise ---------------------------------------------------------------------------------
@@ -368,6 +370,7 @@ OPS: dict[str, Callable[..., Tensor | tuple[Tensor, ...]]] = {
     "arange": arange,
     "full": full,
     "pad": pad,
+    **QUANT_OPS,
 }
 
 # Ops that make a tensor without a tensor input: the lowering passes them the device.

@@ -36,3 +36,19 @@ register_pipeline(
     ",".join(_TRAINING),
     "like default, but never bakes trainable parameters into constants (no merge-qkv)",
 )
+
+# Compression (see docs/passes.md): the default pipeline, then the compression pass and a
+# cleanup that folds its casts and drops the full-precision weights it replaced. The int
+# pipelines skip fuse-qkv-attention, whose fused op would hide the projections' linears.
+_NO_QKV = [p for p in _DEFAULT if p != "fuse-qkv-attention"]
+_COMPRESSION = {
+    "bf16": (_DEFAULT, "mixed-precision{dtype=bf16}", "bf16 matmuls/attention, fp32 norms"),
+    "fp16": (_DEFAULT, "mixed-precision{dtype=fp16}", "fp16 matmuls/attention, fp32 norms"),
+    "int8": (_NO_QKV, "quantize-int8", "dynamic int8 linear layers (per-channel weights)"),
+    "int4": (_NO_QKV, "quantize-int4", "weight-only block-wise int4 linear layers"),
+}
+for _name, (_base, _pass, _what) in _COMPRESSION.items():
+    register_pipeline(
+        _name, ",".join([*_base, _pass, "fold-constants", "cse", "dce"]), f"default, then {_what}"
+    )
+

@@ -92,6 +92,7 @@ class CompiledModel(torch.nn.Module):
         backend: "ort", "torch" or "reference".
         device: "cpu" or "cuda".
         pipeline: the pipeline that produced ``graph``, as text.
+        accuracy: the :class:`tgraph.accuracy.AccuracyReport` of an accuracy budget.
     """
 
     def __init__(
@@ -109,6 +110,7 @@ class CompiledModel(torch.nn.Module):
         self.backend = backend
         self.device = device
         self.pipeline = pipeline
+        self.accuracy = None  # an AccuracyReport when compiled with an accuracy budget
         self.runner = runner  # an nn.Module runner registers as a submodule
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -151,6 +153,7 @@ def compile(
     dump_dir: str | None = None,
     progress: Callable[[str], None] | None = None,
     verify: bool = False,
+    accuracy: dict[str, float] | None = None,
 ) -> CompiledModel:
     """Trace, optimize and lower ``model``.
 
@@ -168,6 +171,10 @@ def compile(
             reference interpreter (and gradients, for the torch backend with trainable
             parameters); raises ``PassError`` naming the first pass that drifts
             (``tgraph.numcheck``).
+        accuracy: a budget for a compression pipeline, ``{"max_rel_error": 1e-2}`` (and
+            optionally ``"min_top1": 0.99``): layers are kept in fp32, most sensitive
+            first, until the compressed model meets it on the example inputs
+            (``tgraph.accuracy``); the result is ``cm.accuracy``.
 
     Returns:
         A :class:`CompiledModel` called like ``model``.
@@ -190,8 +197,22 @@ def compile(
         from tgraph.numcheck import compile_verifier
 
         manager.instruments.append(compile_verifier(graph, model, example_inputs, backend))
-    graph, report = manager.run(graph)
+    fitted = None
+    if accuracy is not None:
+        from tgraph.accuracy import fit_budget
+
+        samples = [[t.detach().cpu().numpy() for t in flatten_call(graph, *normalize_inputs(
+            example_inputs))]]  # fmt: skip
+        traced = graph
+        graph, report, text, fitted = fit_budget(graph, manager.pipeline, accuracy, samples, say)
+        manager = PassManager(text, dump_dir=dump_dir, progress=progress)
+        if dump_dir:  # the trials ran without dumps; write the chosen pipeline's
+            graph, report = manager.run(traced)
+    else:
+        graph, report = manager.run(graph)
     params = model_tensors(model) if isinstance(model, torch.nn.Module) else None
     say(f"lowering to {backend}")
     runner = get_backend(backend).lower(graph, device, params=params)
-    return CompiledModel(graph, runner, backend, device, report, manager.pipeline)
+    cm = CompiledModel(graph, runner, backend, device, report, manager.pipeline)
+    cm.accuracy = fitted
+    return cm

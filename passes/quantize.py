@@ -1,0 +1,165 @@
+"""Weight compression of ``linear`` layers: dynamic int8 and weight-only int4.
+
+``quantize-int8`` turns ``linear(x, W, b)`` with a constant fp32 ``W`` into
+``linear_int8(x, Wq, w_scale, b)``: symmetric int8 weights, one scale per output channel,
+and activations quantized per token at run time (see ``tgraph/ir/ops/quant.py``).
+``quantize-int4`` turns it into ``linear_int4``: 4-bit weights with one scale per block of
+``block`` input features, computed in fp32 (weight-only; it saves memory and bandwidth).
+
+A layer is named by its weight without the ``.weight`` suffix (``h.0.mlp.c_fc``), the
+module path for layers traced from a model. ``keep=a|b*`` (``|``-separated fnmatch
+patterns) leaves matching layers in full precision: the accuracy budget
+(``tgraph/accuracy.py``) uses it to fall back layer by layer. Every layer left in fp32 is
+recorded with its reason in the pass's "why not fused" table (``stats["rejected"]``), and
+``stats["converted"]`` lists the layers converted.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+import numpy as np
+
+from tgraph.ir import DType, Value
+from tgraph.ir.ops.quant import INT8_MAX
+from tgraph.passmanager import PassResult, PipelineError, register
+from tgraph.rewrite import Builder, Match, P, RewritePass, Rule
+
+INT4_MAX = 7
+
+
+def layer_name(w: Value) -> str:
+    """The layer a linear weight belongs to: its name without a trailing ``.weight``."""
+    name = w.name.removesuffix(".T")
+    return name.removesuffix(".weight")
+
+
+def quantize_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-output-channel int8 codes and fp32 scales of a (N, K) weight."""
+    w = w.astype(np.float32)
+    amax = np.abs(w).max(axis=1)
+    scale = np.where(amax > 0, amax / INT8_MAX, 1.0).astype(np.float32)
+    q = np.clip(np.round(w / scale[:, None]), -INT8_MAX, INT8_MAX).astype(np.int8)
+    return q, scale
+
+
+def quantize_int4(w: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Block-wise int4 of a (N, K) weight: packed codes (N, blocks, block/2) u8, scales (N, blocks)."""
+    n, k = w.shape
+    blocks = -(-k // block)
+    padded = np.zeros((n, blocks * block), np.float32)
+    padded[:, :k] = w
+    grouped = padded.reshape(n, blocks, block)
+    amax = np.abs(grouped).max(axis=-1)
+    scale = np.where(amax > 0, amax / INT4_MAX, 1.0).astype(np.float32)
+    codes = np.clip(np.round(grouped / scale[..., None]), -8, INT4_MAX).astype(np.int16) + 8
+    codes = codes.astype(np.uint8)
+    packed = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    return packed.astype(np.uint8), scale
+
+
+class _QuantizeLinear(RewritePass):
+    """Shared matching: which linear layers may be compressed, and why not."""
+
+    def __init__(
+        self, max_matches: int | None = None, keep: str = "", keep_trainable: bool = False
+    ):
+        super().__init__(max_matches)
+        self.keep = tuple(p for p in str(keep).split("|") if p)
+        self.keep_trainable = bool(keep_trainable)
+        self.rules = (
+            Rule(
+                name=self.rule_name,
+                pattern=P.op("linear", P.var("x"), P.var("w")),
+                check=self._reason,
+                replace=lambda b, m: self._replace(b, m, None),
+            ),
+            Rule(
+                name=f"{self.rule_name}-bias",
+                pattern=P.op("linear", P.var("x"), P.var("w"), P.var("b")),
+                check=self._reason,
+                replace=lambda b, m: self._replace(b, m, m["b"]),
+            ),
+        )
+
+    rule_name = ""
+
+    def _reason(self, m: Match) -> str | None:
+        x, w = m["x"], m["w"]
+        if w.const is None:
+            return f"weight %{w.name} is computed at run time, not a constant"
+        layer = layer_name(w)
+        if self.keep_trainable and w.trainable:
+            return f"weight @{w.name} is a trainable parameter (keep_trainable)"
+        if x.dtype != DType.float32 or w.dtype != DType.float32:
+            return f"input/weight dtypes {x.dtype}/{w.dtype}; quantization starts from f32"
+        bias = m.get("b")
+        if bias is not None and (bias.const is None or bias.dtype != DType.float32):
+            return "bias is not an f32 constant"
+        if any(fnmatch.fnmatchcase(layer, p) for p in self.keep):
+            return f"layer {layer} kept in full precision (keep option / accuracy budget)"
+        return None
+
+    def _replace(self, b: Builder, m: Match, bias: Value | None) -> Value:  # pragma: no cover
+        raise NotImplementedError
+
+    def run(self, graph) -> PassResult:
+        result = super().run(graph)
+        result.stats["converted"] = [site["layer"] for site in self.applied]
+        return result
+
+
+@register("quantize-int8")
+class QuantizeInt8(_QuantizeLinear):
+    """Dynamic int8 linear layers: int8 weights per output channel, activations per token.
+
+    Options:
+        keep: ``|``-separated layer name patterns to leave in fp32.
+        keep_trainable: leave trainable weights alone.
+    """
+
+    rule_name = "int8-linear"
+
+    def _replace(self, b: Builder, m: Match, bias: Value | None) -> Value:
+        w = m["w"]
+        q, scale = quantize_int8(np.asarray(w.const))
+        self.applied[-1]["layer"] = layer_name(w)
+        wq = b.const(q, DType.int8, hint=f"{layer_name(w)}.weight_int8")
+        ws = b.const(scale, DType.float32, hint=f"{layer_name(w)}.weight_scale")
+        return b.op("linear_int8", m["x"], wq, ws, bias)
+
+
+@register("quantize-int4")
+class QuantizeInt4(_QuantizeLinear):
+    """Weight-only block-wise int4 linear layers (for memory-bound decoders).
+
+    Options:
+        block: input features per scale (a power of two >= 16; default 32).
+        keep: ``|``-separated layer name patterns to leave in fp32.
+        keep_trainable: leave trainable weights alone.
+    """
+
+    rule_name = "int4-linear"
+
+    def __init__(
+        self,
+        max_matches: int | None = None,
+        keep: str = "",
+        keep_trainable: bool = False,
+        block: int = 32,
+    ):
+        block = int(block)
+        if block < 16 or block & (block - 1):
+            raise PipelineError(f"quantize-int4: block={block}; want a power of two >= 16")
+        super().__init__(max_matches, keep, keep_trainable)
+        self.block = block
+
+    def _replace(self, b: Builder, m: Match, bias: Value | None) -> Value:
+        w = m["w"]
+        packed, scale = quantize_int4(np.asarray(w.const), self.block)
+        self.applied[-1]["layer"] = layer_name(w)
+        wq = b.const(packed, DType.uint8, hint=f"{layer_name(w)}.weight_int4")
+        ws = b.const(scale, DType.float32, hint=f"{layer_name(w)}.weight_scale")
+        return b.op(
+            "linear_int4", m["x"], wq, ws, bias, block_size=self.block, in_features=w.shape[1]
+        )
