@@ -195,3 +195,19 @@ def test_budget_errors_are_clear():
 def test_keep_option_round_trips():
     text = "quantize-int8{keep=h.0.attn.c_attn|lm_head}"
     assert format_pipeline(parse_pipeline(text)) == text
+
+
+def test_cli_compiles_int8_with_a_budget_and_runs(tmp_path):
+    from click.testing import CliRunner
+
+    from tgraph.cli import main
+
+    out = tmp_path / "gpt8.tg"
+    args = ["compile", "zoo:gpt-tiny", "-o", str(out), "--pipeline", "int8"]
+    result = CliRunner().invoke(main, [*args, "--max-rel-error", "1e-2"])
+    assert result.exit_code == 0, result.output
+    assert "accuracy budget" in result.output and " met" in result.output
+    result = CliRunner().invoke(main, ["run", str(out), "--random"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, [*args, "--min-top1", "0.9"])
+    assert result.exit_code == 2 and "--min-top1 needs --max-rel-error" in result.output

@@ -192,10 +192,19 @@ def _graph_dot(graph) -> str:
     "--verify", is_flag=True,
     help="Check every pass numerically (reference interpreter, several sizes); fail on drift.",
 )  # fmt: skip
+@click.option(
+    "--max-rel-error", type=float, default=None,
+    help="Accuracy budget for int8/int4/bf16/fp16: keep layers in fp32 until met.",
+)  # fmt: skip
+@click.option(
+    "--min-top1", type=float, default=None,
+    help="With --max-rel-error: also require this top-1 agreement with fp32 (0..1).",
+)  # fmt: skip
 @pass_ctx
 def compile_(
     ctx: _Context, checkpoint: str, output: str, backend: str, device: str, pipeline: str,
-    batch: int, seq_len: int, dump_dir: str | None, verify: bool,
+    batch: int, seq_len: int, dump_dir: str | None, verify: bool, max_rel_error: float | None,
+    min_top1: float | None,
 ) -> None:  # fmt: skip
     """Compile CHECKPOINT into an artifact directory that `tgraph run` executes.
 
@@ -210,17 +219,26 @@ def compile_(
       tgraph compile ./bert-dir -o bert.tg --backend torch --pipeline default
       tgraph compile model.pt2 -o m.tg --dump-dir dumps/
       tgraph compile zoo:bert-tiny -o bert.tg --verify
+      tgraph compile zoo:gpt-tiny -o gpt8.tg --pipeline int8 --max-rel-error 1e-2
     """
     import tgraph
     from tgraph.passmanager import parse_pipeline
 
     _run(ctx, parse_pipeline, pipeline)
+    accuracy = None
+    if max_rel_error is not None:
+        accuracy = {"max_rel_error": max_rel_error}
+        if min_top1 is not None:
+            accuracy["min_top1"] = min_top1
+    elif min_top1 is not None:
+        _fail("--min-top1 needs --max-rel-error", code=2)
     with _progress() as say:
         say(f"loading {checkpoint}")
         loaded = _run(ctx, _load, checkpoint, batch, seq_len)
         cm = _run(
             ctx, tgraph.compile, loaded.model, loaded.example_inputs, backend=backend,
             device=device, pipeline=pipeline, dump_dir=dump_dir, progress=say, verify=verify,
+            accuracy=accuracy,
         )  # fmt: skip
         say(f"saving {output}")
         _run(ctx, cm.save, output)
@@ -229,6 +247,8 @@ def compile_(
         f"compiled {loaded.name}: {nodes} -> {len(cm.graph.nodes)} nodes, "
         f"backend {backend}, wrote {output}"
     )
+    if cm.accuracy is not None:
+        click.echo(cm.accuracy.summary())
 
 
 @main.command()
