@@ -43,6 +43,11 @@ ONNX_DTYPE = {
     DType.bool: TensorProto.BOOL,
 }
 _CACHED_CONST_ELEMENTS = 64  # small constants are shared by value
+EXTERNAL_MIN_BYTES = 4096  # to_onnx(external=...): arrays this big stay out of the proto
+EXTERNAL_LOCATION = "tgraph-in-memory"  # the location an in-memory initializer names
+_EXTERNAL_DTYPES = {
+    np.dtype(t) for t in (np.float32, np.float16, np.int64, np.int32, np.int8, np.uint8)
+}
 
 
 class LoweringError(Exception):
@@ -57,9 +62,15 @@ class Lowering:
     node's outputs.
     """
 
-    def __init__(self, graph: Graph, fused_kernels: bool = True):
+    def __init__(
+        self,
+        graph: Graph,
+        fused_kernels: bool = True,
+        external: dict[str, np.ndarray] | None = None,
+    ):
         self.graph = graph
         self.fused_kernels = fused_kernels
+        self.external = external  # see to_onnx: big arrays go here, not into the proto
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._names: dict[int, str] = {}  # id(Value) -> ONNX name
@@ -116,7 +127,7 @@ class Lowering:
         for n in self.nodes:
             read.update(n.input)
         weights = [
-            numpy_helper.from_array(np.asarray(v.const), name)
+            self.tensor(np.asarray(v.const), name)
             for name, v in self._const_values.items()
             if name in read
         ]
@@ -212,11 +223,27 @@ class Lowering:
             if key in self._consts:
                 return self._consts[key]
         name = self.fresh("const")
-        self.initializers.append(numpy_helper.from_array(array, name))
+        self.initializers.append(self.tensor(array, name))
         if key is not None:
             self._consts[key] = name
             self._pinned.add(name)
         return name
+
+    def tensor(self, array: np.ndarray, name: str) -> onnx.TensorProto:
+        """An initializer proto; with ``external`` set, a big array stays a NumPy array there
+        and the proto only names it (data_location EXTERNAL), so no bytes are copied."""
+        if (
+            self.external is None
+            or array.nbytes < EXTERNAL_MIN_BYTES
+            or array.dtype not in _EXTERNAL_DTYPES
+        ):
+            return numpy_helper.from_array(array, name)
+        self.external[name] = np.ascontiguousarray(array)
+        proto = onnx.TensorProto(name=name, data_type=ONNX_DTYPE[DType.from_numpy(array.dtype)])
+        proto.dims.extend(array.shape)
+        proto.data_location = onnx.TensorProto.EXTERNAL
+        proto.external_data.add(key="location", value=EXTERNAL_LOCATION)
+        return proto
 
     def ints(self, values: Sequence[int]) -> str:
         """A 1-D int64 constant."""
@@ -227,7 +254,7 @@ class Lowering:
         if id(w) not in self._transposed:
             name = self.fresh(f"{w.name}.T")
             array = np.ascontiguousarray(np.asarray(w.const).T)
-            self.initializers.append(numpy_helper.from_array(array, name))
+            self.initializers.append(self.tensor(array, name))
             self._transposed[id(w)] = name
             self._pinned.add(name)
         return self._transposed[id(w)]
@@ -326,7 +353,12 @@ def _value_info(v: Value, name: str) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, ONNX_DTYPE[v.dtype], dims)
 
 
-def to_onnx(graph: Graph, *, fused_kernels: bool = True) -> onnx.ModelProto:
+def to_onnx(
+    graph: Graph,
+    *,
+    fused_kernels: bool = True,
+    external: dict[str, np.ndarray] | None = None,
+) -> onnx.ModelProto:
     """Lower ``graph`` to an ONNX model.
 
     Args:
@@ -334,13 +366,18 @@ def to_onnx(graph: Graph, *, fused_kernels: bool = True) -> onnx.ModelProto:
         fused_kernels: lower fused ops to ONNX Runtime contrib kernels and fused standard
             ops (MultiHeadAttention, Attention, SkipLayerNormalization, ...); False lowers
             them to subgraphs of elementary ops instead.
+        external: when given, initializers of at least :data:`EXTERNAL_MIN_BYTES` are put
+            into this dict (name -> array) instead of the model, which then only declares
+            them as external data; ONNX Runtime takes them through
+            ``SessionOptions.add_external_initializers`` without copying them through
+            protobuf (seconds for BERT-base).
 
     Raises:
         LoweringError: an op has no lowering, naming the node.
     """
     from .onnx_ops import LOWERINGS
 
-    ctx = Lowering(graph, fused_kernels)
+    ctx = Lowering(graph, fused_kernels, external)
     for node in graph.nodes:
         fn = LOWERINGS.get(node.op)
         if fn is None:

@@ -85,11 +85,25 @@ def _providers(device: str) -> list:
     return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
 
 
-def _session(model: onnx.ModelProto, options: ort.SessionOptions, providers: list):
+def _session(
+    model: onnx.ModelProto,
+    options: ort.SessionOptions,
+    providers: list,
+    weights: dict[str, np.ndarray] | None = None,
+):
     """An InferenceSession; big models go through a temporary directory with external data.
 
-    Returns the session and the temporary directory to keep alive (or None).
+    ``weights`` are the initializers that ``to_onnx(external=...)`` kept out of the proto:
+    ONNX Runtime reads them in place (``add_external_initializers``), so they are never
+    serialized. Returns the session and what to keep alive with it (the OrtValues over
+    those arrays, or the temporary directory), or None.
     """
+    if weights:
+        names = list(weights)
+        values = [ort.OrtValue.ortvalue_from_numpy(weights[n]) for n in names]
+        options.add_external_initializers(names, values)
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+        return session, (values, weights)
     size = sum(len(t.raw_data) for t in model.graph.initializer)
     if size <= EXTERNAL_DATA_BYTES:
         return ort.InferenceSession(model.SerializeToString(), options, providers=providers), None
@@ -116,7 +130,8 @@ def lower(
 ) -> OrtRunner:
     """Lower ``graph`` to ONNX and open an ONNX Runtime session for it (options: see above)."""
     providers = _providers(device)  # fail fast, before lowering
-    model = to_onnx(graph, fused_kernels=fused_kernels)
+    weights: dict[str, np.ndarray] = {}
+    model = to_onnx(graph, fused_kernels=fused_kernels, external=weights)
     options = ort.SessionOptions()
     options.intra_op_num_threads = physical_cores()
     options.inter_op_num_threads = 1
@@ -126,7 +141,7 @@ def lower(
         if _optimizations_on(ort_optimizations)
         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
-    session, tmp = _session(model, options, providers)
+    session, tmp = _session(model, options, providers, weights)
     options_used = {"ort_optimizations": ort_optimizations, "fused_kernels": fused_kernels}
     return OrtRunner(graph, session, device, options_used, tmp)
 
@@ -140,13 +155,13 @@ class OrtRunner:
         session: ort.InferenceSession,
         device: str,
         options: dict | None = None,
-        tmp: tempfile.TemporaryDirectory | None = None,
+        tmp: object = None,
     ):
         self.graph = graph
         self.session = session
         self.device = device
         self.options = dict(options or {})  # lower()'s keyword options, to re-lower on unpickle
-        self._tmp = tmp  # keeps external weight files alive as long as the session
+        self._tmp = tmp  # keeps external weights (files or arrays) alive as long as the session
         self.input_names = [i.name for i in session.get_inputs()]
         self.output_names = [o.name for o in session.get_outputs()]
 
