@@ -167,6 +167,11 @@ def export(
         except Exception as e:  # noqa: BLE001 - retried with the lenient plan, then reported
             error = error or e
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "Cache" in first and "output" in first:
+        first += (
+            " (a Hugging Face KV cache is not a tensor output: set model.config.use_cache = "
+            "False, or pass use_cache=False, before compiling)"
+        )
     raise FrontendError(f"torch.export failed on {type(model).__name__}: {first}") from error
 
 
