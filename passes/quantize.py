@@ -61,6 +61,8 @@ def quantize_int4(w: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
 class _QuantizeLinear(RewritePass):
     """Shared matching: which linear layers may be compressed, and why not."""
 
+    lossy = True
+
     def __init__(
         self, max_matches: int | None = None, keep: str = "", keep_trainable: bool = False
     ):

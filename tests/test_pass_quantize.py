@@ -211,3 +211,9 @@ def test_cli_compiles_int8_with_a_budget_and_runs(tmp_path):
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(main, [*args, "--min-top1", "0.9"])
     assert result.exit_code == 2 and "--min-top1 needs --max-rel-error" in result.output
+
+
+def test_verify_mode_accepts_compression_and_checks_the_passes_after_it():
+    case = get_case("gpt-tiny")
+    cm = tgraph.compile(case.model, case.make(2, 8, 0), backend="ort", pipeline="int8", verify=True)
+    assert "linear_int8" in cm.graph.op_histogram()

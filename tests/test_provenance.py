@@ -95,3 +95,9 @@ def test_report_with_provenance_renders_in_chromium(report, tmp_path):
            f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", path.as_uri()]  # fmt: skip
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
     assert 'data-js="on"' in dom and '<table id="provenance-table">' in dom
+
+
+def test_source_points_at_the_model_not_at_torch(traced_case):
+    _, graph = traced_case("hf-bert")
+    sources = {n.meta.get("source", "") for n in graph.nodes if n.op == "linear"}
+    assert sources and all(s.startswith("modeling_bert.py:") for s in sources), sources

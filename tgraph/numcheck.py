@@ -28,7 +28,14 @@ from typing import Any
 import numpy as np
 
 from tgraph.ir import Graph, Node, SymDim, TensorType
-from tgraph.passmanager import InstrumentError, PassInstrument, PassRecord, PassSpec, optimize
+from tgraph.passmanager import (
+    InstrumentError,
+    PassInstrument,
+    PassRecord,
+    PassSpec,
+    get_pass,
+    optimize,
+)
 
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL = 1e-4
@@ -176,14 +183,21 @@ class NumericVerifier(PassInstrument):
         if not changed:
             return
         name = str(spec)
+        # A lossy pass (compression) drifts by design; the accuracy budget judges it. It must
+        # still run and keep its dims symbolic, and later passes are checked against it.
+        lossy = get_pass(spec.name).lossy
         self._check_symbolic_dims(graph, name)
         for case in self.cases:
             outputs, values = self._run(graph, case.inputs, f"the graph after {name}",
                                         case.bindings, case.seed, name)  # fmt: skip
-            self._compare_outputs(graph, case, outputs, values, name)
+            if not lossy:
+                self._compare_outputs(graph, case, outputs, values, name)
             case.outputs, case.values = outputs, values
         if self.gradients is not None:
-            self._compare_gradients(graph, name)
+            if lossy:
+                self._grads = self.gradients(graph, self.cases[-1].inputs)
+            else:
+                self._compare_gradients(graph, name)
         self._old = []
         self.checked.append(name)
 

@@ -33,6 +33,9 @@ class Pass:
     """Base class of passes. Options arrive as keyword arguments to ``__init__``."""
 
     name: str = ""
+    # A lossy pass (compression) changes outputs by design, within its stated tolerance;
+    # tests and numeric verification compare it with that tolerance, not with 1e-4.
+    lossy: bool = False
 
     def __init__(self, **options: Any):
         if options:

@@ -212,8 +212,14 @@ def _source(node: torch.fx.Node) -> str:
     frames = re.findall(r'File "([^"]+)", line (\d+)', trace)
     if not frames:
         return ""
-    file, line = frames[-1]
+    # The innermost frame outside torch itself: the model line that called nn.Linear, not
+    # torch/nn/modules/linear.py.
+    outside = [f for f in frames if not os.path.abspath(f[0]).startswith(_TORCH_DIR)]
+    file, line = (outside or frames)[-1]
     return f"{os.path.basename(file)}:{line}"
+
+
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 
 
 class TranslationContext:
