@@ -81,7 +81,9 @@ class Lowering:
         self._consts: dict[tuple, str] = {}
         self._dims: dict[tuple[DimLike, bool], str] = {}
         self._shapes: dict[tuple[DimLike, ...], str] = {}
-        self._transposed: dict[int, str] = {}
+        self._transposed: dict[tuple[int, DType], str] = {}
+        self._widened: dict[str, str] = {}  # ONNX name of a 16-bit float -> its float32 Cast
+        self.fp32_emulated: dict[str, int] = {}  # IR op -> nodes lowered via lower_in_fp32
         self._const_values: dict[str, Value] = {}
         self._pinned: set[str] = set()  # cached names: never renamed
         self._hint = "t"
@@ -250,14 +252,65 @@ class Lowering:
         return self.const(np.asarray(list(values), dtype=np.int64).reshape(-1))
 
     def transposed_weight(self, w: Value) -> str:
-        """A constant weight (out, in) stored once as its transpose (in, out) for MatMul."""
-        if id(w) not in self._transposed:
+        """A constant weight (out, in) stored once as its transpose (in, out) for MatMul.
+
+        A weight stored in a narrower type than ``w.dtype`` (a bf16 weight of a node that
+        computes in float32, see :meth:`lower_in_fp32`) stays narrow in the file and is
+        widened by a Cast that ONNX Runtime folds at session load.
+        """
+        key = (id(w), w.dtype)
+        if key not in self._transposed:
             name = self.fresh(f"{w.name}.T")
             array = np.ascontiguousarray(np.asarray(w.const).T)
             self.initializers.append(self.tensor(array, name))
-            self._transposed[id(w)] = name
+            if DType.from_numpy(array.dtype) is not w.dtype:
+                name = self.op("Cast", [name], to=ONNX_DTYPE[w.dtype])
+            self._transposed[key] = name
             self._pinned.add(name)
-        return self._transposed[id(w)]
+        return self._transposed[key]
+
+    # -- 16-bit floats without ORT kernels ---------------------------------------------------
+
+    def lower_in_fp32(self, node: Node, fn: Any, low: DType) -> list[str]:
+        """Lower ``node`` computing in float32 between Casts, for an op that has no ORT CPU
+        kernel in ``low`` (bf16 has almost none): the low inputs are widened (one Cast per
+        tensor, shared by later nodes), ``fn`` sees float32 types, and the low outputs are
+        rounded back. That is exactly the IR's "compute in fp32, round the result" rule.
+        """
+        names = [self.name(v) for v in node.inputs]
+        first = len(self.nodes)
+        wide = [
+            self._widen(name) if v is not None and v.dtype is low else name
+            for v, name in zip(node.inputs, names)
+        ]
+        with _retyped(node, low, DType.float32):
+            result = fn(self, node, *wide)
+        self._drop_unread_casts(first)
+        results = [result] if isinstance(result, str) else list(result)
+        out = [
+            self.op("Cast", [r], to=ONNX_DTYPE[low]) if r and v.dtype is low else r
+            for v, r in zip(node.outputs, results)
+        ]
+        for n in self.nodes[first:]:
+            n.doc_string = f"{node.op} computed in float32: ORT CPU has no {low.name} kernel"
+        self.fp32_emulated[node.op] = self.fp32_emulated.get(node.op, 0) + 1
+        return out
+
+    def _widen(self, name: str) -> str:
+        if name not in self._widened:
+            self._widened[name] = self.op("Cast", [name], to=TensorProto.FLOAT)
+            self._pinned.add(self._widened[name])
+        return self._widened[name]
+
+    def _drop_unread_casts(self, first: int) -> None:
+        """Remove the widening Casts made from ``first`` on that nothing reads (a linear
+        weight is read pre-transposed instead), so the unused layout is not stored."""
+        read = {x for n in self.nodes[first:] for x in n.input}
+        for src, cast in list(self._widened.items()):
+            made_here = any(cast in n.output for n in self.nodes[first:])
+            if made_here and cast not in read:
+                self.nodes = [n for n in self.nodes if cast not in n.output]
+                del self._widened[src]
 
     # -- symbolic dims ---------------------------------------------------------------------
 
@@ -333,6 +386,21 @@ class Lowering:
         return self._shapes[dims]
 
 
+@contextlib.contextmanager
+def _retyped(node: Node, old: DType, new: DType) -> Iterator[None]:
+    """Temporarily give ``node``'s ``old``-typed inputs and outputs the type ``new`` (their
+    constant arrays keep their stored type)."""
+    values = {id(v): v for v in (*node.inputs, *node.outputs) if v is not None}
+    changed = [v for v in values.values() if v.dtype is old]
+    for v in changed:
+        v.type = v.type._replace(dtype=new)
+    try:
+        yield
+    finally:
+        for v in changed:
+            v.type = v.type._replace(dtype=old)
+
+
 def _strip(names: Sequence[str]) -> list[str]:
     """Drop trailing "" (absent optional inputs or outputs)."""
     names = list(names)
@@ -375,7 +443,7 @@ def to_onnx(
     Raises:
         LoweringError: an op has no lowering, naming the node.
     """
-    from .onnx_ops import LOWERINGS
+    from .onnx_ops import LOWERINGS, needs_fp32
 
     ctx = Lowering(graph, fused_kernels, external)
     for node in graph.nodes:
@@ -386,7 +454,11 @@ def to_onnx(
                 "use backend='reference' or 'torch', or add it to backends/onnx_ops.py"
             )
         with ctx.lowering(node):
-            result = fn(ctx, node, *[ctx.name(v) for v in node.inputs])
+            low = needs_fp32(node)
+            if low is not None:
+                result = ctx.lower_in_fp32(node, fn, low)
+            else:
+                result = fn(ctx, node, *[ctx.name(v) for v in node.inputs])
             ctx.bind(node, [result] if isinstance(result, str) else list(result))
 
     input_names = {v.name for v in graph.inputs}
@@ -408,5 +480,8 @@ def to_onnx(
     )
     opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)]
     model = helper.make_model(onnx_graph, opset_imports=opsets, producer_name="tgraph")
+    if ctx.fp32_emulated:  # which 16-bit float nodes run in float32, visible in the file
+        counts = ",".join(f"{op}:{n}" for op, n in sorted(ctx.fp32_emulated.items()))
+        helper.set_model_props(model, {"tgraph.computed_in_fp32": counts})
     model.ir_version = helper.find_min_ir_version_for(opsets, ignore_unknown=True)
     return model

@@ -52,6 +52,26 @@ _WHERE_VIA = {
 }
 
 
+# IR ops whose lowering runs on ONNX Runtime CPU kernels of a 16-bit float type (probed on
+# ORT 1.32, table in docs/backends.md). A node of any other op that reads or makes such a
+# value computes in float32 between Casts (``Lowering.lower_in_fp32``).
+_DATA_MOVEMENT = frozenset(
+    "reshape permute squeeze unsqueeze concat split slice gather index identity dropout cast".split()
+)
+LOW_PRECISION_KERNELS: dict[DType, frozenset[str]] = {
+    DType.bfloat16: _DATA_MOVEMENT,
+    DType.float16: _DATA_MOVEMENT | {"expand", "maximum", "minimum"},
+}
+
+
+def needs_fp32(node: Node) -> DType | None:
+    """The 16-bit float type ``node`` must be computed around in float32, or None."""
+    for v in (*node.inputs, *node.outputs):
+        if v is not None and v.dtype in LOW_PRECISION_KERNELS:
+            return None if node.op in LOW_PRECISION_KERNELS[v.dtype] else v.dtype
+    return None
+
+
 def lowers(*ops: str) -> Callable[[LoweringFn], LoweringFn]:
     def deco(fn: LoweringFn) -> LoweringFn:
         for op in ops:

@@ -30,10 +30,23 @@ def _matmul_infer(a: TensorType, b: TensorType) -> TensorType:
     return TensorType(a.dtype, shape)
 
 
+def _is_half(dtype: np.dtype) -> bool:
+    """Whether ``dtype`` is a 16-bit float (float16 or ml_dtypes' bfloat16)."""
+    return dtype == np.float16 or dtype.name == "bfloat16"
+
+
+def _matmul_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    # 16-bit floats: upcast, accumulate in float32, round the result once (like GPUs and
+    # AMX); NumPy's own float16 matmul accumulates in float16.
+    if _is_half(a.dtype):
+        return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(a.dtype)
+    return np.matmul(a, b)
+
+
 defop(
     "matmul",
     infer=_matmul_infer,
-    kernel=lambda a, b: np.matmul(a, b),
+    kernel=_matmul_kernel,
     inputs=2,
     doc="Batched matrix product with NumPy/torch broadcasting.",
 )
@@ -50,6 +63,9 @@ def _linear_infer(x: TensorType, w: TensorType, b: TensorType | None) -> TensorT
 
 
 def _linear_kernel(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    if _is_half(x.dtype):  # fp32 accumulation, the bias added before the one rounding
+        wide = [None if a is None else a.astype(np.float32) for a in (x, w, b)]
+        return _linear_kernel(*wide).astype(x.dtype)
     y = np.matmul(x, w.T)
     return (y + b).astype(x.dtype) if b is not None else y
 
