@@ -1,19 +1,39 @@
 """Side-by-side latency benchmarks: tgraph against eager PyTorch and its peers.
 
-Every contender is built first (build time recorded), its output checked against eager,
-then all contenders run interleaved (one call each per round, rounds after warm-up) so
-that machine noise hits everyone alike. Reported per contender: median and spread
-(interquartile range) in ms, ratio to eager, max abs error against eager, build seconds.
-A contender that cannot be built (torch.compile failing, a package missing) is reported
-with the reason instead of a time.
+Every contender is built first (build time and memory recorded), its output checked
+against eager, then all contenders run interleaved (one call each per round, rounds after
+warm-up) so that machine noise hits everyone alike. Reported per contender: median and
+spread (interquartile range) in ms, ratio to eager, max abs error against eager, build
+seconds (for tgraph also trace / optimize / lower), and memory. A contender that cannot be
+built (torch.compile failing, a package missing, an unknown pipeline) is reported with a
+one-line reason instead of a time.
+
+Contenders:
+    eager, torch.compile, ort-plain (ONNX Runtime on a plain ``torch.onnx.export``),
+    ort-optimizer (that export through ``onnxruntime.transformers.optimizer``), ort-int8
+    (that export through ``onnxruntime.quantization.quantize_dynamic``), openvino (fp32),
+    openvino-bf16 (``INFERENCE_PRECISION_HINT=bf16``), and ``tgraph-<backend>`` or
+    ``tgraph-<backend>[<pipeline>]`` (for instance ``tgraph-ort[int8]``): tgraph.compile with
+    that backend and pipeline.
+
+Memory. Contenders are built one after another in this process. Before each build the
+garbage collector runs and glibc returns free heap to the system (``malloc_trim``); the
+kernel's peak-RSS mark is reset (``/proc/self/clear_refs``, Linux). ``rss_peak_mb`` is the
+highest RSS reached while building and first running the contender, minus the RSS before;
+``rss_held_mb`` is what stays resident after the build. Both include everything the
+contender allocated (ONNX exports, sessions, packed weights) and exclude the model and
+inputs that every contender shares. torch.compile's compile workers run in other
+processes and are not counted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import io
 import os
-import resource
+import re
 import statistics
 import tempfile
 import time
@@ -23,21 +43,30 @@ from typing import Any
 
 import torch
 
-CONTENDERS = (
+PEERS = (
     "eager",
     "torch.compile",
     "ort-plain",
     "ort-optimizer",
+    "ort-int8",
     "openvino",
-    "tgraph-ort",
-    "tgraph-torch",
+    "openvino-bf16",
 )
+CONTENDERS = (*PEERS, "tgraph-ort", "tgraph-torch")
 DEFAULT_CONTENDERS = ("eager", "torch.compile", "ort-optimizer", "tgraph-ort", "tgraph-torch")
+# Peers that need an optional package; without it the column is skipped with a note.
+OPTIONAL_PACKAGES = {
+    "openvino": "openvino",
+    "openvino-bf16": "openvino",
+    "ort-optimizer": "onnxscript",
+}
+
+_TGRAPH = re.compile(r"tgraph-(?P<backend>[a-z]+)(\[(?P<pipeline>[^\]]+)\])?")
 
 
 @dataclass
 class BenchResult:
-    """One contender's measurements (times in milliseconds)."""
+    """One contender's measurements (times in milliseconds, memory in MiB)."""
 
     name: str
     median_ms: float | None = None
@@ -45,7 +74,11 @@ class BenchResult:
     ratio_to_eager: float | None = None
     max_abs_error: float | None = None
     build_s: float | None = None
+    stages_s: dict[str, float] = field(default_factory=dict)
+    rss_peak_mb: float | None = None
+    rss_held_mb: float | None = None
     error: str | None = None
+    note: str | None = None
     times_ms: list[float] = field(default_factory=list)
 
 
@@ -59,12 +92,38 @@ class BenchReport:
     results: list[BenchResult]
     peak_rss_mb: float
     date: str
+    load_avg: tuple[float, float] | None = None  # 1-minute load average before and after
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         for r in out["results"]:
             r.pop("times_ms")
         return out
+
+
+def expand_contenders(contenders: Sequence[str], pipelines: Sequence[str]) -> tuple[str, ...]:
+    """``tgraph-ort`` with pipelines ``default,int8`` -> ``tgraph-ort``, ``tgraph-ort[int8]``."""
+    out: list[str] = []
+    for c in contenders:
+        m = _TGRAPH.fullmatch(c)
+        if m is None or m.group("pipeline") or not pipelines:
+            out.append(c)
+            continue
+        for p in pipelines:
+            out.append(c if p == "default" else f"{c}[{p}]")
+    return tuple(dict.fromkeys(out))
+
+
+def _check_names(contenders: Sequence[str]) -> None:
+    unknown = [c for c in contenders if c not in PEERS and not _TGRAPH.fullmatch(c)]
+    if unknown:
+        raise ValueError(
+            f"unknown contender(s) {', '.join(unknown)}; known: {', '.join(CONTENDERS)}, "
+            "and tgraph-<backend>[<pipeline>]"
+        )
+
+
+# -- outputs -------------------------------------------------------------------------------
 
 
 def _main_tensors(out: Any) -> list[torch.Tensor]:
@@ -85,6 +144,8 @@ def _max_error(out: Any, ref: Any) -> float:
 def _flat_inputs(inputs: Any) -> tuple[tuple, dict]:
     if isinstance(inputs, dict):
         return (), inputs
+    if isinstance(inputs, torch.Tensor):
+        return (inputs,), {}
     return tuple(inputs), {}
 
 
@@ -92,12 +153,42 @@ def _tensor_kwargs(kwargs: dict) -> dict:
     return {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
 
 
+# -- builders ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Built:
+    run: Callable[[], Any]
+    stages: dict[str, float] = field(default_factory=dict)
+    note: str | None = None
+    keep: Any = None  # objects that must live as long as the runner
+
+
 def _build_tgraph(model, inputs, backend: str, pipeline: str) -> Callable[[], Any]:
+    """tgraph.compile's model as a no-argument call (also used by ``tgraph.perpass``)."""
+    return _make_tgraph(model, inputs, backend, pipeline).run
+
+
+def _make_tgraph(model, inputs, backend: str, pipeline: str) -> _Built:
     import tgraph
 
-    cm = tgraph.compile(model, inputs, backend=backend, pipeline=pipeline)
+    stages: dict[str, float] = {}
+    clock = {"stage": "", "t": time.perf_counter()}
+
+    def progress(message: str) -> None:
+        # compile() reports "tracing ...", "pass i/n: ...", "lowering ..." as it goes.
+        now = time.perf_counter()
+        if clock["stage"]:
+            stages[clock["stage"]] = stages.get(clock["stage"], 0.0) + now - clock["t"]
+        clock["stage"] = message.split()[0].replace("pass", "optimize")
+        clock["t"] = now
+
+    cm = tgraph.compile(model, inputs, backend=backend, pipeline=pipeline, progress=progress)
+    progress("done")
+    stages = {k.replace("tracing", "trace").replace("lowering", "lower"): round(v, 3)
+              for k, v in stages.items()}  # fmt: skip
     args, kwargs = _flat_inputs(inputs)
-    return lambda: cm(*args, **kwargs)
+    return _Built(lambda: cm(*args, **kwargs), stages)
 
 
 def _build_eager(model, inputs) -> Callable[[], Any]:
@@ -105,11 +196,11 @@ def _build_eager(model, inputs) -> Callable[[], Any]:
     return lambda: model(*args, **kwargs)
 
 
-def _build_torch_compile(model, inputs) -> Callable[[], Any]:
+def _build_torch_compile(model, inputs) -> _Built:
     compiled = torch.compile(model, dynamic=False)
     args, kwargs = _flat_inputs(inputs)
     compiled(*args, **kwargs)  # compile now, not inside the timed rounds
-    return lambda: compiled(*args, **kwargs)
+    return _Built(lambda: compiled(*args, **kwargs))
 
 
 def export_onnx(model, inputs, path: str) -> list[str]:
@@ -141,12 +232,18 @@ def _feeds(names: Sequence[str], inputs) -> dict[str, Any]:
     return {n: t.numpy() for n, t in zip(names, tensors)}
 
 
-def _build_ort(model, inputs, tmp: str, threads: int, optimizer: bool) -> Callable[[], Any]:
+def _plain_onnx(model, inputs, tmp: str) -> str:
+    """The plain export, shared by the ORT and OpenVINO peers (made once per bench)."""
     path = os.path.join(tmp, "plain.onnx")
     if not os.path.exists(path):
         export_onnx(model, inputs, path)
+    return path
+
+
+def _build_ort(model, inputs, tmp: str, threads: int, variant: str) -> _Built:
+    path = _plain_onnx(model, inputs, tmp)
     names = [i.name for i in _ort_session(path, threads).get_inputs()]
-    if optimizer:
+    if variant == "optimizer":
         from onnxruntime.transformers.optimizer import optimize_model
 
         config = getattr(model, "config", None)
@@ -156,22 +253,35 @@ def _build_ort(model, inputs, tmp: str, threads: int, optimizer: bool) -> Callab
             opt = optimize_model(path, model_type="bert", num_heads=heads, hidden_size=hidden)
         path = os.path.join(tmp, "optimized.onnx")
         opt.save_model_to_file(path)
+    elif variant == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        out = os.path.join(tmp, "int8.onnx")
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            quantize_dynamic(path, out, weight_type=QuantType.QInt8)
+        path = out
     session = _ort_session(path, threads)
     feeds = {k: v for k, v in _feeds(names, inputs).items() if k in names}
-    return lambda: [torch.from_numpy(x) for x in session.run(None, feeds)]
+    return _Built(lambda: [torch.from_numpy(x) for x in session.run(None, feeds)])
 
 
-def _build_openvino(model, inputs, tmp: str, threads: int) -> Callable[[], Any]:
+def _build_openvino(model, inputs, tmp: str, threads: int, precision: str) -> _Built:
     import openvino as ov
 
-    path = os.path.join(tmp, "plain.onnx")
-    if not os.path.exists(path):
-        export_onnx(model, inputs, path)
+    path = _plain_onnx(model, inputs, tmp)
     core = ov.Core()
+    note = None
+    if precision == "bf16":
+        caps = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        if "BF16" not in caps:
+            note = "this CPU has no bf16 support; OpenVINO runs the hint in fp32"
     compiled = core.compile_model(
         core.read_model(path), "CPU",
-        {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads},
+        {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads},
     )  # fmt: skip
+    used = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    if precision == "bf16" and "bf16" not in used.lower():
+        note = note or f"OpenVINO chose {used} for the bf16 hint"
     names = [p.get_any_name() for p in compiled.inputs]
     feeds = _feeds(names, inputs)
     request = compiled.create_infer_request()
@@ -181,21 +291,78 @@ def _build_openvino(model, inputs, tmp: str, threads: int) -> Callable[[], Any]:
         return [torch.from_numpy(request.get_output_tensor(i).data.copy())
                 for i in range(len(compiled.outputs))]  # fmt: skip
 
-    return run
+    return _Built(run, note=note)
 
 
-def _builder(name: str, model, inputs, tmp: str, threads: int, pipeline: str):
+def _builder(name: str, model, inputs, tmp: str, threads: int, pipeline: str) -> _Built:
     if name == "eager":
-        return _build_eager(model, inputs)
+        return _Built(_build_eager(model, inputs))
     if name == "torch.compile":
         return _build_torch_compile(model, inputs)
-    if name in ("ort-plain", "ort-optimizer"):
-        return _build_ort(model, inputs, tmp, threads, optimizer=name == "ort-optimizer")
-    if name == "openvino":
-        return _build_openvino(model, inputs, tmp, threads)
-    if name.startswith("tgraph-"):
-        return _build_tgraph(model, inputs, name.split("-", 1)[1], pipeline)
+    if name in ("ort-plain", "ort-optimizer", "ort-int8"):
+        return _build_ort(model, inputs, tmp, threads, variant=name.split("-", 1)[1])
+    if name in ("openvino", "openvino-bf16"):
+        return _build_openvino(model, inputs, tmp, threads, "bf16" if "bf16" in name else "f32")
+    m = _TGRAPH.fullmatch(name)
+    if m:
+        return _make_tgraph(model, inputs, m.group("backend"), m.group("pipeline") or pipeline)
     raise ValueError(f"unknown contender {name!r}; known: {', '.join(CONTENDERS)}")
+
+
+def missing_package(name: str) -> str | None:
+    """The optional package a peer needs when it is not installed, else None."""
+    import importlib.util
+
+    package = OPTIONAL_PACKAGES.get(name)
+    if package and importlib.util.find_spec(package) is None:
+        return package
+    return None
+
+
+# -- memory --------------------------------------------------------------------------------
+
+
+def _rss_mb() -> float | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return None
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _settle_memory() -> None:
+    """Free what can be freed and reset the peak-RSS mark to the current RSS (Linux)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+# -- the benchmark -------------------------------------------------------------------------
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return f"{type(e).__name__}: {text[:200]}"
+
+
+def _load_avg() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
 
 
 def bench(
@@ -207,44 +374,87 @@ def bench(
     repeats: int = 20,
     warmup: int = 3,
     pipeline: str = "default",
+    pipelines: Sequence[str] = (),
     threads: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> BenchReport:
-    """Build every contender, check outputs against eager, then time them interleaved."""
+    """Build every contender, check outputs against eager, then time them interleaved.
+
+    Args:
+        model: the module, in eval mode.
+        inputs: its example inputs (tuple of args or dict of kwargs); timed as given.
+        name: the model's name in the report.
+        contenders: names from :data:`CONTENDERS`, or ``tgraph-<backend>[<pipeline>]``.
+        repeats: timed rounds; warmup: untimed rounds before them.
+        pipeline: the pipeline of ``tgraph-<backend>`` columns without brackets.
+        pipelines: when given, every bracket-less ``tgraph-<backend>`` column is repeated
+            once per pipeline (``default`` keeps the plain name): see expand_contenders.
+        threads: intra-op threads for every contender (default: torch's setting).
+        progress: called with a short message at each step.
+    """
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    unknown = [c for c in contenders if c not in CONTENDERS]
-    if unknown:
-        raise ValueError(f"unknown contender(s) {unknown}; known: {', '.join(CONTENDERS)}")
+    contenders = expand_contenders(contenders, pipelines)
+    _check_names(contenders)
     if "eager" not in contenders:
         contenders = ("eager", *contenders)
     say = progress or (lambda _msg: None)
     results = {c: BenchResult(c) for c in contenders}
     runners: dict[str, Callable[[], Any]] = {}
+    keep: list[_Built] = []
+    load_before = _load_avg()
     with torch.no_grad(), tempfile.TemporaryDirectory() as tmp:
         ref = _build_eager(model, inputs)()
         for c in contenders:
+            missing = missing_package(c)
+            if missing:
+                results[c].error = f"skipped: {missing} is not installed (pip install {missing})"
+                continue
             say(f"building {c}")
+            _settle_memory()
+            rss_before = _rss_mb()
             start = time.perf_counter()
             try:
-                runners[c] = _builder(c, model, inputs, tmp, threads, pipeline)
-                out = runners[c]()
+                built = _builder(c, model, inputs, tmp, threads, pipeline)
+                out = built.run()
             except Exception as e:  # noqa: BLE001 - a peer failing is a result, not a crash
-                text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                results[c].error = f"{type(e).__name__}: {text[:160]}"
-                runners.pop(c, None)
+                results[c].error = _one_line(e)
                 continue
-            results[c].build_s = time.perf_counter() - start
-            results[c].max_abs_error = _max_error(out, ref)
+            r = results[c]
+            r.build_s = time.perf_counter() - start
+            r.stages_s, r.note = built.stages, built.note
+            r.max_abs_error = _max_error(out, ref)
+            del out
+            peak, after = _peak_rss_mb(), _rss_mb()
+            if rss_before is not None and peak is not None and after is not None:
+                r.rss_peak_mb = round(max(peak - rss_before, 0.0), 1)
+                r.rss_held_mb = round(after - rss_before, 1)
+            runners[c] = built.run
+            keep.append(built)
         say("timing")
-        for _ in range(warmup):
-            for run in runners.values():
-                run()
-        for _ in range(repeats):
-            for c, run in runners.items():
-                start = time.perf_counter()
-                run()
-                results[c].times_ms.append((time.perf_counter() - start) * 1e3)
+        _time_interleaved(runners, results, warmup, repeats)
+    _summarize(results)
+    batch, seq = _sizes(inputs)
+    load_after = _load_avg()
+    loads = (load_before, load_after) if load_before is not None else None
+    return BenchReport(
+        name, batch, seq, threads, repeats, list(results.values()), _peak_rss_mb() or 0.0,
+        time.strftime("%Y-%m-%d"), loads,
+    )  # fmt: skip
+
+
+def _time_interleaved(runners, results, warmup: int, repeats: int) -> None:
+    for _ in range(warmup):
+        for run in runners.values():
+            run()
+    for _ in range(repeats):
+        for c, run in runners.items():
+            start = time.perf_counter()
+            run()
+            results[c].times_ms.append((time.perf_counter() - start) * 1e3)
+
+
+def _summarize(results: dict[str, BenchResult]) -> None:
     for r in results.values():
         if r.times_ms:
             r.median_ms = statistics.median(r.times_ms)
@@ -254,12 +464,6 @@ def bench(
     for r in results.values():
         if r.median_ms and eager:
             r.ratio_to_eager = r.median_ms / eager
-    batch, seq = _sizes(inputs)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return BenchReport(
-        name, batch, seq, threads, repeats, list(results.values()), rss,
-        time.strftime("%Y-%m-%d"),
-    )  # fmt: skip
 
 
 def _sizes(inputs: Any) -> tuple[int, int]:
@@ -272,19 +476,47 @@ def _sizes(inputs: Any) -> tuple[int, int]:
     )
 
 
-def format_table(report: BenchReport) -> str:
-    """A plain-text table (the CLI renders it with rich)."""
-    head = f"{report.model}  batch {report.batch}  seq {report.seq_len}  threads {report.threads}"
-    rows = [
-        head,
-        f"{'contender':<16}{'median ms':>11}{'iqr':>8}{'x eager':>9}{'max err':>11}{'build s':>9}",
-    ]
+COLUMNS = ("contender", "median ms", "iqr", "x eager", "max err", "build s", "peak MiB")
+
+
+def table_rows(report: BenchReport) -> list[tuple[str, ...]]:
+    """One row of :data:`COLUMNS` per contender (a failed one: name, "failed", reason)."""
+    rows = []
     for r in report.results:
         if r.error:
-            rows.append(f"{r.name:<16}  failed: {r.error}")
+            rows.append((r.name, "failed" if not r.error.startswith("skipped") else "skipped",
+                         r.error))  # fmt: skip
             continue
-        rows.append(
-            f"{r.name:<16}{r.median_ms:>11.3f}{r.iqr_ms:>8.3f}{r.ratio_to_eager:>9.2f}"
-            f"{r.max_abs_error:>11.2e}{r.build_s:>9.2f}"
-        )
-    return "\n".join(rows)
+        build = f"{r.build_s:.2f}"
+        if r.stages_s:
+            build += " (" + " + ".join(f"{k} {v:.1f}" for k, v in r.stages_s.items()) + ")"
+        rows.append((
+            r.name, f"{r.median_ms:.3f}", f"{r.iqr_ms:.3f}", f"{r.ratio_to_eager:.2f}",
+            f"{r.max_abs_error:.1e}", build,
+            "" if r.rss_peak_mb is None else f"{r.rss_peak_mb:.0f}",
+        ))  # fmt: skip
+    return rows
+
+
+def notes(report: BenchReport) -> list[str]:
+    lines = [f"{r.name}: {r.note}" for r in report.results if r.note and not r.error]
+    if report.load_avg:
+        before, after = report.load_avg
+        lines.append(f"load average {before:.2f} before, {after:.2f} after "
+                     f"({os.cpu_count()} CPUs): a loaded machine widens the spread")  # fmt: skip
+    return lines
+
+
+def format_table(report: BenchReport) -> str:
+    """A plain-text table (the CLI renders it with rich on a terminal)."""
+    head = f"{report.model}  batch {report.batch}  seq {report.seq_len}  threads {report.threads}"
+    lines = [head, f"{'contender':<20}{'median ms':>11}{'iqr':>9}{'x eager':>9}{'max err':>10}"
+                   f"{'peak MiB':>10}  build s"]  # fmt: skip
+    for row in table_rows(report):
+        if row[1] in ("failed", "skipped"):
+            lines.append(f"{row[0]:<20}  {row[1]}: {row[2]}")
+            continue
+        name, med, iqr, ratio, err, build, peak = row
+        lines.append(f"{name:<20}{med:>11}{iqr:>9}{ratio:>9}{err:>10}{peak:>10}  {build}")
+    lines += notes(report)
+    return "\n".join(lines)

@@ -324,11 +324,16 @@ def _read_text(path: str) -> str:
                                     "tgraph-torch")),
     show_default=True,
     help="Comma-separated contenders: eager, torch.compile, ort-plain, ort-optimizer, "
-    "openvino, tgraph-ort, tgraph-torch.",
+    "ort-int8, openvino, openvino-bf16, tgraph-ort, tgraph-torch, tgraph-ort[int8], ...",
 )  # fmt: skip
 @click.option("--batch", default=1, show_default=True, help="Batch size.")
 @click.option("--seq-len", default=128, show_default=True, help="Sequence length.")
 @click.option("--pipeline", default="default", show_default=True, help="tgraph pipeline.")
+@click.option(
+    "--pipelines", default="",
+    help="Comma-separated pipelines: one tgraph-<backend>[<pipeline>] column per pipeline "
+    "and tgraph backend (default,int8,bf16 -> tgraph-ort, tgraph-ort[int8], tgraph-ort[bf16]).",
+)  # fmt: skip
 @click.option("--repeats", default=20, show_default=True, help="Timed rounds.")
 @click.option("--warmup", default=3, show_default=True, help="Untimed rounds first.")
 @click.option("--threads", type=int, help="Intra-op threads (default: torch's setting).")
@@ -341,7 +346,8 @@ def _read_text(path: str) -> str:
 @pass_ctx
 def bench(
     ctx: _Context, checkpoint: str, backends: str, batch: int, seq_len: int, pipeline: str,
-    repeats: int, warmup: int, threads: int | None, json_path: str | None, per_pass: bool,
+    pipelines: str, repeats: int, warmup: int, threads: int | None, json_path: str | None,
+    per_pass: bool,
 ) -> None:  # fmt: skip
     """Time CHECKPOINT side by side: eager, torch.compile, ONNX Runtime, tgraph.
 
@@ -353,6 +359,7 @@ def bench(
       tgraph bench zoo:gpt-tiny
       tgraph bench zoo:bert-base --batch 1 --seq-len 128 --json bert.json
       tgraph bench ./hf-model --backends eager,ort-plain,tgraph-ort
+      tgraph bench zoo:bert-base --pipelines default,int8,bf16 --backends eager,ort-int8,tgraph-ort
       tgraph bench zoo:bert-base --per-pass --backends tgraph-ort
     """
     import json
@@ -371,6 +378,7 @@ def bench(
         report = _run(
             ctx, run_bench, loaded.model, loaded.example_inputs, name=loaded.name,
             contenders=contenders, repeats=repeats, warmup=warmup, pipeline=pipeline,
+            pipelines=[p.strip() for p in pipelines.split(",") if p.strip()],
             threads=threads, progress=say,
         )  # fmt: skip
     _print_table(report, format_table)
@@ -512,15 +520,15 @@ def _print_table(report, format_table) -> None:
         return
     table = Table(title=f"{report.model}  batch {report.batch}  seq {report.seq_len}  "
                   f"threads {report.threads}")  # fmt: skip
-    for col in ("contender", "median ms", "iqr", "x eager", "max err", "build s"):
-        table.add_column(col, justify="left" if col == "contender" else "right")
-    for r in report.results:
-        if r.error:
-            table.add_row(r.name, "failed", r.error, "", "", "")
-        else:
-            table.add_row(r.name, f"{r.median_ms:.3f}", f"{r.iqr_ms:.3f}", f"{r.ratio_to_eager:.2f}",
-                          f"{r.max_abs_error:.1e}", f"{r.build_s:.2f}")  # fmt: skip
+    from tgraph.bench import COLUMNS, notes, table_rows
+
+    for col in COLUMNS:
+        table.add_column(col, justify="left" if col in ("contender", "build s") else "right")
+    for row in table_rows(report):
+        table.add_row(*row, *[""] * (len(COLUMNS) - len(row)))
     console.print(table)
+    for line in notes(report):
+        console.print(line)
 
 
 @main.command()

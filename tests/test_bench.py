@@ -1,0 +1,82 @@
+"""tgraph bench: contenders, pipeline columns, memory and a Hugging Face directory via the CLI.
+
+These check what the benchmark reports, not how fast anything is (no timed assertions).
+"""
+
+import json
+
+import pytest
+import torch
+
+from tgraph.bench import BenchReport, bench, expand_contenders, format_table
+from tgraph.models import build, example_inputs
+
+
+def test_pipelines_expand_tgraph_columns_only():
+    got = expand_contenders(["eager", "tgraph-ort", "tgraph-torch[bf16]"], ["default", "int8"])
+    assert got == ("eager", "tgraph-ort", "tgraph-ort[int8]", "tgraph-torch[bf16]")
+    assert expand_contenders(["tgraph-ort"], []) == ("tgraph-ort",)
+
+
+def test_unknown_contender_is_a_clear_error():
+    model = build("gpt-tiny").eval()
+    with pytest.raises(ValueError, match="unknown contender.*ort-fast"):
+        bench(model, example_inputs(model, batch=1, seq=8), contenders=["ort-fast"])
+
+
+def _report(contenders, **kw) -> BenchReport:
+    torch.manual_seed(0)
+    model = build("gpt-tiny").eval()
+    inputs = example_inputs(model, batch=2, seq=8)
+    return bench(model, inputs, name="gpt-tiny", contenders=contenders, repeats=2, warmup=1, **kw)
+
+
+def test_bench_reports_errors_stages_and_memory():
+    report = _report(
+        ["eager", "tgraph-ort", "ort-plain"], pipelines=["default", "no-such-pipeline"]
+    )
+    results = {r.name: r for r in report.results}
+    assert list(results) == ["eager", "tgraph-ort", "tgraph-ort[no-such-pipeline]", "ort-plain"]
+    ok = results["tgraph-ort"]
+    assert ok.error is None and ok.max_abs_error < 1e-4 and len(ok.times_ms) == 2
+    assert set(ok.stages_s) == {"trace", "optimize", "lower"}
+    assert ok.rss_peak_mb is not None and ok.rss_peak_mb >= 0
+    assert results["ort-plain"].max_abs_error < 1e-4
+    bad = results["tgraph-ort[no-such-pipeline]"]
+    assert bad.median_ms is None and "no-such-pipeline" in bad.error
+    assert "\n" not in bad.error
+    text = format_table(report)
+    assert "tgraph-ort[no-such-pipeline]  failed:" in text
+    json.dumps(report.to_json())  # the JSON file is plain data
+
+
+def test_low_precision_peers_report_their_error():
+    pytest.importorskip("onnxruntime.quantization")
+    report = _report(["eager", "ort-int8"])
+    int8 = report.results[1]
+    assert int8.error is None, int8.error
+    assert 0 < int8.max_abs_error < 1.0  # quantized: close to eager, not equal
+
+
+def test_hf_directory_benches_through_the_cli(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from click.testing import CliRunner
+
+    from tgraph.cli import main
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=64,
+    )  # fmt: skip
+    transformers.BertModel(config).eval().save_pretrained(tmp_path / "bert")
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(main, [
+        "bench", str(tmp_path / "bert"), "--batch", "2", "--seq-len", "8", "--repeats", "2",
+        "--warmup", "1", "--backends", "eager,tgraph-ort,tgraph-torch", "--json", str(out),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "tgraph-ort" in result.output and "failed" not in result.output
+    data = json.loads(out.read_text())
+    errors = {r["name"]: r["max_abs_error"] for r in data["results"]}
+    assert errors["tgraph-ort"] < 1e-4 and errors["tgraph-torch"] < 1e-4
