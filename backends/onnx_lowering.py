@@ -443,6 +443,7 @@ def to_onnx(
     Raises:
         LoweringError: an op has no lowering, naming the node.
     """
+    from . import onnx_quant  # noqa: F401  (registers the compressed-linear lowerings)
     from .onnx_ops import LOWERINGS, needs_fp32
 
     ctx = Lowering(graph, fused_kernels, external)
