@@ -1,8 +1,9 @@
 """ONNX lowerings of the compressed linear layers (``tgraph/ir/ops/quant.py``).
 
-``linear_int8`` -> per-token quantization in standard ops, then ``MatMulInteger`` on
-*unsigned* codes: the activation codes are shifted by +128 (zero point 128) and so are the
-weight codes. ONNX Runtime's CPU kernels take their fast u8 path for this, and u8 x u8
+``linear_int8`` -> rows of ``x`` flattened to (M, K); per-row scales from ReduceMax(Abs);
+``QuantizeLinear`` per axis 0 (``round(x / s) + 128``: the activation codes shifted to u8,
+zero point 128); ``com.microsoft.MatMulIntegerToFloat`` on *unsigned* codes (weights
+shifted by +128 too) with the per-channel weight scales; then the per-row scale and bias. ONNX Runtime's CPU kernels take their fast u8 path for this, and u8 x u8
 never saturates the 16-bit pair sums that u8 x s8 can hit on AVX2 machines without VNNI.
 Measured on the 2-core AVX2 box (docs/performance.md): this path beat both fp32 MatMul
 and ORT's own ``DynamicQuantizeMatMul`` (per-tensor u8 activations), which was also less
@@ -37,17 +38,22 @@ def _const_input(node: Node, i: int) -> np.ndarray:
 @lowers("linear_int8")
 def _linear_int8(ctx: Lowering, node: Node, x: str, w: str, w_scale: str, b: str = "") -> str:
     codes = _const_input(node, 1).astype(np.int16)  # (N, K) in [-127, 127]
+    n, k = codes.shape
     w_u8 = ctx.const(np.ascontiguousarray((codes.T + 128).astype(np.uint8)))  # (K, N)
-    amax = ctx.op("ReduceMax", [ctx.op("Abs", [x]), ctx.ints([-1])], keepdims=1)
+    lead = node.outputs[0].shape[:-1]
+    rows = x if len(lead) == 1 else ctx.op("Reshape", [x, ctx.ints([-1, k])])  # (M, K)
+    amax = ctx.op("ReduceMax", [ctx.op("Abs", [rows]), ctx.ints([-1])], keepdims=0)
     scale = ctx.op("Max", [ctx.op("Div", [amax, ctx.const(np.float32(INT8_MAX))]),
-                           ctx.const(np.float32(TINY_SCALE))])  # fmt: skip
-    codes_f = ctx.op("Round", [ctx.op("Div", [x, scale])])
-    x_u8 = ctx.op("Cast", [ctx.op("Add", [codes_f, ctx.const(np.float32(128))])], to=2)
+                           ctx.const(np.float32(TINY_SCALE))])  # (M,)  # fmt: skip
     zero = ctx.const(np.uint8(128))
-    acc = ctx.op("MatMulInteger", [x_u8, w_u8, zero, zero])
-    y = ctx.op("Mul", [ctx.op("Cast", [acc], to=1), scale])
-    y = ctx.op("Mul", [y, w_scale])
-    return ctx.op("Add", [y, b]) if b else y
+    row_zero = ctx.op("Expand", [zero, ctx.op("Shape", [scale])])
+    x_u8 = ctx.op("QuantizeLinear", [rows, scale, row_zero], axis=0)  # round(x / s) + 128
+    one = ctx.const(np.float32(1.0))
+    y = ctx.op("MatMulIntegerToFloat", [x_u8, w_u8, one, w_scale, zero, zero], domain=MS_DOMAIN)
+    y = ctx.op("Mul", [y, ctx.op("Unsqueeze", [scale, ctx.ints([1])])])
+    if b:
+        y = ctx.op("Add", [y, b])
+    return y if len(lead) == 1 else ctx.op("Reshape", [y, ctx.shape((*lead, n))])
 
 
 @lowers("linear_int4")

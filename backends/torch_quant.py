@@ -36,7 +36,7 @@ def _cached(w: Tensor, make: Callable[[], Tensor]) -> Tensor:
 def linear_int8(x: Tensor, w: Tensor, w_scale: Tensor, b: Tensor | None) -> Tensor:
     codes_w = _cached(w, lambda: w.to(torch.float32))
     s = (x.abs().amax(dim=-1, keepdim=True) / INT8_MAX).clamp_min(TINY_SCALE)
-    y = F.linear(torch.round(x / s), codes_w) * s * w_scale
+    y = F.linear(torch.round(x / s), codes_w) * w_scale * s
     return y + b if b is not None else y
 
 

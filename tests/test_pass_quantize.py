@@ -59,7 +59,7 @@ def test_int8_kernel_is_per_token_integer_arithmetic():
     y = get_op("linear_int8").run([x, q, scale, None], {})[0]
     codes, s = quantize_rows(x)
     assert np.all(np.abs(codes) <= 127) and np.all(codes == np.round(codes))
-    want = (codes.astype(np.int64) @ q.T.astype(np.int64)) * s * scale
+    want = (codes.astype(np.int64) @ q.T.astype(np.int64)) * scale * s
     np.testing.assert_allclose(y, want, rtol=1e-6)
     assert not y[0, 1].any()
 

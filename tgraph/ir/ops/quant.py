@@ -9,7 +9,7 @@ product is rescaled::
 
     s    = max(max|x[..., :]| / 127, tiny)           per row, keepdims
     xq   = round(x / s)                               in [-127, 127]
-    y    = ((xq @ w.T) * s) * w_scale (+ b)           fp32
+    y    = ((xq @ w.T) * w_scale) * s (+ b)           fp32
 
 ``linear_int4``: weight-only block-wise int4. ``w`` packs two 4-bit codes per byte (low
 nibble first) in blocks of ``block_size`` along K: shape (N, K / block_size,
@@ -70,7 +70,7 @@ def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _int8_kernel(x, w, w_scale, b) -> np.ndarray:
     xq, s = quantize_rows(x)
     acc = np.matmul(xq.astype(np.float64), w.astype(np.float64).T)  # exact below 2**53
-    y = (acc.astype(np.float32) * s) * w_scale.astype(np.float32)
+    y = (acc.astype(np.float32) * w_scale.astype(np.float32)) * s
     return (y + b).astype(np.float32) if b is not None else y.astype(np.float32)
 
 
