@@ -17,6 +17,7 @@ Graph inputs and outputs keep their dtypes.
 
 from __future__ import annotations
 
+import fnmatch
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -24,6 +25,8 @@ import numpy as np
 
 from tgraph.ir import DType, Graph, Node, Value
 from tgraph.passmanager import Pass, PassResult, PipelineError, register
+
+from .quantize import layer_name
 
 _LOW = {"bf16": DType.bfloat16, "bfloat16": DType.bfloat16, "fp16": DType.float16}
 _LOW.update({"f16": DType.float16, "float16": DType.float16})
@@ -66,25 +69,33 @@ class MixedPrecision(Pass):
         dtype: ``bf16`` (default) or ``fp16``.
         keep_trainable: leave an op in float32 when it reads a trainable weight, instead of
             baking the weight into a new low-precision constant.
+        keep: ``|``-separated fnmatch patterns of layers (a linear's weight name without
+            ``.weight``) to leave in float32; the accuracy budget uses it.
     """
 
     lossy = True  # compression: outputs change within the tolerance in docs/passes.md
 
-    def __init__(self, dtype: str = "bf16", keep_trainable: bool = False):
+    def __init__(self, dtype: str = "bf16", keep_trainable: bool = False, keep: str = ""):
         if str(dtype) not in _LOW:
             raise PipelineError(f"pass mixed-precision: dtype {dtype!r}; want bf16 or fp16")
         self.low = _LOW[str(dtype)]
         self.keep_trainable = bool(keep_trainable)
+        self.keep_layers = tuple(p for p in str(keep).split("|") if p)
 
     def run(self, graph: Graph) -> PassResult:
         rewrite = _Rewrite(graph, self.low)
+        layers: list[str] = []
         for node in list(graph.nodes):
             if self._plan(node, rewrite):
+                if node.op == "linear" and node.inputs[1].const is not None:
+                    layers.append(layer_name(node.inputs[1]))
                 rewrite.to_low(node)
             else:
                 rewrite.keep(node)
         rewrite.finish()
-        return PassResult(rewrite.changed, rewrite.stats())
+        stats = rewrite.stats()
+        stats["layers"] = layers
+        return PassResult(rewrite.changed, stats)
 
     def _plan(self, node: Node, rw: _Rewrite) -> bool:
         """Whether ``node`` should run in the low dtype. The ``*_reason`` helpers return
@@ -112,6 +123,10 @@ class MixedPrecision(Pass):
                 return f"{node.op} input is {v.dtype}, not f32"
             if self.keep_trainable and v.trainable:
                 return f"weight @{v.name} is trainable (keep_trainable=true)"
+        if node.op == "linear" and self.keep_layers and node.inputs[1].const is not None:
+            layer = layer_name(node.inputs[1])
+            if any(fnmatch.fnmatchcase(layer, p) for p in self.keep_layers):
+                return f"layer {layer} kept in full precision (keep option / accuracy budget)"
         return None
 
 

@@ -108,6 +108,7 @@ class _QuantizeLinear(RewritePass):
     def run(self, graph) -> PassResult:
         result = super().run(graph)
         result.stats["converted"] = [site["layer"] for site in self.applied]
+        result.stats["layers"] = result.stats["converted"]  # what every compression pass reports
         return result
 
 

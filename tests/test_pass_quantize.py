@@ -217,3 +217,15 @@ def test_verify_mode_accepts_compression_and_checks_the_passes_after_it():
     case = get_case("gpt-tiny")
     cm = tgraph.compile(case.model, case.make(2, 8, 0), backend="ort", pipeline="int8", verify=True)
     assert "linear_int8" in cm.graph.op_histogram()
+
+
+def test_budget_works_for_bf16_too():
+    model = _Outlier().eval()
+    x = torch.randn(2, 16, 32, generator=torch.Generator().manual_seed(1))
+    full = tgraph.compile(model, x, backend="reference", pipeline="bf16")
+    budget = _rel(full(x), model(x)) / 2
+    cm = tgraph.compile(model, x, backend="torch", pipeline="bf16", accuracy={"max_rel_error": budget})
+    acc = cm.accuracy
+    assert acc.met and acc.kept and acc.rel_error <= budget
+    assert set(acc.kept) | set(acc.converted) == {"a", "sensitive", "b", "c"}
+    assert "keep=" in cm.pipeline

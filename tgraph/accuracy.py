@@ -273,5 +273,5 @@ def fit_budget(
 def _converted(records: Sequence[PassRecord], pass_name: str) -> list[str]:
     for r in records:
         if r.name.split("{")[0] == pass_name:
-            return list(r.stats.get("converted", []))
+            return list(r.stats.get("layers", []))
     return []
