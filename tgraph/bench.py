@@ -37,6 +37,7 @@ import re
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -204,18 +205,68 @@ def _build_torch_compile(model, inputs) -> _Built:
 
 
 def export_onnx(model, inputs, path: str) -> list[str]:
-    """A plain ONNX export of ``model`` (dynamic batch/seq); returns the input names."""
+    """A plain ONNX export of ``model`` (batch and sequence dims dynamic); returns the input
+    names. torch's own exporter (torch.export-based, ``dynamo=True``) first, as a user would
+    run it today; the legacy TorchScript exporter when that fails."""
     args, kwargs = _flat_inputs(inputs)
     kwargs = _tensor_kwargs(kwargs)
+    tensors = list(args) + list(kwargs.values())
     names = list(kwargs) if kwargs else [f"input_{i}" for i in range(len(args))]
-    axes = {n: {0: "batch", 1: "seq"} for n, t in zip(names, list(args) + list(kwargs.values()))
-            if t.dim() >= 2}  # fmt: skip
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    # Grad on: nn.TransformerEncoder's inference fast path (one fused ATen op that ONNX
+    # cannot express) is taken only without grad.
+    quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
+    with quiet[0], quiet[1], torch.enable_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(
+                model, _widen(args), kwargs=_widen(kwargs) or None, dynamo=True, input_names=names,
+                dynamic_shapes=_export_dims(model, args, kwargs), verbose=False,
+            )  # fmt: skip
+            program.save(path)
+            return names
+        except Exception:  # noqa: BLE001 - fall back to the exporter that still works
+            pass
+        axes = {n: {0: "batch", 1: "seq"} for n, t in zip(names, tensors) if t.dim() >= 2}
         torch.onnx.export(
             model, args, path, kwargs=kwargs or None, input_names=names, dynamic_axes=axes,
             dynamo=False, opset_version=17,
         )  # fmt: skip
     return names
+
+
+def _widen(tree: Any) -> Any:
+    """Size-1 batch/sequence dims at size 2: torch.export specializes size-1 dims."""
+    import torch.utils._pytree as pytree
+
+    def widen(t: Any) -> Any:
+        if not isinstance(t, torch.Tensor):
+            return t
+        for d in range(min(t.dim(), 2 if t.dim() in (2, 3) else 1)):
+            if t.shape[d] == 1:
+                t = t.repeat_interleave(2, dim=d)
+        return t
+
+    return pytree.tree_map(widen, tree)
+
+
+def _export_dims(model, args: tuple, kwargs: dict) -> Any:
+    """torch.export dynamic shapes: dim 0 is the batch, dim 1 of rank 2-3 inputs the
+    sequence (bounded by the config's position table, where it has one)."""
+    from torch.export import Dim
+
+    config = getattr(model, "config", None)
+    limit = next((getattr(config, f) for f in ("max_position_embeddings", "n_positions",
+                  "block_size", "max_seq") if isinstance(getattr(config, f, None), int)), None)  # fmt: skip
+    batch, seq = Dim("batch"), Dim("seq", max=limit) if limit else Dim("seq")
+
+    def spec(t: torch.Tensor) -> dict | None:
+        if t.dim() == 0:
+            return None
+        return {0: batch, 1: seq} if t.dim() in (2, 3) else {0: batch}
+
+    if kwargs:
+        return {k: spec(v) for k, v in kwargs.items()}
+    return tuple(spec(t) for t in args)
 
 
 def _ort_session(path: str, threads: int):

@@ -1,23 +1,100 @@
 """Run `tgraph.bench` over a list of models and shapes; write JSON and a markdown table.
 
-    python tools/bench_suite.py --out docs/bench-cpu.json \
-        --cases zoo:bert-base:1x128 zoo:gpt-small:1x128 zoo:transformer:1x32
+    python tools/bench_suite.py --out docs/bench-cpu-fp32.json \\
+        --cases hf-bert-base:1x128 hf-gpt2:1x128 hf-llama-58m:1x128 torch-encoder:1x32
 
-Each case is CHECKPOINT:BATCHxSEQ. Contenders default to every peer; a peer that fails
-to build is reported with its error. Runs are interleaved within a case (see tgraph.bench).
+Each case is MODEL:BATCHxSEQ. MODEL is a built-in suite model (below), ``zoo:NAME``, or a
+Hugging Face model directory. The suite's Hugging Face models are built from their configs
+with random weights (nothing is downloaded) and saved with ``save_pretrained`` under
+``--model-dir`` once, so they are loaded through the same path as ``tgraph bench DIR``:
+
+    hf-bert-base    BertModel, the bert-base-uncased config (110M)
+    hf-gpt2         GPT2LMHeadModel, the gpt2 config (124M)
+    hf-llama-58m    LlamaForCausalLM, hidden 512, 8 layers, 8 heads, MLP 1376 (58M)
+    torch-encoder   nn.TransformerEncoder, d_model 512, 8 heads, FF 2048, 6 layers,
+                    batch_first; input (batch, seq, 512)
+
+``--suite cpu-fp32`` runs every model at the issue's shapes ((1, 128) and (8, 128); the
+encoder at (1, 32) and (8, 128)). Contenders default to every peer; a peer that fails to
+build is reported with its error. Runs are interleaved within a case (see tgraph.bench).
+
+OpenMP: unless ``OMP_WAIT_POLICY`` is already set, this script sets it to ``PASSIVE``
+before torch loads. On a machine shared with other jobs, libgomp's default spin-waiting
+threads fight the other jobs for the cores and a 1 ms eager forward can take 300 ms;
+passive waiting keeps the torch-based contenders (eager, torch.compile, tgraph-torch)
+measurable. The JSON records the setting.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-import time
+import os
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see the docstring
 
-from tgraph.bench import CONTENDERS, bench
-from tgraph.checkpoints import load_model
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from tgraph.bench import CONTENDERS, bench  # noqa: E402
+from tgraph.checkpoints import LoadedModel, load_model  # noqa: E402
+
+SUITES = {
+    "cpu-fp32": [
+        "hf-bert-base:1x128", "hf-bert-base:8x128", "hf-gpt2:1x128", "hf-gpt2:8x128",
+        "hf-llama-58m:1x128", "hf-llama-58m:8x128", "torch-encoder:1x32", "torch-encoder:8x128",
+    ],
+}  # fmt: skip
+
+
+def _hf_model(name: str):
+    import transformers as T
+
+    if name == "hf-bert-base":
+        return T.BertModel(T.BertConfig())
+    if name == "hf-gpt2":
+        return T.GPT2LMHeadModel(T.GPT2Config())
+    if name == "hf-llama-58m":
+        config = T.LlamaConfig(
+            vocab_size=32000, hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
+            num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=2048,
+        )  # fmt: skip
+        return T.LlamaForCausalLM(config)
+    raise KeyError(name)
+
+
+class TorchEncoder(nn.Module):
+    """nn.TransformerEncoder d512 x6 (8 heads, FF 2048, batch first), as in the issue."""
+
+    def __init__(self):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(512, 8, 2048, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 6, enable_nested_tensor=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+
+def load_case(spec: str, batch: int, seq: int, model_dir: str) -> LoadedModel:
+    """A suite model (built once with random weights), a zoo model or a checkpoint."""
+    torch.manual_seed(0)
+    if spec == "torch-encoder":
+        g = torch.Generator().manual_seed(0)
+        return LoadedModel(
+            spec, TorchEncoder().eval(), (torch.randn(batch, seq, 512, generator=g),)
+        )
+    if spec.startswith("hf-"):
+        path = os.path.join(model_dir, spec)
+        if not os.path.exists(os.path.join(path, "config.json")):
+            _hf_model(spec).save_pretrained(path)
+        loaded = load_model(path, batch=batch, seq=seq)
+        loaded.name = spec
+        return loaded
+    return load_model(spec, batch=batch, seq=seq)
 
 
 def _cpu_name() -> str:
@@ -31,19 +108,19 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def _cell(r: dict) -> str:
+    if r["error"]:
+        return "skipped" if r["error"].startswith("skipped") else "failed"
+    return f"{r['median_ms']:.1f} ({r['iqr_ms']:.1f}) [{r['ratio_to_eager']:.2f}]"
+
+
 def markdown(reports: list[dict]) -> str:
-    names = [r["name"] for r in reports[0]["results"]]
-    head = "| model, batch x seq | " + " | ".join(names) + " |"
-    rows = [head, "|" + "---|" * (len(names) + 1)]
+    """Median ms (iqr) [ratio to eager] per contender, one row per case."""
+    names = list(dict.fromkeys(r["name"] for rep in reports for r in rep["results"]))
+    rows = ["| model, batch x seq | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
     for rep in reports:
-        cells = []
-        for r in rep["results"]:
-            if r["error"]:
-                cells.append("failed")
-            else:
-                cells.append(
-                    f"{r['median_ms']:.2f} ({r['ratio_to_eager']:.2f}x, err {r['max_abs_error']:.0e})"
-                )
+        by_name = {r["name"]: r for r in rep["results"]}
+        cells = [_cell(by_name[n]) if n in by_name else "" for n in names]
         rows.append(
             f"| {rep['model']} {rep['batch']}x{rep['seq_len']} | " + " | ".join(cells) + " |"
         )
@@ -52,38 +129,59 @@ def markdown(reports: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="+", required=True, help="CHECKPOINT:BxS entries")
+    parser.add_argument("--cases", nargs="+", default=[], help="MODEL:BxS entries")
+    parser.add_argument("--suite", choices=sorted(SUITES), help="a named list of cases")
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    parser.add_argument("--pipelines", default="", help="e.g. default,int8,bf16 (see tgraph bench)")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--pipeline", default="default")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--model-dir", default=os.path.expanduser("~/.cache/tgraph-bench"))
     parser.add_argument("--out", required=True, help="JSON result file")
     args = parser.parse_args()
+    cases = (SUITES[args.suite] if args.suite else []) + args.cases
+    if not cases:
+        parser.error("give --cases or --suite")
     reports = []
-    for case in args.cases:
+    for case in cases:
         spec, shape = case.rsplit(":", 1)
         batch, seq = (int(x) for x in shape.split("x"))
-        loaded = load_model(spec, batch=batch, seq=seq)
+        loaded = load_case(spec, batch, seq, args.model_dir)
         report = bench(
             loaded.model, loaded.example_inputs, name=loaded.name,
             contenders=tuple(args.contenders.split(",")), repeats=args.repeats,
-            pipeline=args.pipeline, progress=lambda m, c=case: print(f"[{c}] {m}", flush=True),
+            warmup=args.warmup, pipeline=args.pipeline, threads=args.threads,
+            pipelines=[p for p in args.pipelines.split(",") if p],
+            progress=lambda m, c=case: print(f"[{c}] {m}", flush=True),
         )  # fmt: skip
         reports.append(report.to_json())
         print(markdown(reports[-1:]), flush=True)
+        _write(args.out, cases, reports)  # keep what is done if a later case dies
+        del loaded, report
+    print(markdown(reports))
+
+
+def _write(path: str, cases: list[str], reports: list[dict]) -> None:
+    import onnxruntime
+
     result = {
         "machine": {
             "cpu": _cpu_name(),
+            "cpus": os.cpu_count(),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
-        },  # fmt: skip
+            "onnxruntime": onnxruntime.__version__,
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+        },
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "command": "python tools/bench_suite.py " + " ".join(f"--cases {c}" for c in args.cases),
+        "command": "python tools/bench_suite.py " + " ".join(sys.argv[1:]),
+        "cases": cases,
         "reports": reports,
     }
-    with open(args.out, "w") as f:
+    with open(path, "w") as f:
         json.dump(result, f, indent=2)
         f.write("\n")
-    print(markdown(reports))
 
 
 if __name__ == "__main__":
