@@ -71,6 +71,7 @@ class Lowering:
         self.graph = graph
         self.fused_kernels = fused_kernels
         self.external = external  # see to_onnx: big arrays go here, not into the proto
+        self.fold_at_load = True  # ORT folds constant Transposes at load (see to_onnx)
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._names: dict[int, str] = {}  # id(Value) -> ONNX name
@@ -259,6 +260,11 @@ class Lowering:
         widened by a Cast that ONNX Runtime folds at session load.
         """
         key = (id(w), w.dtype)
+        if key not in self._transposed and self._transpose_at_load(w):
+            # ORT folds this Transpose at session load, prepacks the result for MatMul and
+            # drops the folded copy: no transposed copy of the weights stays in memory.
+            self._transposed[key] = self.op("Transpose", [self.name(w)], perm=[1, 0])
+            self._pinned.add(self._transposed[key])
         if key not in self._transposed:
             name = self.fresh(f"{w.name}.T")
             array = np.ascontiguousarray(np.asarray(w.const).T)
@@ -268,6 +274,17 @@ class Lowering:
             self._transposed[key] = name
             self._pinned.add(name)
         return self._transposed[key]
+
+    def _transpose_at_load(self, w: Value) -> bool:
+        """In-memory sessions (``external`` set) with ORT's constant folding on transpose big
+        weights at load; a file (save_files, tests) stores them pre-transposed."""
+        array = np.asarray(w.const)
+        return (
+            self.external is not None
+            and self.fold_at_load
+            and array.nbytes >= EXTERNAL_MIN_BYTES
+            and DType.from_numpy(array.dtype) is w.dtype
+        )
 
     # -- 16-bit floats without ORT kernels ---------------------------------------------------
 
@@ -426,6 +443,7 @@ def to_onnx(
     *,
     fused_kernels: bool = True,
     external: dict[str, np.ndarray] | None = None,
+    fold_at_load: bool = True,
 ) -> onnx.ModelProto:
     """Lower ``graph`` to an ONNX model.
 
@@ -438,7 +456,10 @@ def to_onnx(
             into this dict (name -> array) instead of the model, which then only declares
             them as external data; ONNX Runtime takes them through
             ``SessionOptions.add_external_initializers`` without copying them through
-            protobuf (seconds for BERT-base).
+            protobuf (seconds for BERT-base). Linear weights are then not stored
+            transposed: a Transpose node reads the graph's own array and ONNX Runtime
+            folds it at load into the MatMul's prepacked weight (with ``fold_at_load``:
+            say False when the session runs without graph optimizations).
 
     Raises:
         LoweringError: an op has no lowering, naming the node.
@@ -447,6 +468,7 @@ def to_onnx(
     from .onnx_ops import LOWERINGS, needs_fp32
 
     ctx = Lowering(graph, fused_kernels, external)
+    ctx.fold_at_load = fold_at_load
     for node in graph.nodes:
         fn = LOWERINGS.get(node.op)
         if fn is None:

@@ -131,14 +131,15 @@ def lower(
     """Lower ``graph`` to ONNX and open an ONNX Runtime session for it (options: see above)."""
     providers = _providers(device)  # fail fast, before lowering
     weights: dict[str, np.ndarray] = {}
-    model = to_onnx(graph, fused_kernels=fused_kernels, external=weights)
+    optimize = _optimizations_on(ort_optimizations)
+    model = to_onnx(graph, fused_kernels=fused_kernels, external=weights, fold_at_load=optimize)
     options = ort.SessionOptions()
     options.intra_op_num_threads = physical_cores()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only
     options.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if _optimizations_on(ort_optimizations)
+        if optimize
         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
     session, tmp = _session(model, options, providers, weights)
