@@ -215,7 +215,7 @@ def export_onnx(model, inputs, path: str) -> list[str]:
     # Grad on: nn.TransformerEncoder's inference fast path (one fused ATen op that ONNX
     # cannot express) is taken only without grad.
     quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
-    with quiet[0], quiet[1], torch.enable_grad(), warnings.catch_warnings():
+    with quiet[0], quiet[1], torch.enable_grad(), warnings.catch_warnings(), _quiet_logs():
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(
@@ -232,6 +232,23 @@ def export_onnx(model, inputs, path: str) -> list[str]:
             dynamo=False, opset_version=17,
         )  # fmt: skip
     return names
+
+
+@contextlib.contextmanager
+def _quiet_logs():
+    """The exporter logs (torchvision missing, ...) through handlers made before the
+    redirect; raise its loggers' level for the export instead."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
 
 
 def _widen(tree: Any) -> Any:
@@ -427,6 +444,7 @@ def bench(
     pipeline: str = "default",
     pipelines: Sequence[str] = (),
     threads: int | None = None,
+    pause_s: float = 0.02,
     progress: Callable[[str], None] | None = None,
 ) -> BenchReport:
     """Build every contender, check outputs against eager, then time them interleaved.
@@ -441,6 +459,8 @@ def bench(
         pipelines: when given, every bracket-less ``tgraph-<backend>`` column is repeated
             once per pipeline (``default`` keeps the plain name): see expand_contenders.
         threads: intra-op threads for every contender (default: torch's setting).
+        pause_s: idle time before each timed call, so that one contender's spinning
+            worker threads do not slow the next one down (see _time_interleaved).
         progress: called with a short message at each step.
     """
     threads = threads or torch.get_num_threads()
@@ -483,7 +503,7 @@ def bench(
             runners[c] = built.run
             keep.append(built)
         say("timing")
-        _time_interleaved(runners, results, warmup, repeats)
+        _time_interleaved(runners, results, warmup, repeats, pause_s)
     _summarize(results)
     batch, seq = _sizes(inputs)
     load_after = _load_avg()
@@ -494,15 +514,20 @@ def bench(
     )  # fmt: skip
 
 
-def _time_interleaved(runners, results, warmup: int, repeats: int) -> None:
-    for _ in range(warmup):
-        for run in runners.values():
-            run()
-    for _ in range(repeats):
-        for c, run in runners.items():
+def _time_interleaved(runners, results, warmup: int, repeats: int, pause_s: float) -> None:
+    """One call per contender per round. The order rotates every round and each timed call
+    starts ``pause_s`` after the previous one ended: ONNX Runtime's worker threads (and
+    OpenMP's, with its default wait policy) spin for a while after a call returns, and
+    without the pause whoever runs next pays for it (tgraph-torch, right after tgraph-ort,
+    measured up to 10x slower than it runs alone)."""
+    names = list(runners)
+    for i in range(warmup + repeats):
+        for c in names[i % len(names) :] + names[: i % len(names)]:
+            time.sleep(pause_s)
             start = time.perf_counter()
-            run()
-            results[c].times_ms.append((time.perf_counter() - start) * 1e3)
+            runners[c]()
+            if i >= warmup:
+                results[c].times_ms.append((time.perf_counter() - start) * 1e3)
 
 
 def _summarize(results: dict[str, BenchResult]) -> None:

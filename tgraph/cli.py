@@ -327,7 +327,10 @@ def _read_text(path: str) -> str:
     "ort-int8, openvino, openvino-bf16, tgraph-ort, tgraph-torch, tgraph-ort[int8], ...",
 )  # fmt: skip
 @click.option("--batch", default=1, show_default=True, help="Batch size.")
-@click.option("--seq-len", default=128, show_default=True, help="Sequence length.")
+@click.option(
+    "--seq-len", type=int,
+    help="Sequence length  [default: 128, or a zoo model's longest if shorter]",
+)  # fmt: skip
 @click.option("--pipeline", default="default", show_default=True, help="tgraph pipeline.")
 @click.option(
     "--pipelines", default="",
@@ -364,6 +367,7 @@ def bench(
     """
     import json
 
+    seq_len = seq_len or _default_seq(checkpoint)
     if per_pass:
         _bench_per_pass(ctx, checkpoint, backends, batch, seq_len, pipeline, repeats, warmup,
                         threads, json_path)  # fmt: skip
@@ -386,6 +390,19 @@ def bench(
         with open(json_path, "w") as f:
             json.dump(report.to_json(), f, indent=2)
             f.write("\n")
+
+
+def _default_seq(checkpoint: str, want: int = 128) -> int:
+    """``want``, or a zoo model's longest sequence when shorter (zoo:gpt-tiny takes 64)."""
+    from tgraph.models.zoo import ZOO
+
+    entry = ZOO.get(checkpoint[4:]) if checkpoint.startswith("zoo:") else None
+    config = entry[1] if entry else None
+    for field in ("max_seq", "block_size", "max_position_embeddings"):
+        limit = getattr(config, field, None)
+        if isinstance(limit, int):
+            return min(want, limit)
+    return want
 
 
 def _bench_per_pass(
