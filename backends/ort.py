@@ -14,7 +14,8 @@ Options:
         False lowers them to elementary ops.
 
 Threads: ``intra_op_num_threads`` is the number of physical cores this process may use
-(``psutil`` when installed, else the CPU affinity mask, else ``os.cpu_count()``).
+(``psutil`` when installed, else the CPU affinity mask, else ``os.cpu_count()``), or
+torch's thread count when that is lower (``torch.set_num_threads(1)`` holds for both).
 
 Devices: ``device="cuda"`` needs onnxruntime-gpu (the CUDAExecutionProvider); inputs and
 outputs then stay on the GPU through IO binding, with no host round trip.
@@ -134,7 +135,7 @@ def lower(
     optimize = _optimizations_on(ort_optimizations)
     model = to_onnx(graph, fused_kernels=fused_kernels, external=weights, fold_at_load=optimize)
     options = ort.SessionOptions()
-    options.intra_op_num_threads = physical_cores()
+    options.intra_op_num_threads = min(physical_cores(), torch.get_num_threads())
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only
     options.graph_optimization_level = (
