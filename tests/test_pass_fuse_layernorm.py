@@ -171,7 +171,8 @@ RMS = {"rms-norm": 5, "norm-weight": 5}
 MODEL_MATCHES = {  # pipeline, matches per rule
     "gpt-tiny": ("fuse-layernorm", {}),
     "llama-tiny": ("fuse-layernorm", RMS),
-    "hf-llama": ("dce,fuse-layernorm", RMS),  # dce drops the dead identities export leaves
+    # simplify drops the same-dtype `to` identities export leaves inside the norm; dce the dead
+    "hf-llama": ("simplify,dce,fuse-layernorm", RMS),
 }
 RULES = ("layer-norm", "rms-norm", "norm-cast", "norm-weight", "norm-bias")
 

@@ -136,7 +136,7 @@ MODEL_MATCHES = {  # pipeline, matches per rule
     "gpt-tiny": ("fuse-skip-layernorm", {"skip-layer-norm": 4}),
     "llama-tiny": ("fuse-layernorm,fuse-skip-layernorm", {"skip-rms-norm": 4}),
     "hf-gpt2": ("fuse-skip-layernorm", {"skip-layer-norm": 4}),
-    "hf-llama": ("dce,fuse-layernorm,fuse-skip-layernorm", {"skip-rms-norm": 4}),
+    "hf-llama": ("simplify,dce,fuse-layernorm,fuse-skip-layernorm", {"skip-rms-norm": 4}),
     "hf-bert": ("fuse-skip-layernorm", {"skip-layer-norm": 4}),
 }
 

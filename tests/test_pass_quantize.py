@@ -224,7 +224,9 @@ def test_budget_works_for_bf16_too():
     x = torch.randn(2, 16, 32, generator=torch.Generator().manual_seed(1))
     full = tgraph.compile(model, x, backend="reference", pipeline="bf16")
     budget = _rel(full(x), model(x)) / 2
-    cm = tgraph.compile(model, x, backend="torch", pipeline="bf16", accuracy={"max_rel_error": budget})
+    cm = tgraph.compile(
+        model, x, backend="torch", pipeline="bf16", accuracy={"max_rel_error": budget}
+    )
     acc = cm.accuracy
     assert acc.met and acc.kept and acc.rel_error <= budget
     assert set(acc.kept) | set(acc.converted) == {"a", "sensitive", "b", "c"}
