@@ -51,4 +51,3 @@ for _name, (_base, _pass, _what) in _COMPRESSION.items():
     register_pipeline(
         _name, ",".join([*_base, _pass, "fold-constants", "cse", "dce"]), f"default, then {_what}"
     )
-
