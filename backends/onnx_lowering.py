@@ -72,6 +72,7 @@ class Lowering:
         self.fused_kernels = fused_kernels
         self.external = external  # see to_onnx: big arrays go here, not into the proto
         self.fold_at_load = True  # ORT folds constant Transposes at load (see to_onnx)
+        self._folded: set[str] = set()  # outputs of the Transposes ORT folds at load
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._names: dict[int, str] = {}  # id(Value) -> ONNX name
@@ -127,10 +128,13 @@ class Lowering:
     def finish(self, outputs: Sequence[str]) -> list[onnx.TensorProto]:
         """The initializers: the IR constants that ONNX nodes or outputs read, then ours."""
         read = set(outputs)
+        direct = set(outputs)  # read by a node that runs, not only by a load-time Transpose
         for n in self.nodes:
             read.update(n.input)
+            if not (n.op_type == "Transpose" and n.output[0] in self._folded):
+                direct.update(n.input)
         weights = [
-            self.tensor(np.asarray(v.const), name)
+            self.tensor(np.asarray(v.const), name, snapshot=name in direct)
             for name, v in self._const_values.items()
             if name in read
         ]
@@ -232,16 +236,23 @@ class Lowering:
             self._pinned.add(name)
         return name
 
-    def tensor(self, array: np.ndarray, name: str) -> onnx.TensorProto:
+    def tensor(self, array: np.ndarray, name: str, snapshot: bool = True) -> onnx.TensorProto:
         """An initializer proto; with ``external`` set, a big array stays a NumPy array there
-        and the proto only names it (data_location EXTERNAL), so no bytes are copied."""
+        and the proto only names it (data_location EXTERNAL), so no bytes are copied.
+
+        ``snapshot``: the session reads the array while it runs, so one that views memory
+        it does not own (the frontend's weights view the model's parameters) is copied and
+        later changes to the model do not leak in. Arrays only read by a Transpose that ORT
+        folds at load (see :meth:`transposed_weight`) are read once and not copied.
+        """
         if (
             self.external is None
             or array.nbytes < EXTERNAL_MIN_BYTES
             or array.dtype not in _EXTERNAL_DTYPES
         ):
             return numpy_helper.from_array(array, name)
-        self.external[name] = np.ascontiguousarray(array)
+        keep = array.flags.c_contiguous and (array.flags.owndata or not snapshot)
+        self.external[name] = array if keep else np.array(array, order="C", copy=True)
         proto = onnx.TensorProto(name=name, data_type=ONNX_DTYPE[DType.from_numpy(array.dtype)])
         proto.dims.extend(array.shape)
         proto.data_location = onnx.TensorProto.EXTERNAL
@@ -265,6 +276,7 @@ class Lowering:
             # drops the folded copy: no transposed copy of the weights stays in memory.
             self._transposed[key] = self.op("Transpose", [self.name(w)], perm=[1, 0])
             self._pinned.add(self._transposed[key])
+            self._folded.add(self._transposed[key])
         if key not in self._transposed:
             name = self.fresh(f"{w.name}.T")
             array = np.ascontiguousarray(np.asarray(w.const).T)

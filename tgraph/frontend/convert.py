@@ -46,6 +46,25 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.numpy().copy()
 
 
+def shared_view(t: torch.Tensor) -> np.ndarray:
+    """A read-only NumPy view of a CPU tensor's memory, no copy (a copy for other devices).
+
+    The frontend makes the graph's weights this way, so a traced model costs no second copy
+    of its parameters: the graph reads the model's own storage (the IR never writes to a
+    constant). A model whose weights change in place after tracing changes the graph's
+    constants too; trace a copy of the model to keep a snapshot.
+    """
+    t = t.detach()
+    if t.device.type != "cpu" or t.is_conj() or t.is_neg():
+        array = to_numpy(t)
+    elif t.dtype == torch.bfloat16:
+        array = t.view(torch.int16).numpy().view(DType.bfloat16.numpy)
+    else:
+        array = t.numpy()
+    array.setflags(write=False)
+    return array
+
+
 def to_torch(a: np.ndarray) -> torch.Tensor:
     """A tensor for an array (shares memory when the array is writable, else copies)."""
     if not a.flags.writeable:

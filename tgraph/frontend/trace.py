@@ -22,7 +22,7 @@ from torch.export.graph_signature import InputKind
 from tgraph.ir import DType, Graph, TensorType, Value
 
 from .aten import TRANSLATORS, Translator
-from .convert import SymbolTable, UnsupportedError, ir_dtype, to_numpy
+from .convert import SymbolTable, UnsupportedError, ir_dtype, shared_view
 
 # FX call_function targets that carry no computation once shapes are known.
 _IGNORED = {
@@ -366,8 +366,7 @@ def _placeholder(ep, graph, symbols, spec, node, params) -> Value | None:
             tensor = ep.state_dict[target]
         else:
             tensor = ep.constants[target]
-        array = to_numpy(tensor)
-        array.setflags(write=False)
+        array = shared_view(tensor)  # the model's own storage, read-only: no weight copy
         trainable = spec.kind == InputKind.PARAMETER and bool(tensor.requires_grad)
         v = graph.add_initializer(target, array, trainable=trainable)
         v.meta["param"] = spec.kind.name.lower()
