@@ -80,3 +80,21 @@ def test_hf_directory_benches_through_the_cli(tmp_path):
     data = json.loads(out.read_text())
     errors = {r["name"]: r["max_abs_error"] for r in data["results"]}
     assert errors["tgraph-ort"] < 1e-4 and errors["tgraph-torch"] < 1e-4
+
+
+def test_a_contender_failing_while_timed_is_reported_not_fatal():
+    from tgraph.bench import BenchResult, _time_interleaved
+
+    calls = {"n": 0}
+
+    def flaky():
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise RuntimeError("second call broke\nwith detail")
+
+    runners = {"ok": lambda: None, "flaky": flaky}
+    results = {"ok": BenchResult("ok"), "flaky": BenchResult("flaky")}
+    _time_interleaved(runners, results, warmup=1, repeats=3, pause_s=0.0)
+    assert len(results["ok"].times_ms) == 3
+    assert results["flaky"].error == "failed on call 3: RuntimeError: second call broke"
+    assert results["flaky"].times_ms == []

@@ -523,9 +523,17 @@ def _time_interleaved(runners, results, warmup: int, repeats: int, pause_s: floa
     names = list(runners)
     for i in range(warmup + repeats):
         for c in names[i % len(names) :] + names[: i % len(names)]:
+            if c not in runners:
+                continue
             time.sleep(pause_s)
             start = time.perf_counter()
-            runners[c]()
+            try:
+                runners[c]()
+            except Exception as e:  # noqa: BLE001 - a contender failing later is a result too
+                results[c].error = f"failed on call {i + 2}: {_one_line(e)}"
+                results[c].times_ms.clear()
+                del runners[c]
+                continue
             if i >= warmup:
                 results[c].times_ms.append((time.perf_counter() - start) * 1e3)
 
