@@ -127,6 +127,32 @@ def markdown(reports: list[dict]) -> str:
     return "\n".join(rows)
 
 
+FP32_PEERS = ("torch.compile", "ort-plain", "ort-optimizer", "openvino")
+
+
+def versus_peers(reports: list[dict]) -> str:
+    """Per case: the fastest fp32 peer, tgraph's fastest backend, and their median ratio."""
+    rows = [
+        "| model, batch x seq | fastest fp32 peer | tgraph's fastest | ratio | spread (iqr) |",
+        "|---|---|---|---|---|",
+    ]
+    for rep in reports:
+        done = [r for r in rep["results"] if r["median_ms"] is not None]
+        peers = [r for r in done if r["name"] in FP32_PEERS]
+        ours = [r for r in done if r["name"] in ("tgraph-ort", "tgraph-torch")]
+        if not peers or not ours:
+            continue
+        peer = min(peers, key=lambda r: r["median_ms"])
+        best = min(ours, key=lambda r: r["median_ms"])
+        rows.append(
+            f"| {rep['model']} {rep['batch']}x{rep['seq_len']} | {peer['name']} "
+            f"{peer['median_ms']:.1f} | {best['name']} {best['median_ms']:.1f} | "
+            f"{best['median_ms'] / peer['median_ms']:.2f} | {peer['iqr_ms']:.1f} / "
+            f"{best['iqr_ms']:.1f} |"
+        )
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=[], help="MODEL:BxS entries")
@@ -138,8 +164,16 @@ def main() -> None:
     parser.add_argument("--pipeline", default="default")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--model-dir", default=os.path.expanduser("~/.cache/tgraph-bench"))
-    parser.add_argument("--out", required=True, help="JSON result file")
+    parser.add_argument("--out", help="JSON result file")
+    parser.add_argument("--table", metavar="JSON", help="only print the tables of a result file")
     args = parser.parse_args()
+    if args.table:
+        with open(args.table) as f:
+            reports = json.load(f)["reports"]
+        print(markdown(reports) + "\n\n" + versus_peers(reports))
+        return
+    if not args.out:
+        parser.error("--out is required")
     cases = (SUITES[args.suite] if args.suite else []) + args.cases
     if not cases:
         parser.error("give --cases or --suite")
