@@ -260,7 +260,9 @@ def content_hash(array: np.ndarray) -> str:
     """A short, deterministic hash of an array's dtype, shape and bytes.
 
     Read-only arrays (the frontend's weights) are hashed once: the pass manager dumps the
-    graph after every pass, and re-hashing BERT-base's 440 MB each time took seconds.
+    graph after every pass, and re-hashing BERT-base's 440 MB each time took seconds. The
+    frontend's weights view the model's parameters; a model changed in place after tracing
+    keeps its old hashes in later dumps (trace it again).
     """
     if array.flags.writeable:
         return _hash_bytes(array)
