@@ -21,15 +21,19 @@ from tgraph.ir.ops.quant import INT8_MAX, TINY_SCALE
 
 Tensor = torch.Tensor
 
-_CACHE: weakref.WeakKeyDictionary[Tensor, tuple[int, Tensor]] = weakref.WeakKeyDictionary()
+# id(weight) -> (weak reference, version, fp32 codes). Keyed by id: tensors compare
+# elementwise, so they cannot be dictionary keys themselves.
+_CACHE: dict[int, tuple[weakref.ref, int, Tensor]] = {}
 
 
 def _cached(w: Tensor, make: Callable[[], Tensor]) -> Tensor:
-    hit = _CACHE.get(w)
-    if hit is not None and hit[0] == w._version:
-        return hit[1]
-    value = make()
-    _CACHE[w] = (w._version, value)
+    hit = _CACHE.get(id(w))
+    if hit is not None and hit[0]() is w and hit[1] == w._version:
+        return hit[2]
+    with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable in any mode
+        value = make()
+    key = id(w)
+    _CACHE[key] = (weakref.ref(w, lambda _ref: _CACHE.pop(key, None)), w._version, value)
     return value
 
 

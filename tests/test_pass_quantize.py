@@ -231,3 +231,15 @@ def test_budget_works_for_bf16_too():
     assert acc.met and acc.kept and acc.rel_error <= budget
     assert set(acc.kept) | set(acc.converted) == {"a", "sensitive", "b", "c"}
     assert "keep=" in cm.pipeline
+
+
+@pytest.mark.parametrize("pipeline", ["int8", "int4"])
+def test_torch_backend_weight_cache_works_across_calls_and_modes(pipeline):
+    case = get_case("bert-tiny")
+    example = case.make(2, 8, 0)
+    cm = tgraph.compile(case.model, example, backend="torch", pipeline=pipeline)
+    with torch.inference_mode():  # the cache is filled here ...
+        first = first_tensor(cm(**example)).clone()
+        again = first_tensor(cm(**example))
+    torch.testing.assert_close(again, first)
+    torch.testing.assert_close(first_tensor(cm(**example)).detach(), first)  # ... used here
