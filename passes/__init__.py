@@ -14,12 +14,15 @@ for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
 
 # Cleanup first (so fusions meet canonical patterns), then fusions from the leaves up
 # (norms, GELU, linear, rotary, attention), then the fusions that need the fused ops
-# (skip-norm, qkv merge, layout), each stage followed by its visible cleanup.
+# (skip-norm, qkv merge, layout; nn.MultiheadAttention's head shuffles become batch-first
+# once layout has sunk its transposes, and a second layout switches its attention to bsd),
+# each stage followed by its visible cleanup.
 _DEFAULT = [
     "simplify", "fold-constants", "cse", "dce",
     "fuse-layernorm", "fuse-gelu", "fuse-linear", "fuse-rotary", "fuse-attention",
     "simplify", "dce",
     "fuse-skip-layernorm", "merge-qkv", "fuse-qkv-attention", "layout",
+    "canonicalize-mha", "layout",
     "simplify", "cse", "dce",
 ]  # fmt: skip
 _KEEP = {"fold-constants", "fuse-linear", "layout"}  # passes that can bake weights
