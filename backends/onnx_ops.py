@@ -365,40 +365,32 @@ def _sum_name(ctx, node: Node) -> str:
     return ctx.fresh(s.name) if s.uses() or s in node.graph.outputs else ""
 
 
-@lowers("skip_layer_norm")
-def _skip_layer_norm(ctx, node, x, skip, w="", b=""):
+def _skip_norm(ctx, node, x, skip, op_type: str, params: list[str], fallback) -> list[str]:
+    """ORT's fused ``op_type`` (SkipLayerNormalization / SkipSimplifiedLayerNormalization)
+    with ``params`` (weight first), or Add + ``fallback(sum)``; outputs (normalized, sum)."""
     xt = _type(node, 0)
     if _skip_norm_fits(ctx, node, (DType.float32, DType.float64, DType.float16)):
-        w = w or _ones(ctx, xt.shape[-1:], xt.dtype)
+        params = [params[0] or _ones(ctx, xt.shape[-1:], xt.dtype), *params[1:]]
         y, s = ctx.fresh(node.outputs[0].name), _sum_name(ctx, node)
-        ctx.op_n(
-            "SkipLayerNormalization",
-            [x, skip, w, b],
-            [y, "", "", s],
-            domain=MS_DOMAIN,
-            epsilon=node.attrs["eps"],
-        )
+        ctx.op_n(op_type, [x, skip, *params], [y, "", "", s], domain=MS_DOMAIN,
+                 epsilon=node.attrs["eps"])  # fmt: skip
         return [y, s]
     s = ctx.op("Add", [x, skip])
-    return [_layer_norm(ctx, s, w, b, xt, node.attrs["axis"], node.attrs["eps"]), s]
+    return [fallback(s, xt), s]
+
+
+@lowers("skip_layer_norm")
+def _skip_layer_norm(ctx, node, x, skip, w="", b=""):
+    axis, eps = node.attrs["axis"], node.attrs["eps"]
+    return _skip_norm(ctx, node, x, skip, "SkipLayerNormalization", [w, b],
+                      lambda s, xt: _layer_norm(ctx, s, w, b, xt, axis, eps))  # fmt: skip
 
 
 @lowers("skip_rms_norm")
 def _skip_rms_norm(ctx, node, x, skip, w=""):
-    xt = _type(node, 0)
-    if _skip_norm_fits(ctx, node, (DType.float32, DType.float64, DType.float16)):
-        w = w or _ones(ctx, xt.shape[-1:], xt.dtype)
-        y, s = ctx.fresh(node.outputs[0].name), _sum_name(ctx, node)
-        ctx.op_n(
-            "SkipSimplifiedLayerNormalization",
-            [x, skip, w],
-            [y, "", "", s],
-            domain=MS_DOMAIN,
-            epsilon=node.attrs["eps"],
-        )
-        return [y, s]
-    s = ctx.op("Add", [x, skip])
-    return [_rms_norm(ctx, s, w, xt, node.attrs["axis"], node.attrs["eps"]), s]
+    axis, eps = node.attrs["axis"], node.attrs["eps"]
+    return _skip_norm(ctx, node, x, skip, "SkipSimplifiedLayerNormalization", [w],
+                      lambda s, xt: _rms_norm(ctx, s, w, xt, axis, eps))  # fmt: skip
 
 
 # -- reductions ------------------------------------------------------------------------------

@@ -137,11 +137,12 @@ def _layer_sensitivity(
 ) -> dict[str, float]:  # fmt: skip
     """Relative error of each layer's output when only that layer is compressed."""
     from tgraph.backends.reference import run_graph
+    from tgraph.passes.quantize import layer_name
 
     sites = []
     for node in head.nodes:
         if node.op == "linear" and len(node.inputs) >= 2 and node.inputs[1].const is not None:
-            name = _layer_of(node.inputs[1].name)
+            name = layer_name(node.inputs[1])
             if name in layers:
                 sites.append((name, node))
     wanted = sorted({n.inputs[0].name for _, n in sites})
@@ -159,10 +160,6 @@ def _layer_sensitivity(
                 exact, approx = exact + b, approx + b
             errors[name] = max(errors.get(name, 0.0), _rel_error(approx, exact))
     return errors
-
-
-def _layer_of(weight_name: str) -> str:
-    return weight_name.removesuffix(".T").removesuffix(".weight")
 
 
 def _compressed_linear(
