@@ -19,7 +19,7 @@ import glob
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -186,6 +186,21 @@ def _compressed_linear(
 # -- the search ------------------------------------------------------------------------------------
 
 
+class _Trial(NamedTuple):
+    graph: Graph
+    records: list[PassRecord]
+    rel_error: float
+    top1: dict[str, float]
+    met: bool
+
+
+def _meets(budget: dict[str, float], err: float, top1: dict[str, float]) -> bool:
+    ok = err <= budget["max_rel_error"]
+    if "min_top1" in budget and top1:
+        ok = ok and min(top1.values()) >= budget["min_top1"]
+    return ok
+
+
 def fit_budget(
     graph: Graph,
     pipeline: str | Sequence[str],
@@ -209,62 +224,50 @@ def fit_budget(
     say("accuracy budget: fp32 reference outputs")
     want = [run_graph(head_graph, arrays) for arrays in samples]
 
-    def trial(kept: Sequence[str]) -> tuple[Graph, list[PassRecord], float, dict[str, float]]:
-        say(f"accuracy budget: trying with {len(kept)} layer(s) in fp32")
-        tail = PassManager(format_pipeline(_with_keep(tail_specs, kept)))
-        g, records = tail.run(head_graph)
-        err, top1 = compare_outputs(g, [run_graph(g, a) for a in samples], want)
-        return g, records, err, top1
+    tried: dict[int, _Trial] = {}  # k most sensitive layers in fp32 -> its result
 
-    def meets(err: float, top1: dict[str, float]) -> bool:
-        ok = err <= budget["max_rel_error"]
-        if "min_top1" in budget and top1:
-            ok = ok and min(top1.values()) >= budget["min_top1"]
-        return ok
+    def trial(order: Sequence[str], k: int) -> _Trial:
+        if k not in tried:
+            say(f"accuracy budget: trying with {k} layer(s) in fp32")
+            tail = PassManager(format_pipeline(_with_keep(tail_specs, order[:k])))
+            g, records = tail.run(head_graph)
+            err, top1 = compare_outputs(g, [run_graph(g, a) for a in samples], want)
+            tried[k] = _Trial(g, records, err, top1, _meets(budget, err, top1))
+        return tried[k]
 
-    trials: list[dict[str, Any]] = []
-    best = trial(())
-    trials.append({"kept": 0, "rel_error": best[2], "top1": best[3]})
+    best = trial((), 0)
     compress = next(s for s in tail_specs if s.name in COMPRESSION_PASSES)
-    converted = _converted(best[1], compress.name)
+    converted = _converted(best.records, compress.name)
     order: list[str] = []
     sensitivity: dict[str, float] = {}
-    if not meets(best[2], best[3]):
+    kept_n = 0
+    if not best.met:
         say("accuracy budget: measuring each layer's sensitivity")
         sensitivity = _layer_sensitivity(
             head_graph, set(converted), samples, compress.name, dict(compress.options)
         )
         order = sorted(converted, key=lambda n: -sensitivity.get(n, math.inf))
-        lo, hi, found = 1, len(order), None
+        kept_n, lo, hi = len(order), 1, len(order)
         while lo <= hi:  # the smallest k whose k most sensitive layers in fp32 meet the budget
             k = (lo + hi) // 2
-            result = trial(order[:k])
-            trials.append({"kept": k, "rel_error": result[2], "top1": result[3]})
-            if meets(result[2], result[3]):
-                found, hi = (k, result), k - 1
+            if trial(order, k).met:
+                kept_n, hi = k, k - 1
             else:
                 lo = k + 1
-        if found is not None:
-            kept_n, best = found
-        else:
-            kept_n = len(order)
-            best = trial(order)
-        kept = order[:kept_n]
-    else:
-        kept = []
-    graph_out, tail_records, err, top1 = best
+        best = trial(order, kept_n)  # all layers in fp32 when no k met it
+    kept = order[:kept_n]
     text = format_pipeline(head_specs + _with_keep(tail_specs, kept))
     report = AccuracyReport(
         budget=budget,
-        rel_error=err,
-        top1_agreement=top1,
+        rel_error=best.rel_error,
+        top1_agreement=best.top1,
         converted=[n for n in converted if n not in set(kept)],
         kept=kept,
         sensitivity={n: sensitivity[n] for n in order} if sensitivity else {},
-        trials=trials,
-        met=meets(err, top1),
+        trials=[{"kept": k, "rel_error": t.rel_error, "top1": t.top1} for k, t in tried.items()],
+        met=best.met,
     )
-    return graph_out, head_records + tail_records, text, report
+    return best.graph, head_records + best.records, text, report
 
 
 def _converted(records: Sequence[PassRecord], pass_name: str) -> list[str]:
