@@ -1,8 +1,8 @@
 """Torch lowerings of the compressed linear layers (``tgraph/ir/ops/quant.py``).
 
-Torch has no fast int8 GEMM on CPUs without VNNI/AMX (``torch._int_mm`` ran at about
-1 GFLOP/s on the AVX2 development box), so ``linear_int8`` runs the IR's arithmetic in
-fp32: per-token codes ``round(x / s)`` times the integer-valued weight codes, then the two
+Torch has no fast int8 GEMM on CPUs without VNNI/AMX (``torch._int_mm`` ran at a few
+GFLOP/s on the AVX2 development box, docs/compression.md), so ``linear_int8`` runs the
+IR's arithmetic in fp32: per-token codes ``round(x / s)`` times the integer-valued weight codes, then the two
 scales. Integer-valued fp32 products are exact up to 2**24 per sum, so this matches the
 int32 reference closely. ``linear_int4`` dequantizes its weight to fp32. Both cache the
 fp32 weight codes per weight tensor (refreshed when the tensor is written to), so a call

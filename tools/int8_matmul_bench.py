@@ -65,7 +65,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--torch", action="store_true", help="also torch int8 and bf16")
     args = parser.parse_args()
+    if args.torch:
+        _torch(args.threads, args.rounds)
     rng = np.random.default_rng(0)
     w = rng.standard_normal((K, N)).astype(np.float32)
     x = rng.standard_normal((1, M, K)).astype(np.float32)
@@ -110,6 +113,34 @@ def main() -> None:
         y = s.run(None, {"x": x})[0]
         err = np.linalg.norm(y - ref) / np.linalg.norm(ref)
         print(f"{name:24s} {np.median(times[name]) * 1e3:7.2f} ms   rel L2 error {err:.2g}")
+
+
+def _torch(threads: int, rounds: int) -> None:
+    """torch's int8 (``_int_mm``) and bf16 ``F.linear`` on the same product."""
+    import time
+
+    import torch
+
+    torch.set_num_threads(threads)
+
+    def median_ms(fn) -> float:
+        fn()
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return float(np.median(times)) * 1e3
+
+    xi = torch.randint(-127, 128, (M, K), dtype=torch.int8)
+    wi = torch.randint(-127, 128, (K, N), dtype=torch.int8)
+    ms = median_ms(lambda: torch._int_mm(xi, wi))
+    print(f"{'torch._int_mm int8':24s} {ms:7.2f} ms   {2 * M * K * N / ms / 1e6:.1f} GFLOP/s")
+    x, w = torch.randn(M, K), torch.randn(N, K)
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = x.to(dtype), w.to(dtype)
+        ms = median_ms(lambda a=a, b=b: torch.nn.functional.linear(a, b))
+        print(f"{'torch F.linear ' + str(dtype)[6:]:24s} {ms:7.2f} ms")
 
 
 if __name__ == "__main__":
