@@ -67,9 +67,11 @@ class Lowering:
         graph: Graph,
         fused_kernels: bool = True,
         external: dict[str, np.ndarray] | None = None,
+        device: str = "cpu",
     ):
         self.graph = graph
         self.fused_kernels = fused_kernels
+        self.device = device  # the execution provider's device: some kernels only pay on one
         self.external = external  # see to_onnx: big arrays go here, not into the proto
         self.fold_at_load = True  # ORT folds constant Transposes at load (see to_onnx)
         self._folded: set[str] = set()  # outputs of the Transposes ORT folds at load
@@ -456,6 +458,7 @@ def to_onnx(
     fused_kernels: bool = True,
     external: dict[str, np.ndarray] | None = None,
     fold_at_load: bool = True,
+    device: str = "cpu",
 ) -> onnx.ModelProto:
     """Lower ``graph`` to an ONNX model.
 
@@ -472,6 +475,9 @@ def to_onnx(
             transposed: a Transpose node reads the graph's own array and ONNX Runtime
             folds it at load into the MatMul's prepacked weight (with ``fold_at_load``:
             say False when the session runs without graph optimizations).
+        device: the device whose execution provider will run the model ("cpu" or
+            "cuda"). A few fused kernels are slower than their unfused form on one
+            provider (``onnx_ops.SLOWER_FUSED``); those are lowered unfused there.
 
     Raises:
         LoweringError: an op has no lowering, naming the node.
@@ -479,7 +485,7 @@ def to_onnx(
     from . import onnx_quant  # noqa: F401  (registers the compressed-linear lowerings)
     from .onnx_ops import LOWERINGS, needs_fp32
 
-    ctx = Lowering(graph, fused_kernels, external)
+    ctx = Lowering(graph, fused_kernels, external, device)
     ctx.fold_at_load = fold_at_load
     for node in graph.nodes:
         fn = LOWERINGS.get(node.op)

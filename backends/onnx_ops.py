@@ -14,8 +14,8 @@ IR op              kernel (checked against the reference kernels)  fallback
 attention bsd      com.microsoft MultiHeadAttention (f32, H==Hkv)  Attention, subgraph
 attention, sdpa    Attention (opset 23: bhsd, GQA, bool masks)     MatMul/Softmax/...
 qkv_attention      com.microsoft Attention (f32, H==Hkv)           MatMul+Split+attention
-skip_layer_norm    com.microsoft SkipLayerNormalization            Add+LayerNorm
-skip_rms_norm      com.microsoft SkipSimplifiedLayerNormalization  Add+rms subgraph
+skip_layer_norm    com.microsoft SkipLayerNormalization (cuda)     Add+LayerNorm (cpu)
+skip_rms_norm      com.microsoft SkipSimplifiedLayerNorm.. (cuda)  Add+RMSNorm (cpu)
 rms_norm           RMSNormalization (opset 23)                     Mul/ReduceMean/...
 bias_gelu          com.microsoft BiasGelu / FastGelu (tanh)        Add+gelu subgraph
 gelu               com.microsoft Gelu / FastGelu (tanh)            Erf/Tanh formula
@@ -24,6 +24,9 @@ rotary             -- (ORT's RotaryEmbedding wants half caches)    Slice/Neg/Con
 
 ``SimplifiedLayerNormalization`` is an ORT kernel registered in the *standard* ONNX
 domain, which ``onnx.checker`` rejects; ``RMSNormalization`` computes the same thing.
+
+A fused kernel is not always the fast one: :data:`SLOWER_FUSED` lists, per device, the
+kernels that lose to their fallback there, measured as the note next to each says.
 """
 
 from __future__ import annotations
@@ -345,11 +348,27 @@ def _rms_norm_op(ctx, node, x, w=""):
     return _rms_norm(ctx, x, w, _type(node, 0), node.attrs["axis"], node.attrs["eps"])
 
 
-def _skip_norm_fits(ctx, node: Node, dtypes: tuple[DType, ...]) -> bool:
+# Fused kernels that run slower than their fallback on a device's execution provider.
+# ORT 1.32 CPU, (B, 128, 768) fp32, 1 and 2 threads, the sum also read by a later Add (as
+# in a residual stream): SkipLayerNormalization 0.56 ms at B=1 / 4.6 ms at B=8 against
+# 0.11 / 1.1 ms for Add + LayerNormalization; SkipSimplifiedLayerNormalization 0.16 / 1.3
+# ms against 0.08 / 0.8-0.9 for Add + RMSNormalization. On GPT-2 1x128 the fused kernel
+# cost 12.7 ms of a 366 ms call (tools/ort_profile.py hf-gpt2:1x128).
+SLOWER_FUSED: dict[str, frozenset[str]] = {
+    "cpu": frozenset({"SkipLayerNormalization", "SkipSimplifiedLayerNormalization"}),
+}
+
+
+def _fused_pays(ctx, op_type: str) -> bool:
+    """Use ORT's fused ``op_type`` kernel on this lowering's device?"""
+    return ctx.fused_kernels and op_type not in SLOWER_FUSED.get(ctx.device, frozenset())
+
+
+def _skip_norm_fits(ctx, node: Node, op_type: str, dtypes: tuple[DType, ...]) -> bool:
     """ORT's SkipLayerNorm kernels: rank 2 or 3, last axis, same-shape skip, static hidden."""
     xt, st = _type(node, 0), _type(node, 1)
     return (
-        ctx.fused_kernels
+        _fused_pays(ctx, op_type)
         and xt.dtype in dtypes
         and xt.rank in (2, 3)
         and norm_axis(node.attrs["axis"], xt.rank) == xt.rank - 1
@@ -369,7 +388,7 @@ def _skip_norm(ctx, node, x, skip, op_type: str, params: list[str], fallback) ->
     """ORT's fused ``op_type`` (SkipLayerNormalization / SkipSimplifiedLayerNormalization)
     with ``params`` (weight first), or Add + ``fallback(sum)``; outputs (normalized, sum)."""
     xt = _type(node, 0)
-    if _skip_norm_fits(ctx, node, (DType.float32, DType.float64, DType.float16)):
+    if _skip_norm_fits(ctx, node, op_type, (DType.float32, DType.float64, DType.float16)):
         params = [params[0] or _ones(ctx, xt.shape[-1:], xt.dtype), *params[1:]]
         y, s = ctx.fresh(node.outputs[0].name), _sum_name(ctx, node)
         ctx.op_n(op_type, [x, skip, *params], [y, "", "", s], domain=MS_DOMAIN,

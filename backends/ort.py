@@ -133,7 +133,9 @@ def lower(
     providers = _providers(device)  # fail fast, before lowering
     weights: dict[str, np.ndarray] = {}
     optimize = _optimizations_on(ort_optimizations)
-    model = to_onnx(graph, fused_kernels=fused_kernels, external=weights, fold_at_load=optimize)
+    model = to_onnx(
+        graph, fused_kernels=fused_kernels, external=weights, fold_at_load=optimize, device=device
+    )
     options = ort.SessionOptions()
     options.intra_op_num_threads = min(physical_cores(), torch.get_num_threads())
     options.inter_op_num_threads = 1
@@ -240,10 +242,11 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
-def save_files(graph: Graph, directory: str) -> None:
+def save_files(graph: Graph, directory: str, device: str = "cpu") -> None:
     """Write the lowered ONNX model beside an artifact (``model.onnx``), for inspection
-    and for running it with ONNX Runtime directly; big weights go to external data."""
-    model = to_onnx(graph)
+    and for running it with ONNX Runtime directly on ``device``; big weights go to
+    external data."""
+    model = to_onnx(graph, device=device)
     path = os.path.join(directory, "model.onnx")
     large = model.ByteSize() > EXTERNAL_DATA_BYTES
     onnx.save_model(model, path, save_as_external_data=large, location="model.onnx.data")

@@ -133,7 +133,7 @@ def _save_backend_files(cm: CompiledModel, tmp: str) -> None:
 
     backend = get_backend(cm.backend)
     if hasattr(backend, "save_files"):
-        backend.save_files(cm.graph, tmp)
+        backend.save_files(cm.graph, tmp, cm.device)
 
 
 def _swap_into_place(tmp: str, directory: str) -> None:
