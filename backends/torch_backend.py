@@ -25,6 +25,11 @@ program keep sharing them; compile a model that is already on the GPU to avoid s
 Inputs must be on the program's device. Tensors the program makes (``arange``, ``full``)
 go to the device of the first graph input, so ``runner.to(...)`` moves the whole program.
 
+Kernels. ``torch_ops.ops_for(device)`` picks each IR op's function: on CUDA the fused
+epilogues (skip norms, RMS norm, bias+GELU, rotary) call Triton kernels when Triton is
+installed (``backends/triton_kernels.py``; ``TGRAPH_TRITON=0`` turns them off), and the
+program's code names them (``triton_skip_layer_norm``).
+
 CUDA graphs. On CUDA, with autograd off (``torch.no_grad()`` / ``torch.inference_mode()``),
 the runner can capture one CUDA graph per input signature (shapes, dtypes, devices) and
 replay it: see :class:`CudaGraphs` and the ``cuda_graphs`` argument of :func:`lower`.
@@ -49,7 +54,7 @@ from tgraph.frontend.convert import torch_dtype
 from tgraph.ir import DType, Graph, SymDim, Value
 from tgraph.ir.ops import get_op
 
-from .torch_ops import ALIAS_OPS, CREATION_OPS, OPS
+from .torch_ops import ALIAS_OPS, CREATION_OPS, ops_for
 
 
 class LoweringError(RuntimeError):
@@ -270,6 +275,7 @@ class _ProgramBuilder:
         self.graph = graph
         self.params = params
         self.device = device
+        self.ops = ops_for(device)
         self.fx = fx.Graph()
         self.root = nn.Module()
         self.root.params = nn.Module()  # the model's own tensors, under their full names
@@ -388,7 +394,7 @@ class _ProgramBuilder:
         return self.fx.call_function(fn, args, kwargs)
 
     def emit(self, node: Any) -> None:
-        fn = OPS.get(node.op)
+        fn = self.ops.get(node.op)
         if fn is None:
             module = node.meta.get("module")
             where = f" (from {module})" if module else ""

@@ -9,11 +9,15 @@ shapes, dtypes, slice bounds and axis conventions.
 
 Nothing here hard-codes float32: results take the dtype of their inputs or the dtype the
 IR names, so a pass that casts the graph to fp16 or bf16 needs no change here.
+
+On CUDA, :func:`ops_for` swaps in Triton kernels for the fused epilogues (``triton_kernels``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+import os
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -378,3 +382,25 @@ CREATION_OPS = frozenset({"arange", "full"})
 
 # Ops whose output is their input: the lowering forwards the value instead of calling them.
 ALIAS_OPS = frozenset({"identity", "dropout"})
+
+
+def ops_for(device: torch.device) -> Mapping[str, Callable[..., Tensor | tuple[Tensor, ...]]]:
+    """The op table for a program on ``device``: the one place that picks kernels.
+
+    On CUDA, the fused epilogues (bias_gelu, skip_layer_norm, skip_rms_norm, rms_norm, rotary)
+    run Triton kernels when Triton imports and ``TGRAPH_TRITON`` is not ``0``; each of those
+    entries still calls the op above for inputs its kernel does not take (see
+    ``triton_kernels``). Everywhere else the table is :data:`OPS`.
+    """
+    if device.type != "cuda" or os.environ.get("TGRAPH_TRITON", "1") == "0":
+        return OPS
+    return {**OPS, **_triton_ops()}
+
+
+@functools.cache
+def _triton_ops() -> dict[str, Callable[..., Tensor | tuple[Tensor, ...]]]:
+    try:
+        from . import triton_kernels
+    except ImportError:  # Triton is optional: without it CUDA programs use the torch ops
+        return {}
+    return dict(triton_kernels.OPS)

@@ -529,3 +529,77 @@ def test_cuda_half_precision(dtype):
     got = runner([x])[0]
     assert got.dtype == dtype
     torch.testing.assert_close(got, model(x), rtol=2e-2, atol=2e-2)
+
+
+# Zoo models compiled for CUDA: the fused epilogues must run Triton kernels (where Triton is
+# installed) and the results must match eager on the GPU.
+CUDA_ZOO = {
+    "bert-tiny": ("triton_skip_layer_norm",),
+    "gpt-tiny": ("triton_skip_layer_norm",),
+    "llama-tiny": ("triton_skip_rms_norm", "triton_rms_norm", "triton_rotary"),
+}
+
+
+def _cuda_zoo(name: str, dtype: torch.dtype):
+    from tgraph.models import build, example_inputs
+
+    torch.manual_seed(0)
+    fp32 = build(name).eval().cuda()
+    model = copy.deepcopy(fp32).to(dtype)
+    inputs = {k: v.cuda() for k, v in example_inputs(model, batch=2, seq=16).items()}
+    return fp32, tgraph.compile(model, inputs, backend="torch", device="cuda")
+
+
+def _cuda_check(fp32, cm, tol: float) -> None:
+    """cm against eager fp32 at other sizes, relative to the largest output; replays agree."""
+    from tgraph.models import example_inputs
+
+    for batch, seq in ((1, 7), (3, 12)):
+        kwargs = {k: v.cuda() for k, v in example_inputs(fp32, batch=batch, seq=seq).items()}
+        with torch.no_grad():
+            want = all_tensors(fp32(**kwargs))
+            got = all_tensors(cm(**kwargs))
+            again = all_tensors(cm(**kwargs))  # a CUDA-graph replay
+        for w, g, a in zip(want, got, again):
+            assert g.shape == w.shape and g.is_cuda
+            scale = w.abs().max().item()
+            torch.testing.assert_close(g.float(), w, rtol=0, atol=tol * scale)
+            torch.testing.assert_close(a, g, rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", sorted(CUDA_ZOO))
+def test_cuda_zoo_fp32_runs_the_triton_epilogues(name):
+    fp32, cm = _cuda_zoo(name, torch.float32)
+    if torch_ops._triton_ops():
+        code = cm.runner.program.code
+        missing = [k for k in CUDA_ZOO[name] if k not in code]
+        assert not missing, f"the program does not call {missing}"
+    assert cm.runner.cuda_graphs
+    _cuda_check(fp32, cm, tol=1e-4)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", sorted(CUDA_ZOO))
+def test_cuda_zoo_fp16(name):
+    fp32, cm = _cuda_zoo(name, torch.float16)
+    if torch_ops._triton_ops():
+        assert CUDA_ZOO[name][0] in cm.runner.program.code
+    _cuda_check(fp32, cm, tol=2e-2)
+
+
+@pytest.mark.cuda
+def test_cuda_triton_epilogues_stay_out_of_training():
+    from tgraph.models import build, example_inputs
+
+    torch.manual_seed(0)
+    model = build("llama-tiny").cuda().train()
+    kwargs = {k: v.cuda() for k, v in example_inputs(model, batch=2, seq=8).items()}
+    cm = tgraph.compile(model, kwargs, backend="torch", device="cuda")
+    all_tensors(cm(**kwargs))[0].float().sum().backward()  # the kernels have no backward
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    all_tensors(model(**kwargs))[0].float().sum().backward()
+    for n, p in model.named_parameters():
+        if n in grads:
+            torch.testing.assert_close(grads[n], p.grad, rtol=1e-3, atol=2e-4)
