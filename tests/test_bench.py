@@ -98,3 +98,66 @@ def test_a_contender_failing_while_timed_is_reported_not_fatal():
     assert len(results["ok"].times_ms) == 3
     assert results["flaky"].error == "failed on call 3: RuntimeError: second call broke"
     assert results["flaky"].times_ms == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message when there is no GPU")
+def test_device_cuda_without_a_gpu_is_one_line_and_non_zero():
+    from click.testing import CliRunner
+
+    from tgraph.cli import main
+
+    result = CliRunner().invoke(main, ["bench", "zoo:gpt-tiny", "--device", "cuda"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"tgraph: error: --device cuda: torch {torch.__version__} sees no CUDA GPU on this machine"
+    ]
+    with pytest.raises(RuntimeError, match="sees no CUDA GPU"):
+        _report(["eager"], device="cuda")
+
+
+def test_cpu_fp32_json_keeps_its_format():
+    data = _report(["eager"]).to_json()
+    assert set(data) == {"model", "batch", "seq_len", "threads", "repeats", "results",
+                         "peak_rss_mb", "date", "load_avg"}  # fmt: skip
+    assert "rel_error" not in data["results"][0] and "cuda_peak_mb" not in data["results"][0]
+
+
+def test_low_precision_bench_gives_converting_pipelines_the_fp32_model():
+    report = _report(["eager", "tgraph-torch"], dtype="fp16", pipelines=["default", "fp16"])
+    results = {r.name: r for r in report.results}
+    assert list(results) == ["eager", "tgraph-torch", "tgraph-torch[fp16]"]
+    for r in results.values():  # every error is against eager fp32: non-zero, within fp16's
+        assert r.error is None and 0 < r.rel_error < report.tolerance, (r.name, r.rel_error)
+    assert "fp32 model" in results["tgraph-torch[fp16]"].note
+    assert results["tgraph-torch"].note is None
+    data = report.to_json()
+    assert (data["device"], data["dtype"], data["tolerance"]) == ("cpu", "fp16", 2e-2)
+    assert "model in fp16: max err is against eager fp32" in format_table(report)
+
+
+def test_timed_calls_are_bracketed_by_sync():
+    from tgraph.bench import BenchResult, _time_interleaved
+
+    events = []
+    runners = {"a": lambda: events.append("a")}
+    results = {"a": BenchResult("a")}
+    _time_interleaved(runners, results, 1, 2, 0.0, sync=lambda: events.append("sync"))
+    assert events == ["sync", "a", "sync"] * 3 and len(results["a"].times_ms) == 2
+
+
+@pytest.mark.cuda
+def test_cuda_fp16_bench():
+    report = _report(
+        ["eager", "torch.compile[reduce-overhead]", "tgraph-torch", "tgraph-ort"],
+        device="cuda", dtype="fp16", pipelines=["default", "fp16"],
+    )  # fmt: skip
+    results = {r.name: r for r in report.results}
+    assert report.gpu and report.device == "cuda"
+    for name in ("eager", "torch.compile[reduce-overhead]", "tgraph-torch", "tgraph-torch[fp16]"):
+        r = results[name]
+        assert r.error is None and r.rel_error < report.tolerance and len(r.times_ms) == 2, name
+        assert r.cuda_peak_mb is not None
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        assert "needs onnxruntime-gpu" in results["tgraph-ort"].error

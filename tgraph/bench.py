@@ -16,6 +16,16 @@ Contenders:
     ``tgraph-<backend>[<pipeline>]`` (for instance ``tgraph-ort[int8]``): tgraph.compile with
     that backend and pipeline.
 
+CUDA (``device="cuda"``, see docs/gpu.md). The model and inputs move to the GPU; with
+``dtype="fp16"`` or ``"bf16"`` every contender gets a copy of the model in that dtype (float
+inputs too), except ``tgraph-<backend>[<pipeline>]`` columns whose pipeline converts an fp32
+model itself (:data:`CONVERTING_PIPELINES`), which get the fp32 model. Errors are measured
+against eager fp32 on the GPU and reported also relative to the reference's largest
+magnitude, against the dtype's :data:`TOLERANCE`. Each timed call is bracketed by
+``torch.cuda.synchronize()``, so a time is the call's whole latency, host overhead included.
+Peers: eager, torch.compile, ``torch.compile[reduce-overhead]`` (CUDA graphs) and tgraph;
+the ONNX Runtime and OpenVINO peers are CPU-only here and are skipped.
+
 Memory. Contenders are built one after another in this process. Before each build the
 garbage collector runs and glibc returns free heap to the system (``malloc_trim``); the
 kernel's peak-RSS mark is reset (``/proc/self/clear_refs``, Linux). ``rss_peak_mb`` is the
@@ -29,6 +39,7 @@ processes and are not counted.
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import gc
 import io
@@ -62,6 +73,23 @@ OPTIONAL_PACKAGES = {
     "ort-optimizer": "onnxscript",
 }
 
+# Peers only the CUDA benchmark offers by default (on CPU, mode="reduce-overhead" has no
+# CUDA graphs to use); and the CPU-only peers it skips.
+GPU_PEERS = ("torch.compile[reduce-overhead]",)
+GPU_DEFAULT_CONTENDERS = (
+    "eager",
+    "torch.compile",
+    "torch.compile[reduce-overhead]",
+    "tgraph-torch",
+)
+CPU_ONLY_PEERS = ("ort-plain", "ort-optimizer", "ort-int8", "openvino", "openvino-bf16")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# The largest error, relative to the largest magnitude of eager fp32's outputs, that a
+# contender may show in each bench dtype (fp16/bf16: a few ulps carried through the layers).
+TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 5e-2}
+# tgraph pipelines that take an fp32 model and lower its precision themselves.
+CONVERTING_PIPELINES = ("bf16", "fp16", "int8", "int4")
+
 _TGRAPH = re.compile(r"tgraph-(?P<backend>[a-z]+)(\[(?P<pipeline>[^\]]+)\])?")
 
 
@@ -81,6 +109,9 @@ class BenchResult:
     error: str | None = None
     note: str | None = None
     times_ms: list[float] = field(default_factory=list)
+    # CUDA or low-precision runs only (left out of the JSON of a CPU fp32 run):
+    rel_error: float | None = None  # max abs error / max |eager fp32 output|
+    cuda_peak_mb: float | None = None  # GPU memory the build and first call allocated at peak
 
 
 @dataclass
@@ -94,11 +125,27 @@ class BenchReport:
     peak_rss_mb: float
     date: str
     load_avg: tuple[float, float] | None = None  # 1-minute load average before and after
+    device: str = "cpu"
+    dtype: str = "fp32"
+    gpu: str | None = None  # the CUDA device's name
+
+    @property
+    def tolerance(self) -> float:
+        return TOLERANCE[self.dtype]
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
+        plain = self.device == "cpu" and self.dtype == "fp32"  # the CPU format, unchanged
         for r in out["results"]:
             r.pop("times_ms")
+            if plain:
+                r.pop("rel_error")
+                r.pop("cuda_peak_mb")
+        if plain:
+            for key in ("device", "dtype", "gpu"):
+                out.pop(key)
+        else:
+            out["tolerance"] = self.tolerance
         return out
 
 
@@ -116,11 +163,12 @@ def expand_contenders(contenders: Sequence[str], pipelines: Sequence[str]) -> tu
 
 
 def _check_names(contenders: Sequence[str]) -> None:
-    unknown = [c for c in contenders if c not in PEERS and not _TGRAPH.fullmatch(c)]
+    known = (*PEERS, *GPU_PEERS)
+    unknown = [c for c in contenders if c not in known and not _TGRAPH.fullmatch(c)]
     if unknown:
         raise ValueError(
             f"unknown contender(s) {', '.join(unknown)}; known: {', '.join(CONTENDERS)}, "
-            "and tgraph-<backend>[<pipeline>]"
+            f"{', '.join(GPU_PEERS)} and tgraph-<backend>[<pipeline>]"
         )
 
 
@@ -140,6 +188,11 @@ def _max_error(out: Any, ref: Any) -> float:
         if a.shape == b.shape
     ]
     return max(errs) if errs else float("nan")
+
+
+def _max_magnitude(ref: Any) -> float:
+    sizes = [t.float().abs().max().item() for t in _main_tensors(ref) if t.numel()]
+    return max(sizes) if sizes else float("nan")
 
 
 def _flat_inputs(inputs: Any) -> tuple[tuple, dict]:
@@ -170,7 +223,7 @@ def _build_tgraph(model, inputs, backend: str, pipeline: str) -> Callable[[], An
     return _make_tgraph(model, inputs, backend, pipeline).run
 
 
-def _make_tgraph(model, inputs, backend: str, pipeline: str) -> _Built:
+def _make_tgraph(model, inputs, backend: str, pipeline: str, device: str = "cpu") -> _Built:
     import tgraph
 
     stages: dict[str, float] = {}
@@ -184,7 +237,9 @@ def _make_tgraph(model, inputs, backend: str, pipeline: str) -> _Built:
         clock["stage"] = message.split()[0].replace("pass", "optimize")
         clock["t"] = now
 
-    cm = tgraph.compile(model, inputs, backend=backend, pipeline=pipeline, progress=progress)
+    cm = tgraph.compile(
+        model, inputs, backend=backend, device=device, pipeline=pipeline, progress=progress
+    )
     progress("done")
     stages = {k.replace("tracing", "trace").replace("lowering", "lower"): round(v, 3)
               for k, v in stages.items()}  # fmt: skip
@@ -197,10 +252,13 @@ def _build_eager(model, inputs) -> Callable[[], Any]:
     return lambda: model(*args, **kwargs)
 
 
-def _build_torch_compile(model, inputs) -> _Built:
-    compiled = torch.compile(model, dynamic=False)
+def _build_torch_compile(model, inputs, mode: str | None = None) -> _Built:
+    compiled = torch.compile(model, dynamic=False, mode=mode)
     args, kwargs = _flat_inputs(inputs)
-    compiled(*args, **kwargs)  # compile now, not inside the timed rounds
+    # Compile now, not inside the timed rounds; reduce-overhead records its CUDA graph on
+    # the calls after the first.
+    for _ in range(3 if mode == "reduce-overhead" else 1):
+        compiled(*args, **kwargs)
     return _Built(lambda: compiled(*args, **kwargs))
 
 
@@ -362,18 +420,23 @@ def _build_openvino(model, inputs, tmp: str, threads: int, precision: str) -> _B
     return _Built(run, note=note)
 
 
-def _builder(name: str, model, inputs, tmp: str, threads: int, pipeline: str) -> _Built:
+def _builder(
+    name: str, model, inputs, tmp: str, threads: int, pipeline: str, device: str = "cpu"
+) -> _Built:
     if name == "eager":
         return _Built(_build_eager(model, inputs))
     if name == "torch.compile":
         return _build_torch_compile(model, inputs)
+    if name == "torch.compile[reduce-overhead]":
+        return _build_torch_compile(model, inputs, mode="reduce-overhead")
     if name in ("ort-plain", "ort-optimizer", "ort-int8"):
         return _build_ort(model, inputs, tmp, threads, variant=name.split("-", 1)[1])
     if name in ("openvino", "openvino-bf16"):
         return _build_openvino(model, inputs, tmp, threads, "bf16" if "bf16" in name else "f32")
     m = _TGRAPH.fullmatch(name)
     if m:
-        return _make_tgraph(model, inputs, m.group("backend"), m.group("pipeline") or pipeline)
+        backend, pipeline = m.group("backend"), m.group("pipeline") or pipeline
+        return _make_tgraph(model, inputs, backend, pipeline, device)
     raise ValueError(f"unknown contender {name!r}; known: {', '.join(CONTENDERS)}")
 
 
@@ -433,6 +496,78 @@ def _load_avg() -> float | None:
         return None
 
 
+@dataclass
+class _Setup:
+    """Where and in which dtype contenders run: the fp32 model (the reference) and the model
+    in the bench dtype, with their inputs, on the bench device."""
+
+    device: str
+    dtype: str
+    model: Any
+    inputs: Any
+    low_model: Any
+    low_inputs: Any
+
+    @classmethod
+    def make(cls, model, inputs, device: str, dtype: str) -> _Setup:
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"unknown device {device!r}; valid devices: cpu, cuda")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"--device cuda: torch {torch.__version__} sees no CUDA GPU on this machine"
+            )
+        if device == "cuda":
+            model, inputs = model.to(device), _tree_to(inputs, device=device)
+        if dtype == "fp32":
+            return cls(device, dtype, model, inputs, model, inputs)
+        low = copy.deepcopy(model).to(DTYPES[dtype])
+        return cls(device, dtype, model, inputs, low, _tree_to(inputs, dtype=DTYPES[dtype]))
+
+    @property
+    def cuda(self) -> bool:
+        return self.device == "cuda"
+
+    def for_contender(self, name: str) -> tuple[Any, Any, str | None]:
+        """(model, inputs, note): a pipeline that converts precision itself gets fp32."""
+        m = _TGRAPH.fullmatch(name)
+        if self.dtype != "fp32" and m and m.group("pipeline") in CONVERTING_PIPELINES:
+            note = f"compiled from the fp32 model ({m.group('pipeline')} converts it)"
+            return self.model, self.inputs, note
+        return self.low_model, self.low_inputs, None
+
+    def skip_reason(self, name: str) -> str | None:
+        missing = missing_package(name)
+        if missing:
+            return f"{missing} is not installed (pip install {missing})"
+        if self.cuda and name in CPU_ONLY_PEERS:
+            return "a CPU-only peer here; not run with --device cuda"
+        return None
+
+
+def _tree_to(tree: Any, *, device: str | None = None, dtype: torch.dtype | None = None) -> Any:
+    """Tensors moved to ``device``; floating ones also cast to ``dtype``."""
+    import torch.utils._pytree as pytree
+
+    def move(t: Any) -> Any:
+        if not isinstance(t, torch.Tensor):
+            return t
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        return t.to(device) if device else t
+
+    return pytree.tree_map(move, tree)
+
+
+def _cuda_memory(setup: _Setup) -> float | None:
+    if not setup.cuda:
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.memory_allocated() / 2**20
+
+
 def bench(
     model: torch.nn.Module,
     inputs: Any,
@@ -444,23 +579,30 @@ def bench(
     pipeline: str = "default",
     pipelines: Sequence[str] = (),
     threads: int | None = None,
-    pause_s: float = 0.02,
+    pause_s: float | None = None,
+    device: str = "cpu",
+    dtype: str = "fp32",
     progress: Callable[[str], None] | None = None,
 ) -> BenchReport:
     """Build every contender, check outputs against eager, then time them interleaved.
 
     Args:
-        model: the module, in eval mode.
+        model: the module, in eval mode (moved to the GPU in place for ``device="cuda"``).
         inputs: its example inputs (tuple of args or dict of kwargs); timed as given.
         name: the model's name in the report.
-        contenders: names from :data:`CONTENDERS`, or ``tgraph-<backend>[<pipeline>]``.
+        contenders: names from :data:`CONTENDERS` or :data:`GPU_PEERS`, or
+            ``tgraph-<backend>[<pipeline>]``.
         repeats: timed rounds; warmup: untimed rounds before them.
         pipeline: the pipeline of ``tgraph-<backend>`` columns without brackets.
         pipelines: when given, every bracket-less ``tgraph-<backend>`` column is repeated
             once per pipeline (``default`` keeps the plain name): see expand_contenders.
         threads: intra-op threads for every contender (default: torch's setting).
         pause_s: idle time before each timed call, so that one contender's spinning
-            worker threads do not slow the next one down (see _time_interleaved).
+            worker threads do not slow the next one down (see _time_interleaved); default
+            0.02 s on CPU, none on CUDA.
+        device: "cpu" or "cuda" (a RuntimeError when torch sees no GPU).
+        dtype: "fp32", "fp16" or "bf16": the model's dtype for the contenders (see the
+            module docstring); errors are always against eager fp32.
         progress: called with a short message at each step.
     """
     threads = threads or torch.get_num_threads()
@@ -470,65 +612,93 @@ def bench(
     if "eager" not in contenders:
         contenders = ("eager", *contenders)
     say = progress or (lambda _msg: None)
+    with torch.no_grad():
+        setup = _Setup.make(model, inputs, device, dtype)
+    if pause_s is None:
+        pause_s = 0.0 if setup.cuda else 0.02
     results = {c: BenchResult(c) for c in contenders}
     runners: dict[str, Callable[[], Any]] = {}
     keep: list[_Built] = []
     load_before = _load_avg()
     with torch.no_grad(), tempfile.TemporaryDirectory() as tmp:
-        ref = _build_eager(model, inputs)()
+        ref = _build_eager(setup.model, setup.inputs)()
         for c in contenders:
-            missing = missing_package(c)
-            if missing:
-                results[c].error = f"skipped: {missing} is not installed (pip install {missing})"
+            reason = setup.skip_reason(c)
+            if reason:
+                results[c].error = f"skipped: {reason}"
                 continue
             say(f"building {c}")
-            _settle_memory()
-            rss_before = _rss_mb()
-            start = time.perf_counter()
-            try:
-                built = _builder(c, model, inputs, tmp, threads, pipeline)
-                out = built.run()
-            except Exception as e:  # noqa: BLE001 - a peer failing is a result, not a crash
-                results[c].error = _one_line(e)
-                continue
-            r = results[c]
-            r.build_s = time.perf_counter() - start
-            r.stages_s, r.note = built.stages, built.note
-            r.max_abs_error = _max_error(out, ref)
-            del out
-            peak, after = _peak_rss_mb(), _rss_mb()
-            if rss_before is not None and peak is not None and after is not None:
-                r.rss_peak_mb = round(max(peak - rss_before, 0.0), 1)
-                r.rss_held_mb = round(after - rss_before, 1)
-            runners[c] = built.run
-            keep.append(built)
+            built = _build_one(results[c], setup, ref, tmp, threads, pipeline)
+            if built is not None:
+                runners[c] = built.run
+                keep.append(built)
         say("timing")
-        _time_interleaved(runners, results, warmup, repeats, pause_s)
+        sync = torch.cuda.synchronize if setup.cuda else None
+        _time_interleaved(runners, results, warmup, repeats, pause_s, sync)
     _summarize(results)
     batch, seq = _sizes(inputs)
     load_after = _load_avg()
     loads = (load_before, load_after) if load_before is not None else None
+    gpu = torch.cuda.get_device_name() if setup.cuda else None
     return BenchReport(
         name, batch, seq, threads, repeats, list(results.values()), _peak_rss_mb() or 0.0,
-        time.strftime("%Y-%m-%d"), loads,
+        time.strftime("%Y-%m-%d"), loads, device, dtype, gpu,
     )  # fmt: skip
 
 
-def _time_interleaved(runners, results, warmup: int, repeats: int, pause_s: float) -> None:
+def _build_one(
+    r: BenchResult, setup: _Setup, ref: Any, tmp: str, threads: int, pipeline: str
+) -> _Built | None:
+    """Build contender ``r.name``, run it once, record build time, error and memory."""
+    model, inputs, note = setup.for_contender(r.name)
+    _settle_memory()
+    rss_before = _rss_mb()
+    gpu_before = _cuda_memory(setup)
+    start = time.perf_counter()
+    try:
+        built = _builder(r.name, model, inputs, tmp, threads, pipeline, setup.device)
+        out = built.run()
+    except Exception as e:  # noqa: BLE001 - a peer failing is a result, not a crash
+        r.error = _one_line(e)
+        return None
+    r.build_s = time.perf_counter() - start
+    r.stages_s, r.note = built.stages, built.note or note
+    r.max_abs_error = _max_error(out, ref)
+    scale = _max_magnitude(ref)
+    r.rel_error = r.max_abs_error / scale if scale else None
+    del out
+    peak, after = _peak_rss_mb(), _rss_mb()
+    if rss_before is not None and peak is not None and after is not None:
+        r.rss_peak_mb = round(max(peak - rss_before, 0.0), 1)
+        r.rss_held_mb = round(after - rss_before, 1)
+    if gpu_before is not None:
+        r.cuda_peak_mb = round(torch.cuda.max_memory_allocated() / 2**20 - gpu_before, 1)
+    return built
+
+
+def _time_interleaved(
+    runners, results, warmup: int, repeats: int, pause_s: float,
+    sync: Callable[[], None] | None = None,
+) -> None:  # fmt: skip
     """One call per contender per round. The order rotates every round and each timed call
     starts ``pause_s`` after the previous one ended: ONNX Runtime's worker threads (and
     OpenMP's, with its default wait policy) spin for a while after a call returns, and
     without the pause whoever runs next pays for it (tgraph-torch, right after tgraph-ort,
-    measured up to 10x slower than it runs alone)."""
+    measured up to 10x slower than it runs alone). ``sync`` (``torch.cuda.synchronize``)
+    runs before the clock starts and before it stops, so GPU work is inside the time."""
     names = list(runners)
     for i in range(warmup + repeats):
         for c in names[i % len(names) :] + names[: i % len(names)]:
             if c not in runners:
                 continue
             time.sleep(pause_s)
+            if sync:
+                sync()
             start = time.perf_counter()
             try:
                 runners[c]()
+                if sync:
+                    sync()
             except Exception as e:  # noqa: BLE001 - a contender failing later is a result too
                 results[c].error = f"failed on call {i + 2}: {_one_line(e)}"
                 results[c].times_ms.clear()
@@ -576,18 +746,40 @@ def table_rows(report: BenchReport) -> list[tuple[str, ...]]:
             build += " (" + " + ".join(f"{k} {v:.1f}" for k, v in r.stages_s.items()) + ")"
         rows.append((
             r.name, f"{r.median_ms:.3f}", f"{r.iqr_ms:.3f}", f"{r.ratio_to_eager:.2f}",
-            f"{r.max_abs_error:.1e}", build,
-            "" if r.rss_peak_mb is None else f"{r.rss_peak_mb:.0f}",
+            f"{r.max_abs_error:.1e}", build, _memory_cell(report, r),
         ))  # fmt: skip
     return rows
 
 
+def _memory_cell(report: BenchReport, r: BenchResult) -> str:
+    peak = r.cuda_peak_mb if report.device == "cuda" else r.rss_peak_mb
+    return "" if peak is None else f"{peak:.0f}"
+
+
 def notes(report: BenchReport) -> list[str]:
-    lines = [f"{r.name}: {r.note}" for r in report.results if r.note and not r.error]
+    lines = _device_notes(report)
+    lines += [f"{r.name}: {r.note}" for r in report.results if r.note and not r.error]
     if report.load_avg:
         before, after = report.load_avg
         lines.append(f"load average {before:.2f} before, {after:.2f} after "
                      f"({os.cpu_count()} CPUs): a loaded machine widens the spread")  # fmt: skip
+    return lines
+
+
+def _device_notes(report: BenchReport) -> list[str]:
+    """For CUDA or low-precision runs: what the errors and memory column mean, and who is
+    over the dtype's tolerance."""
+    if report.device == "cpu" and report.dtype == "fp32":
+        return []
+    where = f"{report.device} ({report.gpu})" if report.gpu else report.device
+    lines = [
+        f"{where}, model in {report.dtype}: max err is against eager fp32; tolerance "
+        f"{report.tolerance:g} of the largest |output|"
+        + ("; peak MiB is GPU memory" if report.device == "cuda" else "")
+    ]
+    for r in report.results:
+        if r.rel_error is not None and not r.error and r.rel_error > report.tolerance:
+            lines.append(f"{r.name}: relative error {r.rel_error:.1e} is over the tolerance")
     return lines
 
 

@@ -320,11 +320,20 @@ def _read_text(path: str) -> str:
 @main.command()
 @click.argument("checkpoint")
 @click.option(
-    "--backends", default=",".join(("eager", "torch.compile", "ort-optimizer", "tgraph-ort",
-                                    "tgraph-torch")),
-    show_default=True,
+    "--backends",
     help="Comma-separated contenders: eager, torch.compile, ort-plain, ort-optimizer, "
-    "ort-int8, openvino, openvino-bf16, tgraph-ort, tgraph-torch, tgraph-ort[int8], ...",
+    "ort-int8, openvino, openvino-bf16, tgraph-ort, tgraph-torch, tgraph-ort[int8], ... and on "
+    "CUDA torch.compile[reduce-overhead]  [default: eager,torch.compile,ort-optimizer,"
+    "tgraph-ort,tgraph-torch; with --device cuda: eager,torch.compile,"
+    "torch.compile[reduce-overhead],tgraph-torch]",
+)  # fmt: skip
+@click.option(
+    "--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+    help="Run every contender here (cuda: timed with torch.cuda.synchronize; docs/gpu.md).",
+)  # fmt: skip
+@click.option(
+    "--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+    help="The model's dtype for the contenders; errors are against eager fp32.",
 )  # fmt: skip
 @click.option("--batch", default=1, show_default=True, help="Batch size.")
 @click.option(
@@ -348,9 +357,9 @@ def _read_text(path: str) -> str:
 )  # fmt: skip
 @pass_ctx
 def bench(
-    ctx: _Context, checkpoint: str, backends: str, batch: int, seq_len: int, pipeline: str,
-    pipelines: str, repeats: int, warmup: int, threads: int | None, json_path: str | None,
-    per_pass: bool,
+    ctx: _Context, checkpoint: str, backends: str | None, device: str, dtype: str, batch: int,
+    seq_len: int, pipeline: str, pipelines: str, repeats: int, warmup: int,
+    threads: int | None, json_path: str | None, per_pass: bool,
 ) -> None:  # fmt: skip
     """Time CHECKPOINT side by side: eager, torch.compile, ONNX Runtime, tgraph.
 
@@ -364,10 +373,19 @@ def bench(
       tgraph bench ./hf-model --backends eager,ort-plain,tgraph-ort
       tgraph bench zoo:bert-base --pipelines default,int8,bf16 --backends eager,ort-int8,tgraph-ort
       tgraph bench zoo:bert-base --per-pass --backends tgraph-ort
+      tgraph bench ./hf-model --device cuda --dtype fp16 --pipelines default,fp16
     """
     import json
 
+    from tgraph.bench import DEFAULT_CONTENDERS, GPU_DEFAULT_CONTENDERS
+
+    if backends is None:
+        backends = ",".join(GPU_DEFAULT_CONTENDERS if device == "cuda" else DEFAULT_CONTENDERS)
     seq_len = seq_len or _default_seq(checkpoint)
+    if device == "cuda" or dtype != "fp32":
+        if per_pass:
+            _fail("--per-pass runs on the CPU in fp32 only", code=2)
+        _check_cuda(device)
     if per_pass:
         _bench_per_pass(ctx, checkpoint, backends, batch, seq_len, pipeline, repeats, warmup,
                         threads, json_path)  # fmt: skip
@@ -383,13 +401,21 @@ def bench(
             ctx, run_bench, loaded.model, loaded.example_inputs, name=loaded.name,
             contenders=contenders, repeats=repeats, warmup=warmup, pipeline=pipeline,
             pipelines=[p.strip() for p in pipelines.split(",") if p.strip()],
-            threads=threads, progress=say,
+            threads=threads, device=device, dtype=dtype, progress=say,
         )  # fmt: skip
     _print_table(report, format_table)
     if json_path:
         with open(json_path, "w") as f:
             json.dump(report.to_json(), f, indent=2)
             f.write("\n")
+
+
+def _check_cuda(device: str) -> None:
+    """Fail with one line before loading anything when CUDA is asked for but absent."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        _fail(f"--device cuda: torch {torch.__version__} sees no CUDA GPU on this machine")
 
 
 def _default_seq(checkpoint: str, want: int = 128) -> int:

@@ -18,6 +18,13 @@ with random weights (nothing is downloaded) and saved with ``save_pretrained`` u
 encoder at (1, 32) and (8, 128)). Contenders default to every peer; a peer that fails to
 build is reported with its error. Runs are interleaved within a case (see tgraph.bench).
 
+``--suite gpu-fp16`` runs HF BERT-base, GPT-2 and the 58M Llama at (1, 128) and (8, 128) on
+CUDA with the models in fp16 (``--device cuda --dtype fp16``), against eager, torch.compile
+and torch.compile(mode="reduce-overhead"), with tgraph-torch in two columns: the fp16 model
+through the default pipeline, and the fp32 model through the fp16 pipeline. Its tables add
+tgraph-torch's best against reduce-overhead (the issue's target: at most 0.9x). tools/gpu_check.sh
+runs it on the device machine; docs/gpu.md explains the columns.
+
 OpenMP: unless ``OMP_WAIT_POLICY`` is already set, this script sets it to ``PASSIVE``
 before torch loads. On a machine shared with other jobs, libgomp's default spin-waiting
 threads fight the other jobs for the cores and a 1 ms eager forward can take 300 ms;
@@ -40,7 +47,7 @@ import time  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from tgraph.bench import CONTENDERS, bench  # noqa: E402
+from tgraph.bench import CONTENDERS, GPU_DEFAULT_CONTENDERS, bench  # noqa: E402
 from tgraph.checkpoints import LoadedModel, load_model  # noqa: E402
 
 SUITES = {
@@ -48,7 +55,13 @@ SUITES = {
         "hf-bert-base:1x128", "hf-bert-base:8x128", "hf-gpt2:1x128", "hf-gpt2:8x128",
         "hf-llama-58m:1x128", "hf-llama-58m:8x128", "torch-encoder:1x32", "torch-encoder:8x128",
     ],
+    "gpu-fp16": [
+        "hf-bert-base:1x128", "hf-bert-base:8x128", "hf-gpt2:1x128", "hf-gpt2:8x128",
+        "hf-llama-58m:1x128", "hf-llama-58m:8x128",
+    ],
 }  # fmt: skip
+# What a suite runs on unless the command line says otherwise: (device, dtype, pipelines).
+SUITE_SETTINGS = {"gpu-fp16": ("cuda", "fp16", "default,fp16")}
 
 
 def _hf_model(name: str):
@@ -153,12 +166,46 @@ def versus_peers(reports: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def versus_reduce_overhead(reports: list[dict]) -> str:
+    """CUDA runs: tgraph-torch's fastest column against torch.compile(mode="reduce-overhead")."""
+    rows = [
+        "| model, batch x seq | reduce-overhead ms | tgraph-torch's fastest | ratio (target <= 0.9) |",
+        "|---|---|---|---|",
+    ]
+    for rep in reports:
+        done = {r["name"]: r for r in rep["results"] if r["median_ms"] is not None}
+        peer = done.get("torch.compile[reduce-overhead]")
+        ours = [r for n, r in done.items() if n.startswith("tgraph-torch")]
+        if peer is None or not ours:
+            continue
+        best = min(ours, key=lambda r: r["median_ms"])
+        rows.append(
+            f"| {rep['model']} {rep['batch']}x{rep['seq_len']} | {peer['median_ms']:.3f} | "
+            f"{best['name']} {best['median_ms']:.3f} | {best['median_ms'] / peer['median_ms']:.2f} |"
+        )
+    return "\n".join(rows)
+
+
+def tables(reports: list[dict]) -> str:
+    extra = versus_reduce_overhead if any(r.get("device") == "cuda" for r in reports) else None
+    return markdown(reports) + "\n\n" + (extra or versus_peers)(reports)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=[], help="MODEL:BxS entries")
     parser.add_argument("--suite", choices=sorted(SUITES), help="a named list of cases")
-    parser.add_argument("--contenders", default=",".join(CONTENDERS))
-    parser.add_argument("--pipelines", default="", help="e.g. default,int8,bf16 (see tgraph bench)")
+    parser.add_argument(
+        "--contenders", help="default: every peer on CPU; eager, both torch.compile modes and "
+        "tgraph-torch on CUDA",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pipelines", help="e.g. default,int8,bf16 (see tgraph bench; gpu-fp16: default,fp16)"
+    )
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cpu (gpu-fp16: cuda)")
+    parser.add_argument(
+        "--dtype", choices=["fp32", "fp16", "bf16"], help="default: fp32 (gpu-fp16: fp16)"
+    )
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--pipeline", default="default")
@@ -170,13 +217,16 @@ def main() -> None:
     if args.table:
         with open(args.table) as f:
             reports = json.load(f)["reports"]
-        print(markdown(reports) + "\n\n" + versus_peers(reports))
+        print(tables(reports))
         return
     if not args.out:
         parser.error("--out is required")
     cases = (SUITES[args.suite] if args.suite else []) + args.cases
     if not cases:
         parser.error("give --cases or --suite")
+    _fill_suite_settings(args)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"bench_suite: --device cuda: torch {torch.__version__} sees no CUDA GPU")
     reports = []
     for case in cases:
         spec, shape = case.rsplit(":", 1)
@@ -186,14 +236,44 @@ def main() -> None:
             loaded.model, loaded.example_inputs, name=loaded.name,
             contenders=tuple(args.contenders.split(",")), repeats=args.repeats,
             warmup=args.warmup, pipeline=args.pipeline, threads=args.threads,
-            pipelines=[p for p in args.pipelines.split(",") if p],
+            pipelines=[p for p in args.pipelines.split(",") if p], device=args.device,
+            dtype=args.dtype,
             progress=lambda m, c=case: print(f"[{c}] {m}", flush=True),
         )  # fmt: skip
         reports.append(report.to_json())
         print(markdown(reports[-1:]), flush=True)
         _write(args.out, cases, reports)  # keep what is done if a later case dies
         del loaded, report
-    print(markdown(reports))
+    print(markdown(reports) if args.device == "cpu" else tables(reports))
+
+
+def _fill_suite_settings(args: argparse.Namespace) -> None:
+    """Options not given on the command line: the suite's settings, else the CPU defaults."""
+    device, dtype, pipelines = SUITE_SETTINGS.get(args.suite, ("cpu", "fp32", ""))
+    args.device = args.device or device
+    args.dtype = args.dtype or dtype
+    args.pipelines = pipelines if args.pipelines is None else args.pipelines
+    if args.contenders is None:
+        peers = GPU_DEFAULT_CONTENDERS if args.device == "cuda" else CONTENDERS
+        args.contenders = ",".join(peers)
+
+
+def _gpu_info() -> dict:
+    """The GPU, CUDA and Triton versions (an empty dict without CUDA)."""
+    if not torch.cuda.is_available():
+        return {}
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {
+        "gpu": torch.cuda.get_device_name(),
+        "cuda": torch.version.cuda,
+        "triton": triton_version,
+        "TGRAPH_TRITON": os.environ.get("TGRAPH_TRITON"),
+    }
 
 
 def _write(path: str, cases: list[str], reports: list[dict]) -> None:
@@ -207,6 +287,7 @@ def _write(path: str, cases: list[str], reports: list[dict]) -> None:
             "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__,
             "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+            **_gpu_info(),
         },
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "command": "python tools/bench_suite.py " + " ".join(sys.argv[1:]),
