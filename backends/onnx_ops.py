@@ -357,6 +357,11 @@ def _rms_norm_op(ctx, node, x, w=""):
 SLOWER_FUSED: dict[str, frozenset[str]] = {
     "cpu": frozenset({"SkipLayerNormalization", "SkipSimplifiedLayerNormalization"}),
 }
+# ONNX Runtime's own optimizers that would fuse the unfused form back into a slow kernel:
+# SkipLayerNormFusion turns Add + LayerNormalization into SkipLayerNormalization where the
+# sum has no other reader (post-norm blocks such as nn.TransformerEncoderLayer; 33 of 469
+# ms on the encoder at 8x128). Sessions on that device switch them off.
+ORT_OPTIMIZERS_OFF: dict[str, tuple[str, ...]] = {"cpu": ("SkipLayerNormFusion",)}
 
 
 def _fused_pays(ctx, op_type: str) -> bool:

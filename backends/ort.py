@@ -39,6 +39,7 @@ from tgraph.frontend.convert import torch_dtype
 from tgraph.ir import Graph, SymDim, evaluate
 
 from .onnx_lowering import LoweringError, to_onnx
+from .onnx_ops import ORT_OPTIMIZERS_OFF
 
 __all__ = ["EXTERNAL_DATA_BYTES", "LoweringError", "OrtRunner", "lower", "save_files", "to_onnx"]
 
@@ -91,23 +92,31 @@ def _session(
     options: ort.SessionOptions,
     providers: list,
     weights: dict[str, np.ndarray] | None = None,
+    disabled_optimizers: Sequence[str] = (),
 ):
     """An InferenceSession; big models go through a temporary directory with external data.
 
     ``weights`` are the initializers that ``to_onnx(external=...)`` kept out of the proto:
     ONNX Runtime reads them in place (``add_external_initializers``), so they are never
-    serialized. Returns the session and what to keep alive with it (the OrtValues over
-    those arrays, or the temporary directory), or None.
+    serialized. ``disabled_optimizers`` names ONNX Runtime graph optimizers to skip.
+    Returns the session and what to keep alive with it (the OrtValues over those arrays,
+    or the temporary directory), or None.
     """
+    extra = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
     if weights:
         names = list(weights)
         values = [ort.OrtValue.ortvalue_from_numpy(weights[n]) for n in names]
         options.add_external_initializers(names, values)
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+        session = ort.InferenceSession(
+            model.SerializeToString(), options, providers=providers, **extra
+        )
         return session, (values, weights)
     size = sum(len(t.raw_data) for t in model.graph.initializer)
     if size <= EXTERNAL_DATA_BYTES:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=providers), None
+        session = ort.InferenceSession(
+            model.SerializeToString(), options, providers=providers, **extra
+        )
+        return session, None
     tmp = tempfile.TemporaryDirectory(prefix="tgraph-ort-")
     path = os.path.join(tmp.name, "model.onnx")
     onnx.save_model(
@@ -118,7 +127,7 @@ def _session(
         location="model.onnx.data",
         size_threshold=1024,
     )
-    return ort.InferenceSession(path, options, providers=providers), tmp
+    return ort.InferenceSession(path, options, providers=providers, **extra), tmp
 
 
 def lower(
@@ -145,7 +154,8 @@ def lower(
         if optimize
         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
-    session, tmp = _session(model, options, providers, weights)
+    off = ORT_OPTIMIZERS_OFF.get(device, ()) if optimize else ()
+    session, tmp = _session(model, options, providers, weights, off)
     options_used = {"ort_optimizations": ort_optimizations, "fused_kernels": fused_kernels}
     return OrtRunner(graph, session, device, options_used, tmp)
 

@@ -15,7 +15,7 @@ from model_cases import ALL_CASES, all_tensors
 import tgraph
 from tgraph.api import CompiledModel
 from tgraph.backends import ort as ort_backend
-from tgraph.backends.onnx_ops import LOWERINGS, SLOWER_FUSED
+from tgraph.backends.onnx_ops import LOWERINGS, ORT_OPTIMIZERS_OFF, SLOWER_FUSED
 from tgraph.backends.reference import run_graph
 from tgraph.ir import DType, Graph, SymDim, evaluate
 from tgraph.ir.ops import all_ops
@@ -179,6 +179,25 @@ def _norm_graph(op: str, with_bias: bool = True, sum_used: bool = True) -> Graph
 @pytest.mark.parametrize("sum_used", [True, False])
 def test_skip_layer_norm_both_outputs(sum_used):
     _check(_norm_graph("skip_layer_norm", sum_used=sum_used), ["SkipLayerNormalization"])
+
+
+def test_cpu_session_keeps_skip_norm_unfused(tmp_path):
+    """On CPU the lowering emits Add + LayerNormalization because ORT's fused kernel is
+    slower there; ORT's own SkipLayerNormFusion would undo that where the sum has no other
+    reader, so the CPU session switches that optimizer off (ORT_OPTIMIZERS_OFF)."""
+    graph = _norm_graph("skip_layer_norm", sum_used=False)
+    model = ort_backend.to_onnx(graph, device="cpu").SerializeToString()
+
+    def optimized_ops(disabled: tuple[str, ...]) -> set[str]:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        ort.InferenceSession(model, options, ["CPUExecutionProvider"], disabled_optimizers=disabled)
+        return _onnx_ops(onnx.load(options.optimized_model_filepath))
+
+    assert "SkipLayerNormalization" in optimized_ops(())  # the fusion exists and fires
+    assert "SkipLayerNormalization" not in optimized_ops(ORT_OPTIMIZERS_OFF["cpu"])
+    _check(graph)
 
 
 def test_skip_layer_norm_without_bias():

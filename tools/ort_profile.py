@@ -35,25 +35,26 @@ from bench_suite import load_case  # noqa: E402
 
 from tgraph import bench as tb  # noqa: E402
 from tgraph.backends.onnx_lowering import to_onnx  # noqa: E402
+from tgraph.backends.onnx_ops import ORT_OPTIMIZERS_OFF  # noqa: E402
 
 
-def _session(model_bytes_or_path, threads: int, weights=None) -> ort.InferenceSession:
+def _session(model, threads: int, weights=None, disabled=()) -> ort.InferenceSession:
+    """A profiling CPU session; ``weights`` are in-memory initializers, as in tgraph's
+    backend, and ``disabled`` the ORT optimizers to switch off."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     options.enable_profiling = True
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if weights:
-        names = list(weights)
-        values = [ort.OrtValue.ortvalue_from_numpy(weights[n]) for n in names]
-        options.add_external_initializers(names, values)
-        session = ort.InferenceSession(
-            model_bytes_or_path, options, providers=["CPUExecutionProvider"]
-        )
-        session._tgraph_keep = (values, weights)  # the session reads them in place
-        return session
-    return ort.InferenceSession(model_bytes_or_path, options, providers=["CPUExecutionProvider"])
+    values = []
+    for name, array in (weights or {}).items():
+        values.append(ort.OrtValue.ortvalue_from_numpy(array))
+        options.add_external_initializers([name], [values[-1]])
+    providers = ["CPUExecutionProvider"]
+    session = ort.InferenceSession(model, options, providers, disabled_optimizers=list(disabled))
+    session._tgraph_keep = values  # ORT reads the in-memory weights in place
+    return session
 
 
 def _profile(session: ort.InferenceSession, feeds: dict, runs: int) -> dict[str, float]:
@@ -113,7 +114,7 @@ def main() -> None:
     graph, _ = tgraph.optimize(graph, args.pipeline)
     weights: dict = {}
     proto = to_onnx(graph, external=weights, fold_at_load=True)
-    ours = _session(proto.SerializeToString(), args.threads, weights)
+    ours = _session(proto.SerializeToString(), args.threads, weights, ORT_OPTIMIZERS_OFF["cpu"])
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "plain.onnx")
