@@ -44,6 +44,7 @@ import ctypes
 import gc
 import io
 import os
+import random
 import re
 import statistics
 import tempfile
@@ -599,7 +600,7 @@ def bench(
         threads: intra-op threads for every contender (default: torch's setting).
         pause_s: idle time before each timed call, so that one contender's spinning
             worker threads do not slow the next one down (see _time_interleaved); default
-            0.02 s on CPU, none on CUDA.
+            0.1 s on CPU, none on CUDA.
         device: "cpu" or "cuda" (a RuntimeError when torch sees no GPU).
         dtype: "fp32", "fp16" or "bf16": the model's dtype for the contenders (see the
             module docstring); errors are always against eager fp32.
@@ -615,7 +616,7 @@ def bench(
     with torch.no_grad():
         setup = _Setup.make(model, inputs, device, dtype)
     if pause_s is None:
-        pause_s = 0.0 if setup.cuda else 0.02
+        pause_s = 0.0 if setup.cuda else 0.1
     results = {c: BenchResult(c) for c in contenders}
     runners: dict[str, Callable[[], Any]] = {}
     keep: list[_Built] = []
@@ -680,15 +681,21 @@ def _time_interleaved(
     runners, results, warmup: int, repeats: int, pause_s: float,
     sync: Callable[[], None] | None = None,
 ) -> None:  # fmt: skip
-    """One call per contender per round. The order rotates every round and each timed call
-    starts ``pause_s`` after the previous one ended: ONNX Runtime's worker threads (and
-    OpenMP's, with its default wait policy) spin for a while after a call returns, and
-    without the pause whoever runs next pays for it (tgraph-torch, right after tgraph-ort,
-    measured up to 10x slower than it runs alone). ``sync`` (``torch.cuda.synchronize``)
-    runs before the clock starts and before it stops, so GPU work is inside the time."""
+    """One call per contender per round, in a fresh random order every round, each timed
+    call starting ``pause_s`` after the previous one ended.
+
+    ONNX Runtime's worker threads (and OpenMP's, with its default wait policy) stay busy for
+    a while after a call returns, and whoever runs next pays for it: an ORT session of GPT-2
+    1x128 run 20 ms after an identical one took 231 ms instead of 193 (100 ms after: 194),
+    and tgraph-torch right after tgraph-ort measured up to 10x slower than alone. The pause
+    covers that; the random order makes sure no contender always follows the same one (a
+    rotation does: the contender listed after another follows it in most rounds).
+    ``sync`` (``torch.cuda.synchronize``) runs before the clock starts and before it stops,
+    so GPU work is inside the time."""
     names = list(runners)
+    order = random.Random(0)
     for i in range(warmup + repeats):
-        for c in names[i % len(names) :] + names[: i % len(names)]:
+        for c in order.sample(names, len(names)):
             if c not in runners:
                 continue
             time.sleep(pause_s)
