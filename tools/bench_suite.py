@@ -25,6 +25,12 @@ through the default pipeline, and the fp32 model through the fp16 pipeline. Its 
 tgraph-torch's best against reduce-overhead (the issue's target: at most 0.9x). tools/gpu_check.sh
 runs it on the device machine; docs/gpu.md explains the columns.
 
+``--suite cpu-lowp`` runs BERT-base, GPT-2 and the Llama at (1, 128) and (8, 128) on the
+CPU with tgraph-ort in the ``default``, ``int8`` and ``bf16`` pipelines against eager, ORT
+on torch's export in fp32 and quantized by ``onnxruntime.quantization.quantize_dynamic``
+(ort-int8), and OpenVINO in fp32 and with its bf16 precision hint (the compression issue's
+comparison).
+
 OpenMP: unless ``OMP_WAIT_POLICY`` is already set, this script sets it to ``PASSIVE``
 before torch loads. On a machine shared with other jobs, libgomp's default spin-waiting
 threads fight the other jobs for the cores and a 1 ms eager forward can take 300 ms;
@@ -59,9 +65,22 @@ SUITES = {
         "hf-bert-base:1x128", "hf-bert-base:8x128", "hf-gpt2:1x128", "hf-gpt2:8x128",
         "hf-llama-58m:1x128", "hf-llama-58m:8x128",
     ],
+    "cpu-lowp": [
+        "hf-bert-base:1x128", "hf-bert-base:8x128", "hf-gpt2:1x128", "hf-gpt2:8x128",
+        "hf-llama-58m:1x128", "hf-llama-58m:8x128",
+    ],
 }  # fmt: skip
 # What a suite runs on unless the command line says otherwise: (device, dtype, pipelines).
-SUITE_SETTINGS = {"gpu-fp16": ("cuda", "fp16", "default,fp16")}
+SUITE_SETTINGS = {
+    "gpu-fp16": ("cuda", "fp16", "default,fp16"),
+    "cpu-lowp": ("cpu", "fp32", "default,int8,bf16"),
+}
+# The peers a suite compares with unless --contenders says otherwise: the low-precision
+# suite pits tgraph's compression pipelines against ORT's own int8 quantization
+# (quantize_dynamic) and OpenVINO's bf16 mode, next to fp32 ORT and OpenVINO.
+SUITE_CONTENDERS = {
+    "cpu-lowp": "eager,ort-plain,ort-int8,openvino,openvino-bf16,tgraph-ort",
+}
 
 
 def _hf_model(name: str):
@@ -253,6 +272,8 @@ def _fill_suite_settings(args: argparse.Namespace) -> None:
     args.device = args.device or device
     args.dtype = args.dtype or dtype
     args.pipelines = pipelines if args.pipelines is None else args.pipelines
+    if args.contenders is None and args.suite in SUITE_CONTENDERS:
+        args.contenders = SUITE_CONTENDERS[args.suite]
     if args.contenders is None:
         peers = GPU_DEFAULT_CONTENDERS if args.device == "cuda" else CONTENDERS
         args.contenders = ",".join(peers)
