@@ -119,3 +119,57 @@ def test_exported_program_traces():
     with torch.no_grad():
         want = case.model(**inputs)
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def _check_other_sizes(model, make, sizes=((3, 7), (1, 24))) -> tgraph.api.CompiledModel:
+    cm = tgraph.compile(model, make(2, 16), backend="reference", pipeline="none")
+    for batch, seq in sizes:
+        args = make(batch, seq)
+        with torch.no_grad():
+            torch.testing.assert_close(cm(*args), model(*args), rtol=1e-4, atol=1e-4)
+    return cm
+
+
+def test_in_place_slice_and_select_writes():
+    """BART's shift_tokens_right: writes into slices and columns of a new tensor, which
+    functionalization turns into copy / slice_scatter / select_scatter / fill."""
+
+    class Shift(torch.nn.Module):
+        def forward(self, ids, start):
+            out = ids.new_zeros(ids.shape)
+            out[:, 1:] = ids[:, :-1].clone()
+            out[:, 0] = start
+            out[:, -1:] = 7
+            return out * 2
+
+    g = torch.Generator().manual_seed(0)
+    make = lambda b, s: (torch.randint(0, 9, (b, s), generator=g), torch.tensor(5))  # noqa: E731
+    cm = _check_other_sizes(Shift(), make)
+    assert {"concat", "slice"} <= set(cm.graph.op_histogram())
+
+
+def test_conv1d_and_constant_pad_over_the_sequence():
+    """conv1d becomes conv2d over a height-1 image; F.pad arrives as aten.pad."""
+
+    class Conv(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Conv1d(8, 16, 3, padding=1)
+            self.b = torch.nn.Conv1d(16, 16, 3, stride=2, padding=1)
+
+        def forward(self, x):  # (B, T, C)
+            y = self.b(torch.nn.functional.gelu(self.a(x.transpose(1, 2))))
+            return torch.nn.functional.pad(y.transpose(1, 2), (0, 0, 1, 2), value=0.5)
+
+    g = torch.Generator().manual_seed(0)
+    cm = _check_other_sizes(Conv().eval(), lambda b, s: (torch.randn(b, s, 8, generator=g),))
+    assert cm.graph.op_histogram()["conv2d"] == 2
+
+
+def test_pad_modes_other_than_constant_are_rejected():
+    class Reflect(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.pad(x, (1, 1), mode="reflect")
+
+    with pytest.raises(tgraph.FrontendError, match="pad mode 'reflect'"):
+        tgraph.trace(Reflect(), (torch.randn(2, 3, 8),))

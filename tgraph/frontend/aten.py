@@ -363,6 +363,45 @@ def _select(ctx, x, dim, index):
     return ctx.emit("gather", [x, ctx.const(index, DType.int64)], axis=axis)
 
 
+@aten("slice_scatter.default")
+def _slice_scatter(ctx, base, src, dim=0, start=None, end=None, step=1):
+    # base with base[start:end] along dim replaced by src: concat(head, src, tail).
+    base, src = ctx.value(base), ctx.value(src)
+    axis = _axis(dim, base.rank)
+    size = base.shape[axis]
+    start = _bound(ctx.value(start), size, 0)
+    end = _bound(ctx.value(end), size, size)
+    if step != 1:
+        raise UnsupportedError(f"slice_scatter with step {step}")
+    parts = [ctx.cast(src, base.dtype)]
+    if start != 0:
+        parts.insert(0, ctx.emit("slice", [base], axis=axis, start=0, end=start, step=1))
+    if end != size:
+        parts.append(ctx.emit("slice", [base], axis=axis, start=end, end=size, step=1))
+    return parts[0] if len(parts) == 1 else ctx.emit("concat", parts, axis=axis)
+
+
+@aten("select_scatter.default")
+def _select_scatter(ctx, base, src, dim, index):
+    base = ctx.value(base)
+    axis = _axis(dim, base.rank)
+    index = ctx.value(index)
+    if isinstance(index, int) and index < 0:
+        index = base.shape[axis] + index
+    src = ctx.emit("unsqueeze", [ctx.value(src)], axes=(axis,))
+    return _slice_scatter(ctx, base, src, axis, index, index + 1)
+
+
+@aten("copy.default", "fill.Tensor")
+def _copy(ctx, x, src, non_blocking=False):
+    # The functional copy_ / fill_: src (a tensor or a 0-d value) cast and broadcast to x.
+    x = ctx.value(x)
+    out = ctx.cast(ctx.value(src), x.dtype)
+    if tuple(out.shape) != tuple(x.shape):
+        out = ctx.emit("expand", [out], shape=tuple(x.shape))
+    return out if out.producer is not None else ctx.emit("identity", [out])
+
+
 @aten("index.Tensor")
 def _index(ctx, x, indices):
     x = ctx.value(x)
@@ -483,8 +522,15 @@ def _repeat(ctx, x, repeats):
     return ctx.emit("reshape", [y], shape=ctx.meta_type().shape)
 
 
-@aten("constant_pad_nd.default", "pad.default")
-def _pad(ctx, x, pad, value=0.0, *args):
+@aten("pad.default")
+def _pad_mode(ctx, x, pad, mode="constant", value=None):
+    if mode != "constant":
+        raise UnsupportedError(f"pad mode {mode!r} (only 'constant')")
+    return _pad(ctx, x, pad, value)
+
+
+@aten("constant_pad_nd.default")
+def _pad(ctx, x, pad, value=0.0):
     x = ctx.value(x)
     pads = [0] * (2 * x.rank)
     for i in range(len(pad) // 2):  # pad lists (begin, end) from the last dim backwards
@@ -711,8 +757,8 @@ def _rms_norm(ctx, x, normalized_shape, weight=None, eps=None):
     return ctx.emit("rms_norm", ins, axis=-len(normalized_shape), eps=float(eps))
 
 
-@aten("conv2d.default", "convolution.default")
-def _conv2d(ctx, x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), *rest):
+@aten("conv1d.default", "conv2d.default", "convolution.default")
+def _conv(ctx, x, weight, bias=None, stride=1, padding=0, dilation=1, *rest):
     if ctx.node.target is torch.ops.aten.convolution.default:
         transposed, _out_pad, groups = rest
         if transposed:
@@ -720,16 +766,30 @@ def _conv2d(ctx, x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(
     else:
         groups = rest[0] if rest else 1
     x, w = ctx.value(x), ctx.value(weight)
-    if x.rank != 4:
-        raise UnsupportedError(f"convolution on rank-{x.rank} input (only conv2d)")
     if isinstance(padding, str):
-        raise UnsupportedError(f"conv2d padding={padding!r}")
-    pair = lambda v: tuple(v) * (2 // len(v)) if isinstance(v, (list, tuple)) else (v, v)  # noqa: E731
+        raise UnsupportedError(f"convolution padding={padding!r}")
     ins = [x, w] + ([ctx.value(bias)] if bias is not None else [])
+    if x.rank == 3:
+        return _conv1d(ctx, ins, stride, padding, dilation, groups)
+    if x.rank != 4:
+        raise UnsupportedError(f"convolution on rank-{x.rank} input (only conv1d and conv2d)")
+    pair = lambda v: tuple(v) * (2 // len(v)) if isinstance(v, (list, tuple)) else (v, v)  # noqa: E731
     return ctx.emit(
         "conv2d", ins, stride=pair(stride), padding=pair(padding), dilation=pair(dilation),
         groups=groups,
     )  # fmt: skip
+
+
+def _conv1d(ctx, ins: list[Value], stride, padding, dilation, groups) -> Value:
+    # conv1d(x, w) = squeeze(conv2d(x[:, :, None, :], w[:, :, None, :]), 2): a 1 x k kernel
+    # over a height-1 image. (N, C, L) -> (N, C, 1, L); weight (O, C/g, k) -> (O, C/g, 1, k).
+    one = lambda v: v[0] if isinstance(v, (list, tuple)) else v  # noqa: E731
+    x, w = (ctx.emit("unsqueeze", [v], axes=(2,)) for v in ins[:2])
+    y = ctx.emit(
+        "conv2d", [x, w, *ins[2:]], stride=(1, one(stride)), padding=(0, one(padding)),
+        dilation=(1, one(dilation)), groups=groups,
+    )  # fmt: skip
+    return ctx.emit("squeeze", [y], axes=(2,))
 
 
 @aten("scaled_dot_product_attention.default")
