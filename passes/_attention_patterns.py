@@ -3,8 +3,10 @@ a fused attention (GQA head repeats dropped, head split/merge absorbed into layo
 
 A causal mask is proven from the IR alone (:func:`tri_form`): constants are inspected, and
 ``full`` / ``tril`` / ``triu`` / top-left ``slice`` / ``eq 0`` / ``logical_not`` / ``where`` /
-``cast`` / reshapes that keep the last two dims are followed symbolically. Anything else stays
-a general mask input, which is always correct (just slower).
+``cast`` / reshapes that keep the last two dims are followed symbolically, and so are
+comparisons of position indices (``kv_idx <= q_idx`` on ``arange`` through ``unsqueeze`` /
+``expand`` / ``+ int``, as Hugging Face's masking_utils builds them) and their ``logical_and``.
+Anything else stays a general mask input, which is always correct (just slower).
 """
 
 from __future__ import annotations
@@ -144,7 +146,96 @@ def tri_form(v: Value, depth: int = 0) -> Tri | None:
         return _slice_form(node, tri_form(ins[0], depth + 1))
     if op == "where":
         return _where_form(node, [tri_form(x, depth + 1) for x in ins])
+    if op in COMPARE_SWAP:
+        return _compare_form(node)
+    if op == "logical_and":
+        return _and_form(node, [tri_form(x, depth + 1) for x in ins])
     return None
+
+
+# -- masks built from position indices (Hugging Face's masking_utils) ------------------------
+#
+# kv_idx <= q_idx with kv_idx = arange(Tk)[None, None, None, :] and q_idx = arange(Tq)[..., None]
+# (plus integer offsets): j + a <= i + b  <=>  j - i <= b - a, a tril with d = b - a.
+
+COMPARE_SWAP = {"le": "ge", "lt": "gt", "ge": "le", "gt": "lt"}
+
+
+def index_form(v: Value, depth: int = 0) -> tuple[int, int] | None:
+    """``(axis, offset)`` when ``v`` holds ``p + offset`` at position p of ``axis`` (counted
+    from the end) and is constant along every other axis, e.g. ``arange(T)[:, None] + 2`` ->
+    ``(-2, 2)``; None when that cannot be proven."""
+    node = v.producer
+    if node is None or depth > 16 or not v.dtype.is_int:
+        return None
+    op, a, ins = node.op, node.attrs, node.inputs
+    if op == "arange":
+        return (-1, a["start"]) if a["step"] == 1 and isinstance(a["start"], int) else None
+    if op in ("add", "sub") and _int_scalar(ins[1]) is not None:
+        form = index_form(ins[0], depth + 1)
+        step = _int_scalar(ins[1]) * (1 if op == "add" else -1)
+        same = tuple(v.shape) == tuple(ins[0].shape)
+        return (form[0], form[1] + step) if form and same else None
+    if op == "add" and _int_scalar(ins[0]) is not None:
+        form = index_form(ins[1], depth + 1)
+        same = tuple(v.shape) == tuple(ins[1].shape)
+        return (form[0], form[1] + _int_scalar(ins[0])) if form and same else None
+    form = index_form(ins[0], depth + 1) if ins else None
+    if form is None:
+        return None
+    if op in ("identity", "expand"):  # expand adds or broadcasts dims other than the axis
+        return form if v.shape[form[0]] == ins[0].shape[form[0]] else None
+    if op == "unsqueeze":
+        added = {x % v.rank for x in a["axes"]}
+        kept = [i for i in range(v.rank) if i not in added]  # where the input's dims went
+        return (kept[ins[0].rank + form[0]] - v.rank, form[1])
+    return None
+
+
+def _int_scalar(v: Value) -> int | None:
+    if v.const is None or v.const.size != 1 or not v.dtype.is_int:
+        return None
+    return int(np.asarray(v.const).flat[0])
+
+
+def _compare_form(node: Node) -> Tri | None:
+    forms = [index_form(x) for x in node.inputs]
+    out, op, (a, b) = node.output, node.op, node.inputs
+    if None in forms or out.rank < 2:
+        return None
+    (a_axis, col), (b_axis, row) = forms
+    if (a_axis, b_axis) == (-2, -1):  # i (op) j  <=>  j (swapped op) i
+        a_axis, b_axis, col, row, a, b = b_axis, a_axis, row, col, b, a
+        op = COMPARE_SWAP[op]
+    if (a_axis, b_axis) != (-1, -2):
+        return None
+    if a.shape[-1] != out.shape[-1] or b.rank < 2 or b.shape[-2] != out.shape[-2]:
+        return None  # an index of length 1 broadcast over the matrix is not i or j
+    d = row - col  # j + col (op) i + row  <=>  j - i (op) d
+    return {
+        "le": Tri(KIND_LOWER, d, 1.0),
+        "lt": Tri(KIND_LOWER, d - 1, 1.0),
+        "ge": Tri(KIND_UPPER, d, 1.0),
+        "gt": Tri(KIND_UPPER, d + 1, 1.0),
+    }[op]
+
+
+def _and_form(node: Node, forms: list[Tri | None]) -> Tri | None:
+    if None in forms:
+        return None
+    for x, y, src in ((forms[0], forms[1], node.inputs[1]), (forms[1], forms[0], node.inputs[0])):
+        if x.kind == KIND_NONE:
+            return Tri(KIND_NONE)
+        if x.kind == KIND_ALL:
+            return replace(y, fill=1.0) if _keeps_matrix(src, node.output, y) else None
+    if not all(_keeps_matrix(x, node.output, f) for x, f in zip(node.inputs, forms)):
+        return None
+    kinds = {f.kind for f in forms}
+    if kinds == {KIND_LOWER}:
+        return Tri(KIND_LOWER, min(f.d for f in forms), 1.0)
+    if kinds == {KIND_UPPER}:
+        return Tri(KIND_UPPER, max(f.d for f in forms), 1.0)
+    return None  # a band (sliding window): no Tri form
 
 
 def _tri_op(op: str, diagonal: int, form: Tri | None) -> Tri | None:

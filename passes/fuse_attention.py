@@ -4,7 +4,8 @@ Rules, in the order they apply to a site:
 
 - ``sdpa``: sdpa(q, k, v, mask?) -> attention (bhsd).
 - ``softmax-attention``: softmax(q @ permute(k) [* c | / c] [+ mask] [where(cond, ., fill)])
-  [identity] @ v -> attention (bhsd), with ``causal`` when the mask is proven causal.
+  [identity] @ v -> attention (bhsd), with ``causal`` when the mask is proven causal, and
+  ``causal`` plus the mask ``rest`` when a boolean mask is ``causal & rest`` (padding).
 - ``skip-identity``: attention(identity(x), ...) -> attention(x, ...).
 - ``absorb-scale``: attention(q * c, ...) -> attention(q, ...) {scale * c}: q or k, mul or
   div, maybe under a permute.
@@ -90,6 +91,10 @@ def plan_mask(
         if additive is not None and kind != "inf":
             return f"causal fill {fill} with an additive mask: fully masked rows would differ"
         return MaskPlan(True, (lambda b: additive) if additive is not None else _none)
+    rest = _causal_and_rest(cond, shape) if keep and kind == "inf" else None
+    if rest is not None:  # keep where causal & rest: the causal flag and the mask rest
+        plan = plan_mask(shape, dtype, additive, rest, keep, fill)
+        return plan if isinstance(plan, str) else MaskPlan(True, plan.make)
     if additive is not None:
         if kind != "inf":
             return f"masked fill {fill} with an additive mask: fully masked rows would differ"
@@ -97,6 +102,17 @@ def plan_mask(
     if kind == "inf":
         return MaskPlan(False, lambda b: cond if keep else b.op("logical_not", cond))
     return MaskPlan(False, lambda b: _where(b, cond, keep, b.const(0.0, dtype, "zero"), fill))
+
+
+def _causal_and_rest(cond: Value, shape: Sequence) -> Value | None:
+    """``rest`` when ``cond`` is ``causal & rest`` (a padding mask on a causal one)."""
+    node = cond.producer
+    if node is None or node.op != "logical_and":
+        return None
+    for causal, rest in (node.inputs, reversed(node.inputs)):
+        if is_causal(causal, shape, CAUSAL_KEEP):
+            return rest
+    return None
 
 
 def _where(b: Builder, cond: Value, keep: bool, value: Value, fill: float) -> Value:

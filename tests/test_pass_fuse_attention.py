@@ -267,11 +267,27 @@ class Sdpa(torch.nn.Module):
             mask = (1.0 - pad[:, None, None, :].float()) * MIN
         if self.mask == "tril":
             mask = torch.tril(torch.ones(t, t, dtype=torch.bool))
+        if self.mask in INDEX_MASKS:
+            mask = INDEX_MASKS[self.mask](torch.arange(t), pad)
         out = F.scaled_dot_product_attention(
             q, k, v, mask, is_causal=self.causal, scale=self.scale, enable_gqa=self.kv != 4
         )
         return out.transpose(1, 2).reshape(b, t, -1)
 
+
+def _index_mask(kv, q, op, pad=None):
+    """Hugging Face's masking_utils: a mask function on broadcast position indices."""
+    mask = op(kv[None, None, None, :], q[None, None, :, None])
+    return mask & (pad[:, None, None, :] > 0) if pad is not None else mask
+
+
+INDEX_MASKS = {
+    "kv_le_q": lambda i, pad: _index_mask(i, i + 0, torch.le),  # kv_idx <= q_idx: causal
+    "q_gt_kv": lambda i, pad: _index_mask(i, i + 1, torch.lt),  # kv_idx < q_idx + 1: causal
+    "causal_padding": lambda i, pad: _index_mask(i, i, torch.le, pad),  # causal & padding
+    "kv_lt_q": lambda i, pad: _index_mask(i, i, torch.lt),  # the diagonal masked: not causal
+    "window": lambda i, pad: _index_mask(i, i, torch.le) & _index_mask(i, i - 3, torch.gt),
+}
 
 SDPA = {  # block -> (kwargs, causal, masked)
     "plain": ({}, False, False),
@@ -280,6 +296,11 @@ SDPA = {  # block -> (kwargs, causal, masked)
     "additive": ({"mask": "float"}, False, True),
     "tril": ({"mask": "tril"}, True, False),  # a proven causal mask becomes the flag
     "gqa": ({"kv_heads": 2, "causal": True}, True, False),
+    "kv_le_q": ({"mask": "kv_le_q"}, True, False),
+    "q_gt_kv": ({"mask": "q_gt_kv"}, True, False),
+    "causal_padding": ({"mask": "causal_padding"}, True, True),
+    "kv_lt_q": ({"mask": "kv_lt_q"}, False, True),  # negative: strictly below the diagonal
+    "window": ({"mask": "window"}, True, True),  # causal & window: the window stays a mask
 }
 
 
