@@ -86,7 +86,38 @@ def test_rms_norm_after_fuse_layernorm():
     assert matches(records, "skip-rms-norm") == 1
 
 
+class Flattened(Block):
+    """OPT's decoder layer: the residual sum flattened to (B*T, C) before the norm, and the
+    flat sum read again after it as the next residual."""
+
+    def __init__(self, heads: int = 1):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(C // heads)
+        self.heads = heads
+
+    def forward(self, x):
+        s = x + self.f(x)
+        flat = s.reshape(-1, self.heads, C // self.heads) if self.heads > 1 else s.reshape(-1, C)
+        return flat + self.norm(flat)
+
+
+def test_reshape_between_add_and_norm_moves_after_the_fused_op():
+    g = trace_module(Flattened(), torch.randn(2, 5, C))
+    out, records = check_pass(
+        g, "fuse-skip-layernorm", appear=["skip_layer_norm"], disappear=["layer_norm"]
+    )
+    assert matches(records, "skip-layer-norm-reshaped") == 1
+    (node,) = [n for n in out.nodes if n.op == "skip_layer_norm"]
+    assert [u.op for v in node.outputs for u, _ in v.uses()] == ["reshape", "reshape"]
+
+
 # -- where the rules must not fire -------------------------------------------------------------
+
+
+def test_reshape_that_splits_the_normalized_dim_is_rejected():
+    g = trace_module(Flattened(heads=2), torch.randn(2, 5, C))
+    (r,) = rejections(_unchanged(g), "skip-layer-norm-reshaped")
+    assert "moves the last dim" in r["reason"]
 
 
 def test_broadcasting_residual_is_rejected():
