@@ -105,8 +105,11 @@ def plan_mask(
 
 
 def _causal_and_rest(cond: Value, shape: Sequence) -> Value | None:
-    """``rest`` when ``cond`` is ``causal & rest`` (a padding mask on a causal one)."""
+    """``rest`` when ``cond`` is ``causal & rest`` (a padding mask on a causal one), maybe
+    behind identities or an expand (the parts broadcast to the scores as the whole did)."""
     node = cond.producer
+    while node is not None and node.op in (*ID, "expand"):
+        node = node.inputs[0].producer
     if node is None or node.op != "logical_and":
         return None
     for causal, rest in (node.inputs, reversed(node.inputs)):

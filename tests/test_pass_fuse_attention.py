@@ -285,6 +285,7 @@ INDEX_MASKS = {
     "kv_le_q": lambda i, pad: _index_mask(i, i + 0, torch.le),  # kv_idx <= q_idx: causal
     "q_gt_kv": lambda i, pad: _index_mask(i, i + 1, torch.lt),  # kv_idx < q_idx + 1: causal
     "causal_padding": lambda i, pad: _index_mask(i, i, torch.le, pad),  # causal & padding
+    "padding_expanded": lambda i, pad: _index_mask(i, i, torch.le, pad).expand(-1, 1, -1, -1),
     "kv_lt_q": lambda i, pad: _index_mask(i, i, torch.lt),  # the diagonal masked: not causal
     "window": lambda i, pad: _index_mask(i, i, torch.le) & _index_mask(i, i - 3, torch.gt),
 }
@@ -299,6 +300,7 @@ SDPA = {  # block -> (kwargs, causal, masked)
     "kv_le_q": ({"mask": "kv_le_q"}, True, False),
     "q_gt_kv": ({"mask": "q_gt_kv"}, True, False),
     "causal_padding": ({"mask": "causal_padding"}, True, True),
+    "padding_expanded": ({"mask": "padding_expanded"}, True, True),
     "kv_lt_q": ({"mask": "kv_lt_q"}, False, True),  # negative: strictly below the diagonal
     "window": ({"mask": "window"}, True, True),  # causal & window: the window stays a mask
 }
