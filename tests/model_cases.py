@@ -86,9 +86,116 @@ def hf_case(name: str) -> Case:
         model = T.T5EncoderModel(config)
 
         make = _ids_and_mask
+    elif name in HF_ENCODERS:
+        model, make = HF_ENCODERS[name](T, small), _ids_and_mask
+    elif name in HF_DECODERS:
+        model, make = HF_DECODERS[name](T, small), _ids_without_cache
+    elif name == "hf-bart":
+        model = T.BartModel(
+            T.BartConfig(
+                vocab_size=100, d_model=32, encoder_layers=2, decoder_layers=2,
+                encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                decoder_ffn_dim=64, max_position_embeddings=64,
+            )
+        )  # fmt: skip
+
+        def make(b, s, seed):
+            return {**_ids_and_mask(b, s, seed), "use_cache": False}
+    elif name == "hf-whisper-encoder":
+        config = T.WhisperConfig(
+            d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64,
+            num_mel_bins=8, max_source_positions=16,
+        )  # fmt: skip
+        model = T.models.whisper.modeling_whisper.WhisperEncoder(config)
+
+        def make(b, s, seed):  # the encoder takes exactly 2 * max_source_positions frames
+            g = torch.Generator().manual_seed(seed)
+            return {"input_features": torch.randn(b, 8, 32, generator=g)}
     else:
         raise KeyError(name)
     return Case(name, model.eval(), make)
+
+
+# Tiny configs of more Hugging Face architectures (hidden 32, 2 layers, vocab 100), each with
+# what sets it apart from BERT / Llama in a comment.
+HF_ENCODERS: dict[str, Callable[[Any, dict], torch.nn.Module]] = {
+    # position ids from a cumsum over input_ids != padding_idx
+    "hf-roberta": lambda T, small: T.RobertaModel(
+        T.RobertaConfig(vocab_size=100, max_position_embeddings=64, **small)
+    ),
+    # factorized embedding (16 -> 32) and one layer's weights shared by both layers
+    "hf-albert": lambda T, small: T.AlbertModel(
+        T.AlbertConfig(vocab_size=100, embedding_size=16, max_position_embeddings=64, **small)
+    ),
+    # embedding projected from 16 to 32
+    "hf-electra": lambda T, small: T.ElectraModel(
+        T.ElectraConfig(vocab_size=100, embedding_size=16, max_position_embeddings=64, **small)
+    ),
+    # causal & padding mask, quick_gelu (x * sigmoid(1.702 x)), pooled output at the argmax id
+    "hf-clip-text": lambda T, small: T.CLIPTextModel(
+        T.CLIPTextConfig(vocab_size=100, max_position_embeddings=64, eos_token_id=2, **small)
+    ),
+    # bottlenecks, NoNorm (x * w + b), trigram embedding (F.pad), several FFNs per layer
+    "hf-mobilebert": lambda T, small: T.MobileBertModel(
+        T.MobileBertConfig(
+            vocab_size=100,
+            hidden_size=32,
+            embedding_size=16,
+            intra_bottleneck_size=16,
+            true_hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=32,
+            max_position_embeddings=64,
+        )
+    ),
+}
+HF_DECODERS: dict[str, Callable[[Any, dict], torch.nn.Module]] = {
+    # sliding-window attention (window 8 < the traced 16) and GQA
+    "hf-mistral": lambda T, small: T.MistralForCausalLM(
+        T.MistralConfig(
+            vocab_size=100,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            sliding_window=8,
+            **small,
+        )
+    ),
+    # q/k/v projections with biases
+    "hf-qwen2": lambda T, small: T.Qwen2ForCausalLM(
+        T.Qwen2Config(vocab_size=100, num_key_value_heads=2, max_position_embeddings=64, **small)
+    ),
+    # RMSNorm weight as (1 + w), GELU-tanh MLP, embeddings scaled by sqrt(hidden)
+    "hf-gemma": lambda T, small: T.GemmaForCausalLM(
+        T.GemmaConfig(
+            vocab_size=100,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=64,
+            **small,
+        )
+    ),
+    # partial rotary (half of each head), attention and MLP in parallel off one LayerNorm
+    "hf-phi": lambda T, small: T.PhiForCausalLM(
+        T.PhiConfig(vocab_size=100, max_position_embeddings=64, partial_rotary_factor=0.5, **small)
+    ),
+    # one packed qkv projection split per head, partial rotary, parallel residual
+    "hf-gpt-neox": lambda T, small: T.GPTNeoXForCausalLM(
+        T.GPTNeoXConfig(vocab_size=100, max_position_embeddings=64, rotary_pct=0.5, **small)
+    ),
+    # learned positions from a cumsum of the mask, (B*T, C) MLP, ReLU
+    "hf-opt": lambda T, small: T.OPTForCausalLM(
+        T.OPTConfig(
+            vocab_size=100,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            ffn_dim=64,
+            word_embed_proj_dim=32,
+            max_position_embeddings=64,
+        )
+    ),
+}
 
 
 def nn_case(name: str) -> Case:
@@ -132,8 +239,11 @@ def nn_case(name: str) -> Case:
 
 ZOO_CASES = ["transformer-tiny", "gpt-tiny", "bert-tiny", "vit-tiny", "llama-tiny"]
 HF_CASES = ["hf-bert", "hf-distilbert", "hf-gpt2", "hf-llama", "hf-vit", "hf-t5-encoder"]
+HF_MORE_CASES = [
+    *HF_ENCODERS, "hf-bart", "hf-whisper-encoder", *HF_DECODERS,
+]  # fmt: skip
 NN_CASES = ["nn-encoder", "nn-encoder-padding", "nn-decoder", "nn-transformer"]
-ALL_CASES = ZOO_CASES + HF_CASES + NN_CASES
+ALL_CASES = ZOO_CASES + HF_CASES + HF_MORE_CASES + NN_CASES
 
 
 def get_case(name: str) -> Case:

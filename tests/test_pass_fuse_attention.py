@@ -435,9 +435,27 @@ MODELS = {
     "nn-encoder-padding": (2, "bhsd"),
     "nn-decoder": (4, "bhsd"),
     "nn-transformer": (6, "bhsd"),
+    "hf-roberta": (2, "bsd"),
+    "hf-albert": (2, "bsd"),
+    "hf-electra": (2, "bsd"),
+    "hf-clip-text": (2, "bsd"),
+    "hf-mobilebert": (2, "bsd"),
+    "hf-bart": (6, "bsd"),
+    "hf-whisper-encoder": (2, "bsd"),
+    "hf-mistral": (2, "bhsd"),
+    "hf-qwen2": (2, "bhsd"),
+    "hf-gemma": (2, "bhsd"),
+    "hf-phi": (2, "bhsd"),  # partial rotary slices the heads between split and attention
+    "hf-gpt-neox": (2, "bhsd"),  # q, k, v chunked out of per-head packed (B, H, T, 3D)
+    "hf-opt": (2, "bsd"),
 }
-CAUSAL_MODELS = {"gpt-tiny": 2, "llama-tiny": 2, "nn-transformer": 2}
-GQA_MODELS = {"llama-tiny", "hf-llama"}
+# Decoders whose mask is proven causal (index comparisons on aranges for OPT, BART and CLIP;
+# Llama-style HF decoders trace transformers' packed-sequence mask: a general mask input).
+CAUSAL_MODELS = {
+    "gpt-tiny": 2, "llama-tiny": 2, "nn-transformer": 2, "hf-clip-text": 2, "hf-bart": 2,
+    "hf-opt": 2,
+}  # fmt: skip
+GQA_MODELS = {"llama-tiny", "hf-llama", "hf-mistral", "hf-qwen2", "hf-gemma"}
 # Cases other test files trace too (the trace is cached per session); the rest are slow.
 SHARED = {"gpt-tiny", "llama-tiny", "hf-gpt2", "hf-llama", "hf-bert", "nn-encoder-padding"}
 

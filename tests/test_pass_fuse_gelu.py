@@ -139,6 +139,7 @@ def test_bias_gelu_with_a_rank_2_bias_is_rejected():
 MODEL_MATCHES = {
     "gpt-tiny": {"gelu-tanh": 2},
     "hf-gpt2": {"gelu-tanh": 2},
+    "hf-phi": {"gelu-tanh": 2},  # gelu_new, as in GPT-2
     "hf-bert": {},
 }
 

@@ -109,7 +109,8 @@ def test_other_forms_are_rejected_with_a_reason():
 
 # -- model cases -------------------------------------------------------------------------------
 
-ROTARIES = {"llama-tiny": 4, "hf-llama": 4, "gpt-tiny": 0}  # q and k in each of 2 layers
+# q and k in each of 2 layers; Phi and GPT-NeoX rotate the first half of each head only.
+ROTARIES = {"llama-tiny": 4, "hf-llama": 4, "hf-phi": 4, "hf-gpt-neox": 4, "gpt-tiny": 0}
 
 
 @pytest.mark.parametrize("name", sorted(ROTARIES))

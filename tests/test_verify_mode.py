@@ -4,7 +4,7 @@ import bad_passes  # noqa: F401  (registers the test-only broken passes)
 import pytest
 import torch
 from click.testing import CliRunner
-from model_cases import HF_CASES, ZOO_CASES
+from model_cases import HF_CASES, HF_MORE_CASES, ZOO_CASES
 
 import tgraph
 from tgraph.cli import main
@@ -69,7 +69,7 @@ def test_verify_passes_a_sound_pipeline_and_checks_every_changing_pass(traced_ca
     assert len(verifier.cases) == 3
 
 
-@pytest.mark.parametrize("case_name", [*ZOO_CASES, *HF_CASES])
+@pytest.mark.parametrize("case_name", [*ZOO_CASES, *HF_CASES, *HF_MORE_CASES])
 def test_verify_default_pipeline_on_models(case_name, traced_case):
     _, graph = traced_case(case_name)
     out, records = verify_pipeline(graph, "default", traced=_traced(graph))
