@@ -29,19 +29,8 @@ from tgraph.ir import DType, Value
 from tgraph.passmanager import register
 from tgraph.rewrite import Builder, Match, P, Pattern, RewritePass, Rule
 
-from ._attention_patterns import (
-    CAUSAL_DROP,
-    CAUSAL_KEEP,
-    ID,
-    attention_pattern,
-    broadcasts_into,
-    fill_kind,
-    head_rules,
-    is_causal,
-    opt_id,
-    reattend,
-    tri_form,
-)
+from ._attention_patterns import ID, attention_pattern, head_rules, opt_id, reattend
+from ._mask_forms import CAUSAL_DROP, CAUSAL_KEEP, broadcasts_into, fill_kind, is_causal, tri_form
 
 SWAP = (0, 1, 3, 2)  # k^T
 

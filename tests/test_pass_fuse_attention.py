@@ -11,7 +11,7 @@ from model_cases import ALL_CASES
 from pass_helpers import check_pass, matches, rejections, trace_module
 
 from tgraph.ir import DType
-from tgraph.passes._attention_patterns import KIND_LOWER, KIND_UPPER, Tri, tri_form
+from tgraph.passes._mask_forms import KIND_LOWER, KIND_UPPER, Tri, tri_form
 from tgraph.passmanager import optimize
 
 CLEANUP = "simplify,fold-constants,cse,dce,fuse-rotary,fuse-attention,dce"
