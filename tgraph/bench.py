@@ -681,28 +681,35 @@ def _time_interleaved(
     runners, results, warmup: int, repeats: int, pause_s: float,
     sync: Callable[[], None] | None = None,
 ) -> None:  # fmt: skip
-    """One call per contender per round, in a fresh random order every round, each timed
-    call starting ``pause_s`` after the previous one ended.
+    """One timed call per contender per round, in a fresh random order every round; on the
+    CPU (``pause_s`` > 0) each timed call comes ``pause_s`` after the previous contender's
+    last call and right after one untimed call of its own.
 
-    ONNX Runtime's worker threads (and OpenMP's, with its default wait policy) stay busy for
-    a while after a call returns, and whoever runs next pays for it: an ORT session of GPT-2
-    1x128 run 20 ms after an identical one took 231 ms instead of 193 (100 ms after: 194),
-    and tgraph-torch right after tgraph-ort measured up to 10x slower than alone. The pause
-    covers that; the random order makes sure no contender always follows the same one (a
-    rotation does: the contender listed after another follows it in most rounds).
-    ``sync`` (``torch.cuda.synchronize``) runs before the clock starts and before it stops,
-    so GPU work is inside the time."""
+    The pause: ONNX Runtime's worker threads (and OpenMP's, with its default wait policy)
+    stay busy for a while after a call returns, and whoever runs next pays for it: an ORT
+    session of GPT-2 1x128 run 20 / 30 / 50 / 70 ms after an identical one took 231 / 211 /
+    192 / 185 ms against 186-193 alone, and tgraph-torch right after tgraph-ort measured up
+    to 10x slower than alone. The untimed call: after 100 ms idle a thread pool has gone to
+    sleep, and waking it costs its next call (an eager forward of zoo:gpt-tiny, 1.0 ms back
+    to back, took 11.8 ms after 100 ms idle with OpenMP's default policy, 2.1 ms with
+    ``OMP_WAIT_POLICY=PASSIVE``), so the timed call measures what a caller in a loop gets.
+    The random order makes sure no contender always follows the same one (a rotation does:
+    the contender listed after another follows it in most rounds). ``sync``
+    (``torch.cuda.synchronize``) runs before the clock starts and before it stops, so GPU
+    work is inside the time."""
     names = list(runners)
     order = random.Random(0)
     for i in range(warmup + repeats):
         for c in order.sample(names, len(names)):
             if c not in runners:
                 continue
-            time.sleep(pause_s)
             if sync:
                 sync()
-            start = time.perf_counter()
             try:
+                if pause_s > 0:
+                    time.sleep(pause_s)
+                    runners[c]()  # untimed: wakes this contender's threads
+                start = time.perf_counter()
                 runners[c]()
                 if sync:
                     sync()
