@@ -102,7 +102,7 @@ def _session(
     Returns the session and what to keep alive with it (the OrtValues over those arrays,
     or the temporary directory), or None.
     """
-    extra = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
+    extra = {"disabled_optimizers": list(disabled_optimizers)}
     if weights:
         names = list(weights)
         values = [ort.OrtValue.ortvalue_from_numpy(weights[n]) for n in names]

@@ -623,13 +623,14 @@ def bench(
     load_before = _load_avg()
     with torch.no_grad(), tempfile.TemporaryDirectory() as tmp:
         ref = _build_eager(setup.model, setup.inputs)()
+        scale = _max_magnitude(ref)
         for c in contenders:
             reason = setup.skip_reason(c)
             if reason:
                 results[c].error = f"skipped: {reason}"
                 continue
             say(f"building {c}")
-            built = _build_one(results[c], setup, ref, tmp, threads, pipeline)
+            built = _build_one(results[c], setup, ref, scale, tmp, threads, pipeline)
             if built is not None:
                 runners[c] = built.run
                 keep.append(built)
@@ -648,9 +649,10 @@ def bench(
 
 
 def _build_one(
-    r: BenchResult, setup: _Setup, ref: Any, tmp: str, threads: int, pipeline: str
+    r: BenchResult, setup: _Setup, ref: Any, scale: float, tmp: str, threads: int, pipeline: str
 ) -> _Built | None:
-    """Build contender ``r.name``, run it once, record build time, error and memory."""
+    """Build contender ``r.name``, run it once, record build time, error (also relative to
+    ``scale``, the reference's largest magnitude) and memory."""
     model, inputs, note = setup.for_contender(r.name)
     _settle_memory()
     rss_before = _rss_mb()
@@ -665,7 +667,6 @@ def _build_one(
     r.build_s = time.perf_counter() - start
     r.stages_s, r.note = built.stages, built.note or note
     r.max_abs_error = _max_error(out, ref)
-    scale = _max_magnitude(ref)
     r.rel_error = r.max_abs_error / scale if scale else None
     del out
     peak, after = _peak_rss_mb(), _rss_mb()

@@ -34,27 +34,19 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_suite import load_case  # noqa: E402
 
 from tgraph import bench as tb  # noqa: E402
+from tgraph.backends import ort as ort_backend  # noqa: E402
 from tgraph.backends.onnx_lowering import to_onnx  # noqa: E402
 from tgraph.backends.onnx_ops import ORT_OPTIMIZERS_OFF  # noqa: E402
 
 
-def _session(model, threads: int, weights=None, disabled=()) -> ort.InferenceSession:
-    """A profiling CPU session; ``weights`` are in-memory initializers, as in tgraph's
-    backend, and ``disabled`` the ORT optimizers to switch off."""
+def _options(threads: int) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     options.enable_profiling = True
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    values = []
-    for name, array in (weights or {}).items():
-        values.append(ort.OrtValue.ortvalue_from_numpy(array))
-        options.add_external_initializers([name], [values[-1]])
-    providers = ["CPUExecutionProvider"]
-    session = ort.InferenceSession(model, options, providers, disabled_optimizers=list(disabled))
-    session._tgraph_keep = values  # ORT reads the in-memory weights in place
-    return session
+    return options
 
 
 def _profile(session: ort.InferenceSession, feeds: dict, runs: int) -> dict[str, float]:
@@ -114,12 +106,16 @@ def main() -> None:
     graph, _ = tgraph.optimize(graph, args.pipeline)
     weights: dict = {}
     proto = to_onnx(graph, external=weights, fold_at_load=True)
-    ours = _session(proto.SerializeToString(), args.threads, weights, ORT_OPTIMIZERS_OFF["cpu"])
+    # tgraph's session as the ort backend makes it: in-memory weights, ORT's re-fusing off
+    providers = ["CPUExecutionProvider"]
+    ours, _keep = ort_backend._session(
+        proto, _options(args.threads), providers, weights, ORT_OPTIMIZERS_OFF["cpu"]
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "plain.onnx")
         names = tb.export_onnx(model, inputs, path)
-        plain = _session(path, args.threads)
+        plain = ort.InferenceSession(path, _options(args.threads), providers)
         args_, kwargs = tb._flat_inputs(inputs)
         flat = list(args_) + [v for v in kwargs.values() if isinstance(v, torch.Tensor)]
         feeds_plain = {n: t.numpy() for n, t in zip(names, flat)}
