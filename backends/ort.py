@@ -35,8 +35,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from tgraph.frontend.convert import torch_dtype
 from tgraph.ir import Graph, SymDim, evaluate
+from tgraph.tensors import torch_dtype
 
 from .onnx_lowering import LoweringError, to_onnx
 from .onnx_ops import ORT_OPTIMIZERS_OFF

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
-from tgraph.frontend.convert import to_numpy, to_torch
 from tgraph.ir import Graph
+from tgraph.tensors import to_numpy, to_torch
 
 from .reference import run_graph
 

@@ -50,9 +50,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from tgraph.frontend.convert import torch_dtype
 from tgraph.ir import DType, Graph, SymDim, Value
 from tgraph.ir.ops import get_op
+from tgraph.tensors import torch_dtype
 
 from .torch_ops import ALIAS_OPS, CREATION_OPS, ops_for
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 
 from tgraph.ir import Node, Value, simplify
-from tgraph.rewrite import Builder, Match, P, Pattern, Rule
+from tgraph.passes.rewrite import Builder, Match, P, Pattern, Rule
 
 ID = ("identity", "dropout")
 HEADS = (0, 2, 1, 3)  # (B, T, H, D) <-> (B, H, T, D)

@@ -21,8 +21,8 @@ MultiHeadAttention takes, and no transpose of activations is left in the block.
 from __future__ import annotations
 
 from tgraph.ir import Node, Value, simplify
-from tgraph.passmanager import register
-from tgraph.rewrite import Builder, Match, P, RewritePass, Rule
+from tgraph.passes.manager import register
+from tgraph.passes.rewrite import Builder, Match, P, RewritePass, Rule
 
 
 def _producer(v: Value, op: str, **attrs) -> Node | None:

@@ -9,7 +9,7 @@ from typing import Any
 from tgraph.ir import Graph, IRError, Node, Value
 from tgraph.ir.ops import get_op
 from tgraph.ir.printer import is_inline
-from tgraph.passmanager import Pass, PassResult, register
+from tgraph.passes.manager import Pass, PassResult, register
 
 
 @register("cse")

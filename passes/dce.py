@@ -5,7 +5,7 @@ from __future__ import annotations
 from tgraph.ir import Graph
 from tgraph.ir.ops import get_op
 from tgraph.ir.printer import is_inline
-from tgraph.passmanager import Pass, PassResult, register
+from tgraph.passes.manager import Pass, PassResult, register
 
 
 @register("dce")

@@ -8,7 +8,7 @@ import numpy as np
 
 from tgraph.ir import Graph, Node, SymDim, Value
 from tgraph.ir.ops import get_op
-from tgraph.passmanager import Pass, PassResult, register
+from tgraph.passes.manager import Pass, PassResult, register
 
 
 @register("fold-constants")

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from functools import partial
 
 from tgraph.ir import DType, Value
-from tgraph.passmanager import register
-from tgraph.rewrite import Builder, Match, P, Pattern, RewritePass, Rule
+from tgraph.passes.manager import register
+from tgraph.passes.rewrite import Builder, Match, P, Pattern, RewritePass, Rule
 
 from ._attention_patterns import ID, attention_pattern, head_rules, opt_id, reattend
 from ._mask_forms import CAUSAL_DROP, CAUSAL_KEEP, broadcasts_into, fill_kind, is_causal, tri_form

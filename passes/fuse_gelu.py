@@ -13,8 +13,8 @@ import math
 
 from tgraph.ir import DType
 from tgraph.ir.dims import format_shape
-from tgraph.passmanager import register
-from tgraph.rewrite import Match, P, Pattern, RewritePass, Rule
+from tgraph.passes.manager import register
+from tgraph.passes.rewrite import Match, P, Pattern, RewritePass, Rule
 
 X = P.var("x")
 SQRT_2 = math.sqrt(2.0)

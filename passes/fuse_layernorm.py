@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from tgraph.ir import DType, Node, Value
 from tgraph.ir.dims import format_shape
-from tgraph.passmanager import register
-from tgraph.rewrite import Match, P, Pattern, RewritePass, Rule
+from tgraph.passes.manager import register
+from tgraph.passes.rewrite import Match, P, Pattern, RewritePass, Rule
 
 X = P.var("x")
 EPS = P.var("eps")

@@ -14,8 +14,8 @@ import numpy as np
 from tgraph.ir import Value
 from tgraph.ir.dims import format_shape
 from tgraph.ir.ops.shapes import numel
-from tgraph.passmanager import register
-from tgraph.rewrite import Builder, Match, P, RewritePass, Rule
+from tgraph.passes.manager import register
+from tgraph.passes.rewrite import Builder, Match, P, RewritePass, Rule
 
 
 def _transposed(b: Builder, w: Value) -> Value:

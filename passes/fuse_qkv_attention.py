@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from tgraph.ir import Value
 from tgraph.ir.ops.shapes import norm_axis
-from tgraph.passmanager import register
-from tgraph.rewrite import Builder, Match, P, RewritePass, Rule
+from tgraph.passes.manager import register
+from tgraph.passes.rewrite import Builder, Match, P, RewritePass, Rule
 
 RULE = "qkv-attention"
 

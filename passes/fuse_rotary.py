@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from tgraph.ir import Value
-from tgraph.passmanager import register
-from tgraph.rewrite import Builder, Match, P, Pattern, RewritePass, Rule
+from tgraph.passes.manager import register
+from tgraph.passes.rewrite import Builder, Match, P, Pattern, RewritePass, Rule
 
 
 def _rotate_half(negate: Pattern | None) -> Pattern:

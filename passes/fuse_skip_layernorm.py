@@ -9,8 +9,8 @@ the norm that keeps the normalized last dim moves after the fused op.
 from __future__ import annotations
 
 from tgraph.ir.dims import format_shape
-from tgraph.passmanager import register
-from tgraph.rewrite import Match, P, RewritePass, Rule
+from tgraph.passes.manager import register
+from tgraph.passes.rewrite import Match, P, RewritePass, Rule
 
 PARAMS = {"layer_norm": ("weight", "bias"), "rms_norm": ("weight",)}
 FUSED = {"layer_norm": "skip_layer_norm", "rms_norm": "skip_rms_norm"}

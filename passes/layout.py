@@ -12,8 +12,8 @@ import numpy as np
 
 from tgraph.ir import Graph, Node, Value, simplify
 from tgraph.ir.ops.shapes import norm_axes, norm_axis
-from tgraph.passmanager import PassResult, register
-from tgraph.rewrite import Builder, Match, P, RewritePass, Rule
+from tgraph.passes.manager import PassResult, register
+from tgraph.passes.rewrite import Builder, Match, P, RewritePass, Rule
 
 UNARY = frozenset(
     "neg abs exp log sqrt rsqrt reciprocal tanh erf sigmoid relu silu sin cos floor gelu "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from tgraph.ir import Graph, Node, Value
-from tgraph.passmanager import Pass, PassResult, register
+from tgraph.passes.manager import Pass, PassResult, register
 
 RULE = "merge-linears"
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from tgraph.ir import DType, Graph, Node, Value
-from tgraph.passmanager import Pass, PassResult, PipelineError, register
+from tgraph.passes.manager import Pass, PassResult, PipelineError, register
 
 from .quantize import layer_name
 

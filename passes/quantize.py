@@ -22,8 +22,8 @@ import numpy as np
 
 from tgraph.ir import DType, Value
 from tgraph.ir.ops.quant import INT8_MAX
-from tgraph.passmanager import PassResult, PipelineError, register
-from tgraph.rewrite import Builder, Match, P, RewritePass, Rule
+from tgraph.passes.manager import PassResult, PipelineError, register
+from tgraph.passes.rewrite import Builder, Match, P, RewritePass, Rule
 
 INT4_MAX = 7
 

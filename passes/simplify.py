@@ -8,8 +8,8 @@ on every site and a mismatch is rejected with a reason.
 from __future__ import annotations
 
 from tgraph.ir import Graph, IRError, Value
-from tgraph.passmanager import PassResult, register
-from tgraph.rewrite import Builder, Match, P, Pattern, RewritePass, Rule
+from tgraph.passes.manager import PassResult, register
+from tgraph.passes.rewrite import Builder, Match, P, Pattern, RewritePass, Rule
 
 
 def _fmt(shape) -> str:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from tgraph.ir import DType, SymDim, evaluate
-from tgraph.passmanager import Pass, PassResult, register
-from tgraph.rewrite import P, RewritePass, Rule
+from tgraph.passes.manager import Pass, PassResult, register
+from tgraph.passes.rewrite import P, RewritePass, Rule
 
 BAD_RULE = "bad-bias"
 TRACED = {"batch": 2, "seq": 16}

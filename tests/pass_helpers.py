@@ -16,7 +16,7 @@ import torch
 import tgraph
 from tgraph.backends.reference import random_inputs, run_graph
 from tgraph.ir import Graph
-from tgraph.passmanager import optimize
+from tgraph.passes.manager import optimize
 
 SIZES = ((2, 16), (1, 7), (3, 5))
 

@@ -24,9 +24,9 @@ from tgraph.api import CompiledModel, model_tensors
 from tgraph.backends import torch_ops
 from tgraph.backends.reference import random_inputs, run_graph
 from tgraph.backends.torch_backend import LoweringError, TorchRunner, lower
-from tgraph.frontend.convert import to_torch
 from tgraph.ir import DType, Graph, SymDim
 from tgraph.ir.ops import all_ops
+from tgraph.tensors import to_torch
 
 F32, I64, BOOL = DType.float32, DType.int64, DType.bool
 BATCH, SEQ = SymDim.symbol("batch"), SymDim.symbol("seq")

@@ -8,10 +8,10 @@ import pytest
 from click.testing import CliRunner
 from test_verify_mode import BAD_PIPELINE, _seventh_linear, _traced
 
-from tgraph.bisect import bisect, replay
 from tgraph.cli import main
-from tgraph.passmanager import parse_pipeline
-from tgraph.passmanager import replay as replay_pipeline
+from tgraph.debug.bisect import bisect, replay
+from tgraph.passes.manager import parse_pipeline
+from tgraph.passes.manager import replay as replay_pipeline
 
 
 @pytest.mark.parametrize("backend", ["reference", "ort", "torch"])

@@ -9,8 +9,8 @@ import tgraph
 from tgraph.api import CompiledModel
 from tgraph.backends import get_backend
 from tgraph.backends.reference import run_graph
-from tgraph.frontend.convert import to_numpy
 from tgraph.ir import SymDim
+from tgraph.tensors import to_numpy
 
 
 @pytest.mark.parametrize("name", ALL_CASES)

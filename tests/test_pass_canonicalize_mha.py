@@ -5,7 +5,7 @@ import pytest
 import torch
 from pass_helpers import check_pass, matches, trace_module
 
-from tgraph.passmanager import format_pipeline, optimize, parse_pipeline
+from tgraph.passes.manager import format_pipeline, optimize, parse_pipeline
 
 
 def _encoder(layers: int = 2) -> torch.nn.Module:

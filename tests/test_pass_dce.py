@@ -6,7 +6,7 @@ import torch
 from pass_helpers import check_pass, trace_module
 
 from tgraph.ir import DType
-from tgraph.passmanager import optimize
+from tgraph.passes.manager import optimize
 
 
 def _stats(records):

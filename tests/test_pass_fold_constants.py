@@ -4,7 +4,7 @@ import pytest
 import torch
 from pass_helpers import check_pass, trace_module
 
-from tgraph.passmanager import optimize
+from tgraph.passes.manager import optimize
 
 
 def _stats(records):

@@ -12,7 +12,7 @@ from pass_helpers import check_pass, matches, rejections, trace_module
 
 from tgraph.ir import DType
 from tgraph.passes._mask_forms import KIND_LOWER, KIND_UPPER, Tri, tri_form
-from tgraph.passmanager import optimize
+from tgraph.passes.manager import optimize
 
 CLEANUP = "simplify,fold-constants,cse,dce,fuse-rotary,fuse-attention,dce"
 MIN = torch.finfo(torch.float32).min

@@ -6,7 +6,7 @@ import pytest
 import torch
 from pass_helpers import check_pass, matches, rejections, trace_module
 
-from tgraph.passmanager import optimize
+from tgraph.passes.manager import optimize
 
 SQRT_2 = math.sqrt(2.0)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from pass_helpers import check_pass, matches, rejections, trace_module
 
-from tgraph.passmanager import optimize
+from tgraph.passes.manager import optimize
 
 C, N = 8, 16
 

@@ -13,7 +13,7 @@ from tgraph.backends import ort as ort_backend
 from tgraph.backends import torch_backend
 from tgraph.backends.reference import run_graph
 from tgraph.ir import DType, Graph, IRError, SymDim, evaluate
-from tgraph.passmanager import optimize
+from tgraph.passes.manager import optimize
 
 D, HEADS = 32, 4
 F32, BOOL = DType.float32, DType.bool

@@ -6,7 +6,7 @@ import pytest
 import torch
 from pass_helpers import check_pass, matches, rejections, trace_module
 
-from tgraph.passmanager import optimize
+from tgraph.passes.manager import optimize
 
 CLEANUP = "simplify,fold-constants,cse,dce,fuse-rotary,fuse-attention,dce"
 

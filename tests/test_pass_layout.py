@@ -6,7 +6,7 @@ import torch
 from pass_helpers import check_pass, matches, rejections, trace_module
 
 from tgraph.ir import DType, Graph, parse_dim
-from tgraph.passmanager import optimize
+from tgraph.passes.manager import optimize
 
 B, T = parse_dim("batch"), parse_dim("seq")
 F32 = DType.float32

@@ -22,7 +22,7 @@ from tgraph.api import CompiledModel, model_tensors
 from tgraph.backends import get_backend
 from tgraph.backends.reference import random_inputs, run_graph
 from tgraph.ir import DType, Graph
-from tgraph.passmanager import PipelineError, format_pipeline, optimize, parse_pipeline
+from tgraph.passes.manager import PipelineError, format_pipeline, optimize, parse_pipeline
 
 TOLERANCE = {"bf16": 2e-2, "fp16": 5e-3}
 LOW = {"bf16": DType.bfloat16, "fp16": DType.float16}

@@ -18,8 +18,8 @@ import tgraph
 from tgraph.accuracy import AccuracyError, check_budget, split_pipeline
 from tgraph.ir.ops import get_op
 from tgraph.ir.ops.quant import quantize_rows, unpack_int4
+from tgraph.passes.manager import format_pipeline, optimize, parse_pipeline
 from tgraph.passes.quantize import quantize_int4, quantize_int8
-from tgraph.passmanager import format_pipeline, optimize, parse_pipeline
 
 TOLERANCE = {"int8": 5e-2, "int4": 0.4}
 

@@ -10,7 +10,7 @@ from pass_helpers import trace_module
 
 import tgraph
 from tgraph.ir import Graph
-from tgraph.passmanager import (
+from tgraph.passes.manager import (
     Pass,
     PassError,
     PassResult,

@@ -5,7 +5,7 @@ import json
 from click.testing import CliRunner
 
 from tgraph.cli import main
-from tgraph.perpass import families, variants
+from tgraph.debug.perpass import families, variants
 
 
 def test_variants_drop_one_family_each():

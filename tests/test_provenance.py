@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from model_cases import ZOO_CASES
 
 from tgraph.cli import main
-from tgraph.passmanager import PassInstrument, optimize
-from tgraph.report import html_report, write_text_atomic
+from tgraph.debug.report import html_report, write_text_atomic
+from tgraph.passes.manager import PassInstrument, optimize
 
 CHROMIUM = "/usr/bin/chromium"
 

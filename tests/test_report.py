@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from tgraph.passmanager import optimize
-from tgraph.report import html_report, write_text_atomic
+from tgraph.debug.report import html_report, write_text_atomic
+from tgraph.passes.manager import optimize
 
 CHROMIUM = "/usr/bin/chromium"
 

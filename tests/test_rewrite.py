@@ -3,8 +3,8 @@
 import torch
 from pass_helpers import assert_same_outputs, matches, rejections, trace_module
 
-from tgraph.passmanager import optimize, register
-from tgraph.rewrite import P, RewritePass, Rule
+from tgraph.passes.manager import optimize, register
+from tgraph.passes.rewrite import P, RewritePass, Rule
 
 
 def _relu_times_two_check(m):

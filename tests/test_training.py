@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import tgraph
 from tgraph.models import build, example_inputs
-from tgraph.passmanager import PassManager
+from tgraph.passes.manager import PassManager
 
 STEPS = 10
 

@@ -1,4 +1,4 @@
-"""Verify mode (tgraph.numcheck): every pass checked numerically against the graph before it."""
+"""Verify mode (tgraph.debug.numcheck): every pass checked numerically against the graph before it."""
 
 import bad_passes  # noqa: F401  (registers the test-only broken passes)
 import pytest
@@ -8,8 +8,14 @@ from model_cases import HF_CASES, HF_MORE_CASES, ZOO_CASES
 
 import tgraph
 from tgraph.cli import main
-from tgraph.numcheck import NumericError, NumericVerifier, close, verify_pipeline, verify_sizes
-from tgraph.passmanager import PassError, optimize
+from tgraph.debug.numcheck import (
+    NumericError,
+    NumericVerifier,
+    close,
+    verify_pipeline,
+    verify_sizes,
+)
+from tgraph.passes.manager import PassError, optimize
 
 # 12 passes on BERT with the broken one in the middle.
 BAD_PIPELINE = (

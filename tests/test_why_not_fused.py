@@ -7,8 +7,8 @@ import torch
 from click.testing import CliRunner
 
 import tgraph
-from tgraph.passmanager import optimize, why_not_fused
-from tgraph.report import html_report, why_not_fused_text
+from tgraph.debug.report import html_report, why_not_fused_text
+from tgraph.passes.manager import optimize, why_not_fused
 
 NEAR_MISS = "interior value %erf is also used by %output_1 (mul)"
 

@@ -5,15 +5,40 @@ cm = tgraph.compile(model, example_inputs, backend="reference")
 out = cm(*args)
 g = tgraph.trace(model, example_inputs)
 print(g.dump())
+
+The package imports lazily: ``import tgraph.ir`` (or ``tgraph.passes``) loads neither torch
+nor onnxruntime; the first use of a name below imports the module that defines it.
 """
 
-from .api import CompiledModel, InputError, compile
-from .artifact import ArtifactError, load
-from .frontend import FrontendError, trace
-from .ir import DType, Graph, IRError, Node, SymDim, TensorType, Value
-from .passmanager import PassError, PipelineError, diff, list_passes, optimize
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "ArtifactError": "tgraph.artifact",
+    "load": "tgraph.artifact",
+    "CompiledModel": "tgraph.api",
+    "InputError": "tgraph.api",
+    "compile": "tgraph.api",
+    "FrontendError": "tgraph.frontend",
+    "trace": "tgraph.frontend",
+    "DType": "tgraph.ir",
+    "Graph": "tgraph.ir",
+    "IRError": "tgraph.ir",
+    "Node": "tgraph.ir",
+    "SymDim": "tgraph.ir",
+    "TensorType": "tgraph.ir",
+    "Value": "tgraph.ir",
+    "PassError": "tgraph.passes.manager",
+    "PipelineError": "tgraph.passes.manager",
+    "diff": "tgraph.passes.manager",
+    "list_passes": "tgraph.passes.manager",
+    "optimize": "tgraph.passes.manager",
+}
 
 __all__ = [
     "ArtifactError",
@@ -23,9 +48,9 @@ __all__ = [
     "Graph",
     "IRError",
     "InputError",
+    "Node",
     "PassError",
     "PipelineError",
-    "Node",
     "SymDim",
     "TensorType",
     "Value",
@@ -37,3 +62,24 @@ __all__ = [
     "optimize",
     "trace",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tgraph' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:
+    from tgraph.api import CompiledModel, InputError, compile
+    from tgraph.artifact import ArtifactError, load
+    from tgraph.frontend import FrontendError, trace
+    from tgraph.ir import DType, Graph, IRError, Node, SymDim, TensorType, Value
+    from tgraph.passes.manager import PassError, PipelineError, diff, list_passes, optimize

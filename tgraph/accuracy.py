@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from tgraph.ir import DType, Graph
-from tgraph.passmanager import PassManager, PassRecord, PassSpec, format_pipeline, parse_pipeline
+from tgraph.passes.manager import PassManager, PassRecord, PassSpec, format_pipeline, parse_pipeline
 
 COMPRESSION_PASSES = ("quantize-int8", "quantize-int4", "mixed-precision")
 _BUDGET_KEYS = {"max_rel_error", "min_top1"}

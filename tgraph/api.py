@@ -11,7 +11,7 @@ import torch.utils._pytree as pytree
 from tgraph.backends import Runner
 from tgraph.frontend import ir_dtype, normalize_inputs, trace
 from tgraph.ir import Graph, SymDim
-from tgraph.passmanager import PassManager
+from tgraph.passes.manager import PassManager
 
 
 class InputError(ValueError):
@@ -170,7 +170,7 @@ def compile(
         verify: check every pass numerically against the graph before it with the
             reference interpreter (and gradients, for the torch backend with trainable
             parameters); raises ``PassError`` naming the first pass that drifts
-            (``tgraph.numcheck``).
+            (``tgraph.debug.numcheck``).
         accuracy: a budget for a compression pipeline, ``{"max_rel_error": 1e-2}`` (and
             optionally ``"min_top1": 0.99``): layers are kept in fp32, most sensitive
             first, until the compressed model meets it on the example inputs
@@ -194,7 +194,7 @@ def compile(
     say("tracing with torch.export")
     graph = trace(model, example_inputs, dynamic=dynamic)
     if verify:
-        from tgraph.numcheck import compile_verifier
+        from tgraph.debug.numcheck import compile_verifier
 
         manager.instruments.append(compile_verifier(graph, model, example_inputs, backend))
     fitted = None

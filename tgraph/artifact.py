@@ -95,7 +95,7 @@ def save(cm: CompiledModel, directory: str | os.PathLike[str]) -> None:
     import safetensors.torch
 
     from tgraph import __version__
-    from tgraph.frontend.convert import to_torch
+    from tgraph.tensors import to_torch
 
     directory = os.fspath(directory)
     parent = os.path.dirname(os.path.abspath(directory)) or "."
@@ -186,7 +186,7 @@ def load(directory: str | os.PathLike[str], device: str | None = None) -> Compil
 
     from tgraph.api import CompiledModel
     from tgraph.backends import get_backend
-    from tgraph.frontend.convert import to_numpy
+    from tgraph.tensors import to_numpy
 
     directory = os.fspath(directory)
     manifest = read_manifest(directory)

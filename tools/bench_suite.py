@@ -54,7 +54,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from tgraph.bench import CONTENDERS, GPU_DEFAULT_CONTENDERS, bench  # noqa: E402
-from tgraph.checkpoints import LoadedModel, load_model  # noqa: E402
+from tgraph.cli.checkpoints import LoadedModel, load_model  # noqa: E402
 
 SUITES = {
     "cpu-fp32": [

@@ -6,74 +6,32 @@ import numpy as np
 import sympy
 import torch
 
-from tgraph.ir import DimLike, DType, SymDim, simplify
-
-_TORCH_TO_IR = {
-    torch.float32: DType.float32,
-    torch.float16: DType.float16,
-    torch.bfloat16: DType.bfloat16,
-    torch.float64: DType.float64,
-    torch.int64: DType.int64,
-    torch.int32: DType.int32,
-    torch.int16: DType.int16,
-    torch.int8: DType.int8,
-    torch.uint8: DType.uint8,
-    torch.bool: DType.bool,
-}
-_IR_TO_TORCH = {v: k for k, v in _TORCH_TO_IR.items()}
+from tgraph.ir import DimLike, SymDim, simplify
+from tgraph.tensors import DTypeError, shared_view, to_numpy, to_torch, torch_dtype
+from tgraph.tensors import ir_dtype as _ir_dtype
 
 
 class UnsupportedError(Exception):
     """The model uses something the frontend cannot translate faithfully."""
 
 
-def ir_dtype(dtype: torch.dtype) -> DType:
+def ir_dtype(dtype: torch.dtype):
+    """The IR dtype of a torch dtype; UnsupportedError (a frontend error) when there is none."""
     try:
-        return _TORCH_TO_IR[dtype]
-    except KeyError:
-        raise UnsupportedError(f"torch dtype {dtype} has no tgraph dtype") from None
+        return _ir_dtype(dtype)
+    except DTypeError as e:
+        raise UnsupportedError(str(e)) from None
 
 
-def torch_dtype(dtype: DType) -> torch.dtype:
-    return _IR_TO_TORCH[dtype]
-
-
-def to_numpy(t: torch.Tensor) -> np.ndarray:
-    """A NumPy copy of a tensor (bf16 goes through ml_dtypes' bfloat16)."""
-    t = t.detach().cpu()
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(DType.bfloat16.numpy).copy()
-    return t.numpy().copy()
-
-
-def shared_view(t: torch.Tensor) -> np.ndarray:
-    """A read-only NumPy view of a CPU tensor's memory, no copy (a copy for other devices).
-
-    The frontend makes the graph's weights this way, so a traced model costs no second copy
-    of its parameters: the graph reads the model's own storage (the IR never writes to a
-    constant). A model whose weights change in place after tracing changes the graph's
-    constants too; trace a copy of the model to keep a snapshot.
-    """
-    t = t.detach()
-    if t.device.type != "cpu" or t.is_conj() or t.is_neg():
-        array = to_numpy(t)
-    elif t.dtype == torch.bfloat16:
-        array = t.view(torch.int16).numpy().view(DType.bfloat16.numpy)
-    else:
-        array = t.numpy()
-    array.setflags(write=False)
-    return array
-
-
-def to_torch(a: np.ndarray) -> torch.Tensor:
-    """A tensor for an array (shares memory when the array is writable, else copies)."""
-    if not a.flags.writeable:
-        a = a.copy()
-    # np.ascontiguousarray makes 0-d arrays 1-d: restore the shape.
-    if a.dtype.name == "bfloat16":
-        bits = np.ascontiguousarray(a).view(np.int16).reshape(a.shape)
-        return torch.from_numpy(bits).view(torch.bfloat16)
-    return torch.from_numpy(np.ascontiguousarray(a).reshape(a.shape))
+__all__ = [
+    "SymbolTable",
+    "UnsupportedError",
+    "ir_dtype",
+    "shared_view",
+    "to_numpy",
+    "to_torch",
+    "torch_dtype",
+]
 
 
 class SymbolTable:

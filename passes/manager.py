@@ -64,7 +64,7 @@ class PassError(RuntimeError):
 
 
 class InstrumentError(Exception):
-    """An instrument rejected a pass's result (numeric verification: ``tgraph.numcheck``)."""
+    """An instrument rejected a pass's result (numeric verification: ``tgraph.debug.numcheck``)."""
 
 
 class PassInstrument:
@@ -277,10 +277,10 @@ class PassManager:
         verify: run ``graph.verify()`` after every pass.
         dump_dir: write ``00-input.txt``, ``NN-<pass>.txt``/``.diff`` and ``summary.json``.
         keep_dumps: keep each pass's dump text on its record (``PassRecord.dump``), for
-            reports built in memory (``tgraph.report``) rather than from a dump dir.
+            reports built in memory (``tgraph.debug.report``) rather than from a dump dir.
         progress: called with a short message before each pass (the CLI's status line).
         instruments: :class:`PassInstrument` objects called around every pass (numeric
-            verification, ``tgraph.numcheck``).
+            verification, ``tgraph.debug.numcheck``).
     """
 
     def __init__(

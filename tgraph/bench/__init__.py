@@ -220,7 +220,7 @@ class _Built:
 
 
 def _build_tgraph(model, inputs, backend: str, pipeline: str) -> Callable[[], Any]:
-    """tgraph.compile's model as a no-argument call (also used by ``tgraph.perpass``)."""
+    """tgraph.compile's model as a no-argument call (also used by ``tgraph.debug.perpass``)."""
     return _make_tgraph(model, inputs, backend, pipeline).run
 
 

@@ -65,7 +65,7 @@ def main(ctx: _Context, debug: bool) -> None:
 
 
 def _load(checkpoint: str, batch: int, seq_len: int):
-    from tgraph.checkpoints import load_model
+    from tgraph.cli.checkpoints import load_model
 
     return load_model(checkpoint, batch=batch, seq=seq_len)
 
@@ -120,7 +120,7 @@ def dump(
     timeline, op histograms, a side-by-side diff per pass and the "why not fused"
     table. The graph is still printed.
     """
-    from tgraph.passmanager import optimize, parse_pipeline
+    from tgraph.passes.manager import optimize, parse_pipeline
 
     _run(ctx, parse_pipeline, pipeline)
     traced = _run(ctx, _trace, checkpoint, batch, seq_len)
@@ -129,7 +129,7 @@ def dump(
     if html_path:
         _run(ctx, _write_report, html_path, checkpoint, traced, graph, records)
     if why_not:
-        from tgraph.report import why_not_fused_text
+        from tgraph.debug.report import why_not_fused_text
 
         click.echo(why_not_fused_text(records), nl=False)
     elif fmt == "json":
@@ -141,7 +141,7 @@ def dump(
 
 
 def _write_report(path: str, checkpoint: str, traced, graph, records) -> None:
-    from tgraph.report import html_report, write_text_atomic
+    from tgraph.debug.report import html_report, write_text_atomic
 
     write_text_atomic(path, html_report(traced, graph, records, title=f"tgraph: {checkpoint}"))
 
@@ -222,7 +222,7 @@ def compile_(
       tgraph compile zoo:gpt-tiny -o gpt8.tg --pipeline int8 --max-rel-error 1e-2
     """
     import tgraph
-    from tgraph.passmanager import parse_pipeline
+    from tgraph.passes.manager import parse_pipeline
 
     _run(ctx, parse_pipeline, pipeline)
     accuracy = None
@@ -272,7 +272,7 @@ def run(
       tgraph run bert.tg --inputs inputs.npz --output outputs.npz
     """
     import tgraph
-    from tgraph.runio import read_inputs, run_flat, summarize, write_outputs
+    from tgraph.cli.npz_io import read_inputs, run_flat, summarize, write_outputs
 
     if bool(inputs_path) == random_inputs:
         _fail("give exactly one of --inputs FILE.npz or --random", code=2)
@@ -296,7 +296,7 @@ def diff(ctx: _Context, a: str, b: str) -> None:
       tgraph diff dumps/03-fuse-linear.txt dumps/04-fuse-attention.txt
       tgraph diff dumps-before/ dumps-after/
     """
-    from tgraph.passmanager import diff as diff_text
+    from tgraph.passes.manager import diff as diff_text
 
     if os.path.isdir(a) != os.path.isdir(b):
         _fail("give two dump files or two dump directories", code=2)
@@ -437,7 +437,7 @@ def _bench_per_pass(
 ) -> None:  # fmt: skip
     import json
 
-    from tgraph.perpass import format_report, per_pass_bench
+    from tgraph.debug.perpass import format_report, per_pass_bench
 
     chosen = [b.strip()[len("tgraph-") :] for b in backends.split(",")
               if b.strip().startswith("tgraph-")]  # fmt: skip
@@ -490,10 +490,10 @@ def bisect_(
     """
     import tgraph
     from tgraph.api import flatten_call, model_tensors
-    from tgraph.bisect import bisect as run_bisect
+    from tgraph.debug.bisect import bisect as run_bisect
+    from tgraph.debug.numcheck import traced_bindings
     from tgraph.frontend import normalize_inputs
-    from tgraph.numcheck import traced_bindings
-    from tgraph.passmanager import parse_pipeline
+    from tgraph.passes.manager import parse_pipeline
 
     _run(ctx, parse_pipeline, pipeline)
     loaded = _run(ctx, _load, checkpoint, batch, seq_len)
@@ -527,7 +527,7 @@ def replay(ctx: _Context, directory: str, backend: str | None) -> None:
     Example:
       tgraph replay bisect-repro
     """
-    from tgraph.bisect import replay as run_replay
+    from tgraph.debug.bisect import replay as run_replay
 
     result = _run(ctx, run_replay, directory, backend)
     click.echo(result.summary())
@@ -582,7 +582,7 @@ def passes() -> None:
     Example:
       tgraph passes
     """
-    from tgraph.passmanager import list_passes
+    from tgraph.passes.manager import list_passes
 
     entries = list_passes()
     width = max(len(n) for n in entries)

@@ -59,7 +59,7 @@ def read_inputs(
 def run_flat(cm: CompiledModel, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
     """Run on arrays in graph-input order; outputs keyed by graph output name."""
     from tgraph.api import check_inputs
-    from tgraph.frontend.convert import to_numpy, to_torch
+    from tgraph.tensors import to_numpy, to_torch
 
     tensors = [to_torch(a) for a in arrays]
     check_inputs(cm.graph, tensors)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from tgraph.ir import Graph, Node, SymDim, TensorType
-from tgraph.passmanager import (
+from tgraph.passes.manager import (
     InstrumentError,
     PassInstrument,
     PassRecord,
@@ -340,7 +340,7 @@ def torch_gradients(params: Mapping[str, Any], seed: int = 0) -> Gradients:
     import torch
 
     from tgraph.backends import get_backend
-    from tgraph.frontend.convert import to_numpy, to_torch
+    from tgraph.tensors import to_numpy, to_torch
 
     trainable = {k: p for k, p in params.items() if getattr(p, "requires_grad", False)}
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from tgraph.bench import _build_eager, _build_tgraph, _max_error
-from tgraph.passmanager import PassSpec, format_pipeline, parse_pipeline
+from tgraph.passes.manager import PassSpec, format_pipeline, parse_pipeline
 
 # Passes that clean up rather than fuse: they stay in every variant.
 CLEANUP = ("simplify", "fold-constants", "cse", "dce")

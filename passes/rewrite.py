@@ -28,7 +28,7 @@ import numpy as np
 
 from tgraph.ir import DType, Graph, Node, Value
 from tgraph.ir.ops import get_op
-from tgraph.passmanager import Pass, PassResult
+from tgraph.passes.manager import Pass, PassResult
 
 # -- patterns --------------------------------------------------------------------------------
 

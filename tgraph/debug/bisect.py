@@ -3,7 +3,7 @@
 ``tgraph bisect CHECKPOINT --pipeline P --backend B`` (and :func:`bisect` here):
 
 1. The oracle is the reference interpreter on the unoptimized graph, at the verify sizes
-   (:func:`tgraph.numcheck.verify_sizes`) with seeded random inputs.
+   (:func:`tgraph.debug.numcheck.verify_sizes`) with seeded random inputs.
 2. The pipeline runs once, keeping the graph after every pass. A probe lowers one of
    these graphs with backend B, runs it and compares with the oracle (``--tol``). The
    unoptimized graph must pass (else the backend, not a pass, is wrong) and the final one
@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from tgraph.debug.numcheck import close, verify_sizes
 from tgraph.ir import Graph
-from tgraph.numcheck import close, verify_sizes
-from tgraph.passmanager import PassError, PassSpec, parse_pipeline, write_reproducer
+from tgraph.passes.manager import PassError, PassSpec, parse_pipeline, write_reproducer
 
 DEFAULT_TOL = 1e-4
 
@@ -117,7 +117,7 @@ def run_backend(
     import torch
 
     from tgraph.backends import get_backend
-    from tgraph.frontend.convert import to_numpy, to_torch
+    from tgraph.tensors import to_numpy, to_torch
 
     runner = get_backend(backend).lower(graph, "cpu", params=params)
     with torch.no_grad():
@@ -131,7 +131,7 @@ def _with_max_matches(spec: PassSpec, n: int) -> PassSpec:
 
 
 def _is_rewrite(spec: PassSpec) -> bool:
-    from tgraph.rewrite import RewritePass
+    from tgraph.passes.rewrite import RewritePass
 
     return isinstance(spec.create(), RewritePass)
 
@@ -289,7 +289,7 @@ def replay(directory: str, backend: str | None = None) -> ReplayResult:
     Raises:
         FileNotFoundError: ``directory`` is not a bisect reproducer.
     """
-    from tgraph.passmanager import replay as replay_pipeline
+    from tgraph.passes.manager import replay as replay_pipeline
 
     info_path = os.path.join(directory, "bisect.json")
     if not os.path.exists(info_path):

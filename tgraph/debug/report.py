@@ -24,7 +24,7 @@ import os
 from collections.abc import Sequence
 
 from tgraph.ir import Graph
-from tgraph.passmanager import PassRecord
+from tgraph.passes.manager import PassRecord
 
 # Unchanged lines shown around each change in a diff; longer unchanged runs fold to one row.
 CONTEXT_LINES = 3
@@ -371,7 +371,7 @@ def _input_graph(graph: Graph) -> str:
 def why_not_fused_text(records: Sequence[PassRecord]) -> str:
     """The "why not fused" report as text (``tgraph dump --why-not-fused``): per rule of
     every rewrite pass, how many sites it fused and each rejected site with its reason."""
-    from tgraph.passmanager import why_not_fused
+    from tgraph.passes.manager import why_not_fused
 
     entries = why_not_fused(records)
     rejected = sum(len(e["rejected"]) for e in entries)

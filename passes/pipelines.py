@@ -1,0 +1,46 @@
+"""The named pipelines: ``default``, ``training``, ``none`` and the compression pipelines."""
+
+from tgraph.passes.manager import register_pipeline
+
+# Cleanup first (so fusions meet canonical patterns), then fusions from the leaves up
+# (norms, GELU, linear, rotary, attention), then the fusions that need the fused ops
+# (skip-norm, qkv merge, layout; nn.MultiheadAttention's head shuffles become batch-first
+# once layout has sunk its transposes, and a second layout switches its attention to bsd),
+# each stage followed by its visible cleanup.
+_DEFAULT = [
+    "simplify", "fold-constants", "cse", "dce",
+    "fuse-layernorm", "fuse-gelu", "fuse-linear", "fuse-rotary", "fuse-attention",
+    "simplify", "dce",
+    "fuse-skip-layernorm", "merge-qkv", "fuse-qkv-attention", "layout",
+    "canonicalize-mha", "layout",
+    "simplify", "cse", "dce",
+]  # fmt: skip
+_KEEP = {"fold-constants", "fuse-linear", "layout"}  # passes that can bake weights
+_TRAINING = [
+    f"{p}{{keep_trainable=true}}" if p in _KEEP else p for p in _DEFAULT if p != "merge-qkv"
+]
+
+register_pipeline("none", "", "no passes")
+register_pipeline(
+    "default", ",".join(_DEFAULT), "inference: cleanup, constant folding, fusions and layout"
+)
+register_pipeline(
+    "training",
+    ",".join(_TRAINING),
+    "like default, but never bakes trainable parameters into constants (no merge-qkv)",
+)
+
+# Compression (see docs/passes.md): the default pipeline, then the compression pass and a
+# cleanup that folds its casts and drops the full-precision weights it replaced. The int
+# pipelines skip fuse-qkv-attention, whose fused op would hide the projections' linears.
+_NO_QKV = [p for p in _DEFAULT if p != "fuse-qkv-attention"]
+_COMPRESSION = {
+    "bf16": (_DEFAULT, "mixed-precision{dtype=bf16}", "bf16 matmuls/attention, fp32 norms"),
+    "fp16": (_DEFAULT, "mixed-precision{dtype=fp16}", "fp16 matmuls/attention, fp32 norms"),
+    "int8": (_NO_QKV, "quantize-int8", "dynamic int8 linear layers (per-channel weights)"),
+    "int4": (_NO_QKV, "quantize-int4", "weight-only block-wise int4 linear layers"),
+}
+for _name, (_base, _pass, _what) in _COMPRESSION.items():
+    register_pipeline(
+        _name, ",".join([*_base, _pass, "fold-constants", "cse", "dce"]), f"default, then {_what}"
+    )
