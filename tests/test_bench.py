@@ -83,7 +83,7 @@ def test_hf_directory_benches_through_the_cli(tmp_path):
 
 
 def test_a_contender_failing_while_timed_is_reported_not_fatal():
-    from tgraph.bench import BenchResult, _time_interleaved
+    from tgraph.bench import BenchResult, time_interleaved
 
     calls = {"n": 0}
 
@@ -94,7 +94,7 @@ def test_a_contender_failing_while_timed_is_reported_not_fatal():
 
     runners = {"ok": lambda: None, "flaky": flaky}
     results = {"ok": BenchResult("ok"), "flaky": BenchResult("flaky")}
-    _time_interleaved(runners, results, warmup=1, repeats=3, pause_s=0.0)
+    time_interleaved(runners, results, warmup=1, repeats=3, pause_s=0.0)
     assert len(results["ok"].times_ms) == 3
     assert results["flaky"].error == "failed on call 3: RuntimeError: second call broke"
     assert results["flaky"].times_ms == []
@@ -136,12 +136,12 @@ def test_low_precision_bench_gives_converting_pipelines_the_fp32_model():
 
 
 def test_timed_calls_are_bracketed_by_sync():
-    from tgraph.bench import BenchResult, _time_interleaved
+    from tgraph.bench import BenchResult, time_interleaved
 
     events = []
     runners = {"a": lambda: events.append("a")}
     results = {"a": BenchResult("a")}
-    _time_interleaved(runners, results, 1, 2, 0.0, sync=lambda: events.append("sync"))
+    time_interleaved(runners, results, 1, 2, 0.0, sync=lambda: events.append("sync"))
     assert events == ["sync", "a", "sync"] * 3 and len(results["a"].times_ms) == 2
 
 
@@ -161,3 +161,43 @@ def test_cuda_fp16_bench():
 
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         assert "needs onnxruntime-gpu" in results["tgraph-ort"].error
+
+
+def test_contract_backend_names_are_tgraph_columns():
+    assert expand_contenders(["eager", "ort", "torch"], []) == (
+        "eager", "tgraph-ort", "tgraph-torch"
+    )  # fmt: skip
+    report = _report(["eager", "ort"])
+    assert [r.name for r in report.results] == ["eager", "tgraph-ort"]
+    assert report.results[1].max_abs_error < 1e-4
+
+
+def test_skipped_peer_says_why_once(monkeypatch):
+    from tgraph.bench import contenders
+
+    monkeypatch.setattr(contenders, "_BY_NAME", dict(contenders._BY_NAME))
+    peer = contenders._BY_NAME["ort-plain"]
+    contenders._BY_NAME["ort-plain"] = contenders.Contender(
+        peer.name, peer.build, needs="no_such_package_xyz", devices=peer.devices
+    )
+    text = format_table(_report(["eager", "ort-plain"]))
+    line = next(x for x in text.splitlines() if x.startswith("ort-plain"))
+    assert line.split() == ["ort-plain", "skipped:", "no_such_package_xyz", "is", "not",
+                            "installed", "(pip", "install", "no_such_package_xyz)"]  # fmt: skip
+
+
+def test_export_fallback_is_reported(monkeypatch, tmp_path):
+    from tgraph.bench import exporters
+
+    real = torch.onnx.export
+
+    def dynamo_fails(*args, dynamo=True, **kwargs):
+        if dynamo:
+            raise RuntimeError("no dynamo today")
+        return real(*args, dynamo=False, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", dynamo_fails)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4)).eval()
+    names, note = exporters.export_onnx(model, (torch.randn(2, 3, 4),), str(tmp_path / "m.onnx"))
+    assert names == ["input_0"]
+    assert note == "exported with the TorchScript exporter (torch.export failed: no dynamo today)"

@@ -35,3 +35,38 @@ def test_cli_bench_per_pass(tmp_path):
     assert all(v["median_ms"] and v["max_abs_error"] < 1e-4 for v in report["variants"])
     bad = CliRunner().invoke(main, ["bench", "zoo:gpt-tiny", "--per-pass", "--backends", "eager"])
     assert bad.exit_code == 2 and "needs a tgraph-* backend" in bad.stderr
+
+
+def test_per_pass_uses_the_bench_timing_loop(monkeypatch):
+    """One timing loop serves both: random order, pause and untimed call, failures recorded."""
+    import tgraph.debug.perpass as perpass
+    from tgraph.models import build, example_inputs
+
+    calls = []
+    real = perpass.time_interleaved
+
+    def spy(runs, results, warmup, repeats, pause_s, sync=None):
+        calls.append(pause_s)
+        broken = next(iter(runs))
+        good = runs[broken]
+        state = {"n": 0}
+
+        def fails_later():
+            state["n"] += 1
+            if state["n"] > 1:
+                raise RuntimeError("boom")
+            return good()
+
+        runs[broken] = fails_later
+        return real(runs, results, warmup, repeats, pause_s, sync)
+
+    monkeypatch.setattr(perpass, "time_interleaved", spy)
+    model = build("gpt-tiny").eval()
+    report = perpass.per_pass_bench(
+        model, example_inputs(model, batch=1, seq=8), pipeline="simplify,fuse-gelu,dce",
+        repeats=2, warmup=0, pause_s=0.0,
+    )  # fmt: skip
+    assert calls == [0.0]
+    first, rest = report.variants[0], report.variants[1:]
+    assert first.median_ms is None and "boom" in first.error
+    assert all(v.median_ms is not None for v in rest)

@@ -4,21 +4,21 @@
 Variants of one pipeline are compiled for one backend: the whole pipeline, the pipeline
 without each non-cleanup pass (every entry of that name is dropped: ``fuse-gelu`` is one
 family however often it appears), and the pipeline with cleanup only. They run
-interleaved, one call each per round after warm-up, like ``tgraph bench``; a pass "bought"
+interleaved by the bench's own timing loop (``tgraph.bench.time_interleaved``); a pass "bought"
 the latency its removal costs: median without it minus median of the whole pipeline.
 """
 
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from tgraph.bench import _build_eager, _build_tgraph, _max_error
+from tgraph.bench.contenders import eager_call, tgraph_build
+from tgraph.bench.measure import max_error, one_line, time_interleaved
 from tgraph.passes.manager import PassSpec, format_pipeline, parse_pipeline
 
 # Passes that clean up rather than fuse: they stay in every variant.
@@ -102,6 +102,7 @@ def per_pass_bench(
     repeats: int = 20,
     warmup: int = 3,
     threads: int | None = None,
+    pause_s: float = 0.1,
     progress: Callable[[str], None] | None = None,
 ) -> PerPassReport:
     """Compile every variant of ``pipeline`` for ``backend`` and time them interleaved."""
@@ -110,27 +111,21 @@ def per_pass_bench(
     say = progress or (lambda _msg: None)
     runs: dict[str, Callable[[], Any]] = {}
     report = PerPassReport(name, backend, threads, repeats, variants(pipeline))
+    by_name = {v.name: v for v in report.variants}
     with torch.no_grad():
-        ref = _build_eager(model, inputs)()
+        ref = eager_call(model, inputs)()
         for v in report.variants:
             say(f"compiling {v.name}")
             try:
-                run = _build_tgraph(model, inputs, backend, v.pipeline)
-                v.max_abs_error = _max_error(run(), ref)
+                run = tgraph_build(model, inputs, backend, v.pipeline).run
+                v.max_abs_error = max_error(run(), ref)
                 runs[v.name] = run
             except Exception as e:  # noqa: BLE001 - a variant failing is a result
-                text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                v.error = f"{type(e).__name__}: {text[:160]}"
+                v.error = one_line(e)
         say("timing")
-        for _ in range(warmup):
-            for run in runs.values():
-                run()
-        by_name = {v.name: v for v in report.variants}
-        for _ in range(repeats):
-            for key, run in runs.items():
-                start = time.perf_counter()
-                run()
-                by_name[key].times_ms.append((time.perf_counter() - start) * 1e3)
+        # The bench's own loop: random order per round, a pause and an untimed call before
+        # each timed one, and a variant failing later is recorded, not fatal.
+        time_interleaved(runs, by_name, warmup, repeats, pause_s=pause_s)
     for v in report.variants:
         if v.times_ms:
             v.median_ms = statistics.median(v.times_ms)
