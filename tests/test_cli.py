@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
 from tgraph.models import build, save_checkpoint
 
@@ -208,3 +209,24 @@ def test_failed_compile_keeps_the_previous_artifact(tmp_path):
 def test_debug_shows_the_traceback(tmp_path):
     proc = tgraph_process("--debug", "dump", str(tmp_path / "nope.pt"))
     assert proc.returncode == 1 and "Traceback" in proc.stderr
+
+
+def test_error_line_keeps_the_message_whole():
+    from tgraph.cli.app import error_line
+
+    e = AttributeError("'ExportedProgram' object has no attribute 'training'")
+    assert error_line(e) == "'ExportedProgram' object has no attribute 'training'"
+    assert error_line(KeyError("missing input 'x'")) == "missing input 'x'"
+    assert error_line(ValueError("first\nsecond")) == "first"
+    assert error_line(RuntimeError()) == "RuntimeError"
+
+
+def test_every_command_fails_with_one_line_and_debug_shows_the_traceback():
+    from tgraph.cli import main
+
+    for args in (["dump", "zoo:nope"], ["bench", "zoo:nope"], ["bisect", "zoo:nope"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1, (args, result.output)
+        assert result.stderr.count("\n") == 1 and "unknown model 'nope'" in result.stderr
+    debug = CliRunner().invoke(main, ["--debug", "dump", "zoo:nope"])
+    assert debug.exit_code == 1 and debug.exception is not None

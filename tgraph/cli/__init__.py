@@ -1,8 +1,13 @@
-"""The ``tgraph`` command line: commands, checkpoint loading and .npz input/output.
+"""The ``tgraph`` command line: a thin shell over the Python API.
 
-A thin shell over the Python API; ``main`` is the console-script entry point.
+``app`` holds the command group (errors become one line on stderr, exit 1, or 2 for usage
+errors; ``--debug`` shows the traceback instead) and the shared helpers; the commands live
+in ``commands`` (dump, compile, run, diff, passes), ``bench_cmd`` and ``debug_cmd`` (bisect,
+replay); ``checkpoints`` loads any CHECKPOINT, ``npz_io`` reads and writes .npz files.
+``main`` is the console-script entry point.
 """
 
-from tgraph.cli.commands import main
+from tgraph.cli import bench_cmd, commands, debug_cmd  # noqa: F401  (registers the commands)
+from tgraph.cli.app import main
 
 __all__ = ["main"]

@@ -52,7 +52,7 @@ def _load_zoo(name: str, batch: int, seq: int) -> LoadedModel:
     try:
         model = build(name)
     except UnknownModelError as e:
-        raise CheckpointLoadError(str(e).strip("'\"")) from None
+        raise CheckpointLoadError(e.args[0] if e.args else str(e)) from None
     return LoadedModel(f"zoo:{name}", model, example_inputs(model, batch=batch, seq=seq))
 
 

@@ -148,6 +148,28 @@ def _run_pass(graph: Graph, spec: PassSpec, index: int) -> tuple[Graph, Any]:
     return out, instance
 
 
+def bisect_model(
+    model: Any,
+    example_inputs: Any,
+    pipeline: str | Sequence[str],
+    **options: Any,
+) -> BisectResult:
+    """Trace ``model`` on ``example_inputs`` and :func:`bisect` ``pipeline`` on its graph,
+    checking at the traced sizes and others, with the model's own parameters for the torch
+    backend. ``options`` are :func:`bisect`'s (backend, tol, seed, out_dir, progress)."""
+    import tgraph
+    from tgraph.api import flatten_call, model_tensors
+    from tgraph.debug.numcheck import traced_bindings
+    from tgraph.frontend import normalize_inputs
+
+    graph = tgraph.trace(model, example_inputs)
+    args, kwargs = normalize_inputs(example_inputs)
+    tensors = flatten_call(graph, args, kwargs)
+    traced = traced_bindings(graph, [tuple(t.shape) for t in tensors])
+    params = model_tensors(model) if hasattr(model, "named_parameters") else None
+    return bisect(graph, pipeline, params=params, traced=traced, **options)
+
+
 def bisect(
     graph: Graph,
     pipeline: str | Sequence[str],

@@ -103,3 +103,26 @@ def dump(graph: Graph, provenance: bool = False) -> str:
     lines.append(f"  return {outs}")
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def to_dot(graph: Graph) -> str:
+    """The graph in Graphviz DOT: one box per node labelled with its op and output types."""
+    lines = [f'digraph "{graph.name}" {{', "  node [shape=box, fontname=monospace];"]
+    ids = {}
+    for i, v in enumerate(graph.inputs):
+        ids[id(v)] = f"in{i}"
+        lines.append(f'  in{i} [label="{v.name}\\n{v.type}", shape=ellipse];')
+    for i, node in enumerate(graph.nodes):
+        for v in node.outputs:
+            ids[id(v)] = f"n{i}"
+        label = f"{node.op}\\n" + ", ".join(str(v.type) for v in node.outputs)
+        lines.append(f'  n{i} [label="{label}"];')
+        for v in node.inputs:
+            if v is not None and id(v) in ids:
+                lines.append(f"  {ids[id(v)]} -> n{i};")
+    for i, v in enumerate(graph.outputs):
+        lines.append(f'  out{i} [label="{v.name}", shape=ellipse];')
+        if id(v) in ids:
+            lines.append(f"  {ids[id(v)]} -> out{i};")
+    lines.append("}")
+    return "\n".join(lines)

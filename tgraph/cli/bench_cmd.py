@@ -1,0 +1,173 @@
+"""``tgraph bench``: side-by-side timing, and per-pass impact with --per-pass."""
+
+from __future__ import annotations
+
+import click
+
+from tgraph.cli.app import (
+    CliContext,
+    fail,
+    load_checkpoint,
+    main,
+    pass_ctx,
+    progress,
+)
+
+
+@main.command()
+@click.argument("checkpoint")
+@click.option(
+    "--backends",
+    help="Comma-separated contenders: eager, torch.compile, ort-plain, ort-optimizer, "
+    "ort-int8, openvino, openvino-bf16, tgraph-ort, tgraph-torch, tgraph-ort[int8], ... and on "
+    "CUDA torch.compile[reduce-overhead]  [default: eager,torch.compile,ort-optimizer,"
+    "tgraph-ort,tgraph-torch; with --device cuda: eager,torch.compile,"
+    "torch.compile[reduce-overhead],tgraph-torch]",
+)  # fmt: skip
+@click.option(
+    "--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+    help="Run every contender here (cuda: timed with torch.cuda.synchronize; docs/gpu.md).",
+)  # fmt: skip
+@click.option(
+    "--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+    help="The model's dtype for the contenders; errors are against eager fp32.",
+)  # fmt: skip
+@click.option("--batch", default=1, show_default=True, help="Batch size.")
+@click.option(
+    "--seq-len", type=int,
+    help="Sequence length  [default: 128, or a zoo model's longest if shorter]",
+)  # fmt: skip
+@click.option("--pipeline", default="default", show_default=True, help="tgraph pipeline.")
+@click.option(
+    "--pipelines", default="",
+    help="Comma-separated pipelines: one tgraph-<backend>[<pipeline>] column per pipeline "
+    "and tgraph backend (default,int8,bf16 -> tgraph-ort, tgraph-ort[int8], tgraph-ort[bf16]).",
+)  # fmt: skip
+@click.option("--repeats", default=20, show_default=True, help="Timed rounds.")
+@click.option("--warmup", default=3, show_default=True, help="Untimed rounds first.")
+@click.option("--threads", type=int, help="Intra-op threads (default: torch's setting).")
+@click.option("--json", "json_path", type=click.Path(), help="Also write the results as JSON.")
+@click.option(
+    "--per-pass", is_flag=True,
+    help="Time the pipeline with each fusion pass switched off in turn, on the first "
+    "tgraph-* backend of --backends.",
+)  # fmt: skip
+@pass_ctx
+def bench(
+    ctx: CliContext, checkpoint: str, backends: str | None, device: str, dtype: str, batch: int,
+    seq_len: int, pipeline: str, pipelines: str, repeats: int, warmup: int,
+    threads: int | None, json_path: str | None, per_pass: bool,
+) -> None:  # fmt: skip
+    """Time CHECKPOINT side by side: eager, torch.compile, ONNX Runtime, tgraph.
+
+    Contenders run interleaved, one call each per round; the table shows the median,
+    the interquartile range, the ratio to eager and the max abs error against eager.
+
+    \b
+    Examples:
+      tgraph bench zoo:gpt-tiny
+      tgraph bench zoo:bert-base --batch 1 --seq-len 128 --json bert.json
+      tgraph bench ./hf-model --backends eager,ort-plain,tgraph-ort
+      tgraph bench zoo:bert-base --pipelines default,int8,bf16 --backends eager,ort-int8,tgraph-ort
+      tgraph bench zoo:bert-base --per-pass --backends tgraph-ort
+      tgraph bench ./hf-model --device cuda --dtype fp16 --pipelines default,fp16
+    """
+    import json
+
+    from tgraph.bench import DEFAULT_CONTENDERS, GPU_DEFAULT_CONTENDERS
+
+    if backends is None:
+        backends = ",".join(GPU_DEFAULT_CONTENDERS if device == "cuda" else DEFAULT_CONTENDERS)
+    seq_len = seq_len or _default_seq(checkpoint)
+    if device == "cuda" or dtype != "fp32":
+        if per_pass:
+            fail("--per-pass runs on the CPU in fp32 only", code=2)
+        _check_cuda(device)
+    if per_pass:
+        _bench_per_pass(ctx, checkpoint, backends, batch, seq_len, pipeline, repeats, warmup,
+                        threads, json_path)  # fmt: skip
+        return
+
+    from tgraph.bench import bench as run_bench
+    from tgraph.bench import format_table
+
+    contenders = tuple(b.strip() for b in backends.split(",") if b.strip())
+    loaded = load_checkpoint(checkpoint, batch, seq_len)
+    with progress() as say:
+        report = run_bench(loaded.model, loaded.example_inputs, name=loaded.name,
+            contenders=contenders, repeats=repeats, warmup=warmup, pipeline=pipeline,
+            pipelines=[p.strip() for p in pipelines.split(",") if p.strip()],
+            threads=threads, device=device, dtype=dtype, progress=say,
+        )  # fmt: skip
+    _print_table(report, format_table)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(report.to_json(), f, indent=2)
+            f.write("\n")
+
+
+def _check_cuda(device: str) -> None:
+    """Fail with one line before loading anything when CUDA is asked for but absent."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        fail(f"--device cuda: torch {torch.__version__} sees no CUDA GPU on this machine")
+
+
+def _default_seq(checkpoint: str, want: int = 128) -> int:
+    """``want``, or a zoo model's longest sequence when shorter (zoo:gpt-tiny takes 64)."""
+    from tgraph.models.zoo import ZOO
+
+    entry = ZOO.get(checkpoint[4:]) if checkpoint.startswith("zoo:") else None
+    config = entry[1] if entry else None
+    for field in ("max_seq", "block_size", "max_position_embeddings"):
+        limit = getattr(config, field, None)
+        if isinstance(limit, int):
+            return min(want, limit)
+    return want
+
+
+def _bench_per_pass(
+    ctx: CliContext, checkpoint: str, backends: str, batch: int, seq_len: int, pipeline: str,
+    repeats: int, warmup: int, threads: int | None, json_path: str | None,
+) -> None:  # fmt: skip
+    import json
+
+    from tgraph.debug.perpass import format_report, per_pass_bench
+
+    chosen = [b.strip()[len("tgraph-") :] for b in backends.split(",")
+              if b.strip().startswith("tgraph-")]  # fmt: skip
+    if not chosen:
+        fail("--per-pass needs a tgraph-* backend in --backends (e.g. tgraph-ort)", code=2)
+    loaded = load_checkpoint(checkpoint, batch, seq_len)
+    with progress() as say:
+        report = per_pass_bench(loaded.model, loaded.example_inputs, name=loaded.name,
+            backend=chosen[0], pipeline=pipeline, repeats=repeats, warmup=warmup,
+            threads=threads, progress=say,
+        )  # fmt: skip
+    click.echo(format_report(report))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(report.to_json(), f, indent=2)
+            f.write("\n")
+
+
+def _print_table(report, format_table) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:
+        click.echo(format_table(report))
+        return
+    table = Table(title=f"{report.model}  batch {report.batch}  seq {report.seq_len}  "
+                  f"threads {report.threads}")  # fmt: skip
+    from tgraph.bench import COLUMNS, notes, table_rows
+
+    for col in COLUMNS:
+        table.add_column(col, justify="left" if col in ("contender", "build s") else "right")
+    for row in table_rows(report):
+        table.add_row(*row, *[""] * (len(COLUMNS) - len(row)))
+    console.print(table)
+    for line in notes(report):
+        console.print(line)
