@@ -1,30 +1,69 @@
 """Backends: lower an optimized IR graph to something that runs.
 
-Each backend module provides ``lower(graph, device, params=None) -> Runner``. ``params``
-maps initializer names to the model's own parameters and buffers (by full name), for
-backends that run on them in place (the torch backend trains through them). A runner
-takes the graph inputs as torch tensors (in graph-input order) and returns the graph
-outputs as torch tensors; it may be an ``nn.Module``.
+Every backend module satisfies :class:`Backend`: ``lower(graph, device, params=None) ->
+Runner`` and, when an artifact needs files of its own, ``save_files(graph, directory,
+device)``. ``params`` maps initializer names to the model's own parameters and buffers (by
+full name), for backends that run on them in place (the torch backend trains through
+them). A runner takes the graph inputs as torch tensors (in graph-input order) and returns
+the graph outputs as torch tensors; it may be an ``nn.Module``. A graph a backend cannot
+lower raises :class:`LoweringError`, naming the node. :data:`BACKENDS` is the one table of
+backends: the API, the artifact loader and the CLI's ``--backend`` choices read it.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
+from .errors import LoweringError
 
-Runner = Callable[[Sequence[torch.Tensor]], list[torch.Tensor]]
+if TYPE_CHECKING:
+    import torch
 
-BACKENDS = ("ort", "torch", "reference")
+Runner = Callable[[Sequence["torch.Tensor"]], list["torch.Tensor"]]
 DEVICES = ("cpu", "cuda")
-_MODULES = {"reference": "reference_runner", "ort": "ort", "torch": "torch_backend"}
 
 
-def get_backend(name: str):
+class Backend(Protocol):
+    """What a backend module provides (``save_files`` only where an artifact needs it)."""
+
+    def lower(
+        self, graph: Any, device: str = "cpu", params: Mapping[str, torch.Tensor] | None = None
+    ) -> Runner: ...
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    name: str
+    module: str  # under tgraph.backends
+    summary: str
+
+
+_TABLE = (
+    BackendInfo("ort", "ort", "ONNX Runtime with its fused contrib kernels; inference only"),
+    BackendInfo("torch", "torch_backend", "torch.fx on the model's parameters; trains"),
+    BackendInfo("reference", "reference_runner", "the NumPy interpreter: the tests' oracle"),
+)
+_BY_NAME = {b.name: b for b in _TABLE}
+BACKENDS = tuple(_BY_NAME)
+
+
+def get_backend(name: str) -> Backend:
     """The backend module for ``name``; ValueError listing the valid names otherwise."""
-    if name not in BACKENDS:
+    info = _BY_NAME.get(name)
+    if info is None:
         raise ValueError(f"unknown backend {name!r}; valid backends: {', '.join(BACKENDS)}")
-    if name not in _MODULES:
-        raise NotImplementedError(f"backend {name!r} is not implemented yet; use 'reference'")
-    return importlib.import_module(f"{__name__}.{_MODULES[name]}")
+    return importlib.import_module(f"{__name__}.{info.module}")
+
+
+__all__ = [
+    "BACKENDS",
+    "DEVICES",
+    "Backend",
+    "BackendInfo",
+    "LoweringError",
+    "Runner",
+    "get_backend",
+]

@@ -27,6 +27,8 @@ from onnx import TensorProto, helper, numpy_helper
 from tgraph.ir import DType, Graph, Node, SymDim, Value, simplify
 from tgraph.ir.dims import DimLike
 
+from .errors import LoweringError
+
 OPSET = 23  # RMSNormalization and Attention are standard from 23 on
 MS_DOMAIN = "com.microsoft"
 
@@ -48,10 +50,6 @@ EXTERNAL_LOCATION = "tgraph-in-memory"  # the location an in-memory initializer 
 _EXTERNAL_DTYPES = {
     np.dtype(t) for t in (np.float32, np.float16, np.int64, np.int32, np.int8, np.uint8)
 }
-
-
-class LoweringError(Exception):
-    """The graph has an op or a form that the ONNX lowering does not support."""
 
 
 class Lowering:

@@ -54,11 +54,8 @@ from tgraph.ir import DType, Graph, SymDim, Value
 from tgraph.ir.ops import get_op
 from tgraph.tensors import torch_dtype
 
+from .errors import LoweringError
 from .torch_ops import ALIAS_OPS, CREATION_OPS, ops_for
-
-
-class LoweringError(RuntimeError):
-    """The graph holds something the torch backend cannot lower (it names the node)."""
 
 
 def lower(

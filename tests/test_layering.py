@@ -72,3 +72,15 @@ def test_lazy_package_names_resolve():
 
     for name in tgraph.__all__:
         assert getattr(tgraph, name) is not None
+
+
+def test_one_backend_table_and_one_lowering_error():
+    import tgraph.backends as backends
+    from tgraph.backends import onnx_lowering, torch_backend
+
+    assert backends.BACKENDS == ("ort", "torch", "reference")
+    for name in backends.BACKENDS:
+        assert callable(backends.get_backend(name).lower)
+    assert onnx_lowering.LoweringError is torch_backend.LoweringError is backends.LoweringError
+    with pytest.raises(ValueError, match="valid backends: ort, torch, reference"):
+        backends.get_backend("tvm")

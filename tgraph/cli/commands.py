@@ -6,6 +6,7 @@ import os
 
 import click
 
+from tgraph.backends import BACKENDS
 from tgraph.cli.app import (
     CliContext,
     fail,
@@ -102,7 +103,7 @@ def _graph_json(graph) -> str:
 @click.argument("checkpoint")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Artifact directory.")
 @click.option(
-    "--backend", type=click.Choice(["ort", "torch", "reference"]), default="ort",
+    "--backend", type=click.Choice(BACKENDS), default="ort",
     show_default=True,
 )  # fmt: skip
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)

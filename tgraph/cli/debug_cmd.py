@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from tgraph.backends import BACKENDS
 from tgraph.cli.app import (
     CliContext,
     load_checkpoint,
@@ -20,7 +21,7 @@ from tgraph.cli.app import (
 @click.argument("checkpoint")
 @click.option("--pipeline", default="default", show_default=True, help="Pipeline to bisect.")
 @click.option(
-    "--backend", type=click.Choice(["reference", "ort", "torch"]), default="reference",
+    "--backend", type=click.Choice(BACKENDS), default="reference",
     show_default=True, help="Whose outputs to check (on CPU) against the reference oracle.",
 )  # fmt: skip
 @click.option("--tol", default=1e-4, show_default=True, help="rtol and atol of the check.")
@@ -66,7 +67,7 @@ def bisect_(
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option(
-    "--backend", type=click.Choice(["reference", "ort", "torch"]),
+    "--backend", type=click.Choice(BACKENDS),
     help="Run on this backend instead of the one bisect used.",
 )  # fmt: skip
 @pass_ctx
