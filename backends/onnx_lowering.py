@@ -1,7 +1,7 @@
 """Lower a tgraph IR graph to an ONNX ``ModelProto``.
 
 The model uses standard ONNX ops at opset :data:`OPSET` plus ONNX Runtime's
-``com.microsoft`` contrib ops for some fused ops (see ``onnx_ops.py``, which holds the
+``com.microsoft`` contrib ops for some fused ops (see ``onnx_ops/``, which holds the
 table op -> lowering function). One model runs at every batch and sequence size:
 
 - Graph inputs and outputs declare symbolic dims as ``dim_param`` names (``batch``, ``seq``).
@@ -55,7 +55,7 @@ _EXTERNAL_DTYPES = {
 class Lowering:
     """The state of one IR -> ONNX lowering, and the helpers that lowering functions use.
 
-    Lowering functions (``onnx_ops.py``) receive this object, the IR node and the ONNX
+    Lowering functions (``onnx_ops/``) receive this object, the IR node and the ONNX
     names of its inputs, emit ONNX nodes with :meth:`op` and return the ONNX names of the
     node's outputs.
     """
@@ -475,13 +475,13 @@ def to_onnx(
             say False when the session runs without graph optimizations).
         device: the device whose execution provider will run the model ("cpu" or
             "cuda"). A few fused kernels are slower than their unfused form on one
-            provider (``onnx_ops.SLOWER_FUSED``); those are lowered unfused there.
+            provider (``policy.SLOWER_FUSED``); those are lowered unfused there.
 
     Raises:
         LoweringError: an op has no lowering, naming the node.
     """
-    from . import onnx_quant  # noqa: F401  (registers the compressed-linear lowerings)
-    from .onnx_ops import LOWERINGS, needs_fp32
+    from .onnx_ops import LOWERINGS
+    from .policy import needs_fp32
 
     ctx = Lowering(graph, fused_kernels, external, device)
     ctx.fold_at_load = fold_at_load
@@ -490,7 +490,7 @@ def to_onnx(
         if fn is None:
             raise LoweringError(
                 f"the ONNX lowering has no rule for op {node.op!r} (node %{node.name}); "
-                "use backend='reference' or 'torch', or add it to backends/onnx_ops.py"
+                "use backend='reference' or 'torch', or add a lowering to backends/onnx_ops/"
             )
         with ctx.lowering(node):
             low = needs_fp32(node)

@@ -10,7 +10,7 @@ Options:
         hiding a bug. ``None`` (the default, and the case inside ``tgraph.compile``) reads
         the environment variable ``TGRAPH_ORT_OPT``: ``0`` turns them off, anything else or
         unset leaves them on.
-    fused_kernels: lower fused ops to ORT contrib / fused kernels (see ``onnx_ops.py``);
+    fused_kernels: lower fused ops to ORT contrib / fused kernels (see ``onnx_ops/``);
         False lowers them to elementary ops.
 
 Threads: ``intra_op_num_threads`` is the number of physical cores this process may use
@@ -39,7 +39,7 @@ from tgraph.ir import Graph, SymDim, evaluate
 from tgraph.tensors import torch_dtype
 
 from .onnx_lowering import LoweringError, to_onnx
-from .onnx_ops import ORT_OPTIMIZERS_OFF
+from .policy import ORT_OPTIMIZERS_OFF
 
 __all__ = ["EXTERNAL_DATA_BYTES", "LoweringError", "OrtRunner", "lower", "save_files", "to_onnx"]
 

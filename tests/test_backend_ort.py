@@ -15,7 +15,8 @@ from model_cases import ALL_CASES, all_tensors
 import tgraph
 from tgraph.api import CompiledModel
 from tgraph.backends import ort as ort_backend
-from tgraph.backends.onnx_ops import LOWERINGS, ORT_OPTIMIZERS_OFF, SLOWER_FUSED
+from tgraph.backends.onnx_ops import LOWERINGS
+from tgraph.backends.policy import ORT_OPTIMIZERS_OFF, SLOWER_FUSED
 from tgraph.backends.reference import run_graph
 from tgraph.ir import DType, Graph, SymDim, evaluate
 from tgraph.ir.ops import all_ops

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from tgraph.backends.onnx_lowering import MS_DOMAIN, Lowering, LoweringError
+from tgraph.backends.onnx_ops.base import lowers
 from tgraph.ir import DType, Node
 from tgraph.ir.ops.quant import INT8_MAX, TINY_SCALE
-
-from .onnx_lowering import MS_DOMAIN, Lowering, LoweringError
-from .onnx_ops import lowers
 
 
 def _const_input(node: Node, i: int) -> np.ndarray:
