@@ -44,6 +44,14 @@ class Pass:
     def run(self, graph: Graph) -> PassResult:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def approximate_linear(self, x: Any, w: Any) -> Any:
+        """What this (lossy) pass makes of one ``linear`` layer: ``x @ w.T`` as its
+        compressed form computes it, in NumPy. Lossy passes take a ``keep`` option (layer
+        patterns left in full precision) and list the layers they converted in
+        ``stats["layers"]``; the accuracy budget ranks layers with this method and keeps
+        the most sensitive ones."""
+        raise NotImplementedError(f"pass {self.name} is not a lossy pass")
+
     @classmethod
     def description(cls) -> str:
         doc = (cls.__doc__ or "").strip()
@@ -121,6 +129,12 @@ def list_passes() -> dict[str, str]:
     out = {name: cls.description() for name, cls in _PASSES.items()}
     out.update({name: f"pipeline: {desc}" for name, (_, desc) in _PIPELINES.items()})
     return dict(sorted(out.items()))
+
+
+def lossy_passes() -> list[str]:
+    """The registered passes that change outputs by design (compression), sorted."""
+    _load_passes()
+    return sorted(name for name, cls in _PASSES.items() if cls.lossy)
 
 
 def get_pass(name: str) -> type[Pass]:

@@ -82,6 +82,13 @@ class MixedPrecision(Pass):
         self.keep_trainable = bool(keep_trainable)
         self.keep_layers = tuple(p for p in str(keep).split("|") if p)
 
+    def approximate_linear(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        # Inputs and weights rounded to the low type, products summed in fp32, the result
+        # rounded: the IR's rule for a low-precision matmul.
+        low = self.low.numpy
+        xr, wr = x.astype(low).astype(np.float32), w.astype(low).astype(np.float32)
+        return np.matmul(xr, wr.T).astype(low).astype(np.float32)
+
     def run(self, graph: Graph) -> PassResult:
         rewrite = _Rewrite(graph, self.low)
         layers: list[str] = []

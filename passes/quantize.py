@@ -21,7 +21,7 @@ import fnmatch
 import numpy as np
 
 from tgraph.ir import DType, Value
-from tgraph.ir.ops.quant import INT8_MAX
+from tgraph.ir.ops.quant import INT8_MAX, int8_linear_reference, unpack_int4
 from tgraph.passes.manager import PassResult, PipelineError, register
 from tgraph.passes.rewrite import Builder, Match, P, RewritePass, Rule
 
@@ -123,6 +123,10 @@ class QuantizeInt8(_QuantizeLinear):
 
     rule_name = "int8-linear"
 
+    def approximate_linear(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        q, scale = quantize_int8(w)
+        return int8_linear_reference(x, q, scale, None)
+
     def _replace(self, b: Builder, m: Match, bias: Value | None) -> Value:
         w = m["w"]
         q, scale = quantize_int8(np.asarray(w.const))
@@ -156,6 +160,10 @@ class QuantizeInt4(_QuantizeLinear):
             raise PipelineError(f"quantize-int4: block={block}; want a power of two >= 16")
         super().__init__(max_matches, keep, keep_trainable)
         self.block = block
+
+    def approximate_linear(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        packed, scale = quantize_int4(w, self.block)
+        return np.matmul(x, unpack_int4(packed, scale, w.shape[1]).T)
 
     def _replace(self, b: Builder, m: Match, bias: Value | None) -> Value:
         w = m["w"]

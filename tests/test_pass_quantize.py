@@ -243,3 +243,20 @@ def test_torch_backend_weight_cache_works_across_calls_and_modes(pipeline):
         again = first_tensor(cm(**example))
     torch.testing.assert_close(again, first)
     torch.testing.assert_close(first_tensor(cm(**example)).detach(), first)  # ... used here
+
+
+def test_lossy_passes_say_what_they_make_of_a_layer():
+    """The accuracy budget asks each lossy pass class, not an if-chain on pass names."""
+    from tgraph.passes.manager import get_pass, lossy_passes
+
+    assert {"quantize-int8", "quantize-int4", "mixed-precision"} <= set(lossy_passes())
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 64)).astype(np.float32)
+    w = rng.standard_normal((16, 64)).astype(np.float32)
+    exact = x @ w.T
+    for name in lossy_passes():
+        approx = get_pass(name)().approximate_linear(x, w)
+        err = np.linalg.norm(approx - exact) / np.linalg.norm(exact)
+        assert approx.shape == exact.shape and 0 < err < 0.2, (name, err)
+    with pytest.raises(NotImplementedError, match="not a lossy pass"):
+        get_pass("cse")().approximate_linear(x, w)

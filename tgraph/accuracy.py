@@ -1,11 +1,11 @@
 """The accuracy budget of compressed pipelines: fall back to fp32 layer by layer.
 
 ``tgraph.compile(model, x, pipeline="int8", accuracy={"max_rel_error": 1e-2})`` splits the
-pipeline at its compression pass (``quantize-int8``, ``quantize-int4`` or
-``mixed-precision``). The head (the fp32 optimizations) runs once; its graph, run through
+pipeline at its first lossy pass (a pass class with ``lossy = True``: ``quantize-int8``,
+``quantize-int4``, ``mixed-precision``, ...). The head (the fp32 optimizations) runs once; its graph, run through
 the NumPy reference interpreter on the sample inputs, gives the fp32 outputs and the input
 of every linear layer. Each layer's *sensitivity* is the relative error of its own output
-when only it is compressed. The tail (compression and cleanup) then runs with the
+when only it is compressed, as the lossy pass itself computes it (``approximate_linear``). The tail (compression and cleanup) then runs with the
 ``keep=`` option naming the k most sensitive layers, and the whole compressed graph is
 compared with the fp32 outputs; k = 0 first, then a binary search for the smallest k that
 meets the budget. Error is the largest relative L2 error over the float outputs; for
@@ -23,10 +23,18 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from tgraph.ir import DType, Graph
-from tgraph.passes.manager import PassManager, PassRecord, PassSpec, format_pipeline, parse_pipeline
+from tgraph.ir import Graph
+from tgraph.passes.manager import (
+    Pass,
+    PassManager,
+    PassRecord,
+    PassSpec,
+    format_pipeline,
+    get_pass,
+    lossy_passes,
+    parse_pipeline,
+)
 
-COMPRESSION_PASSES = ("quantize-int8", "quantize-int4", "mixed-precision")
 _BUDGET_KEYS = {"max_rel_error", "min_top1"}
 
 
@@ -83,14 +91,18 @@ def check_budget(accuracy: dict[str, Any]) -> dict[str, float]:
     return budget
 
 
+def _lossy(spec: PassSpec) -> bool:
+    return get_pass(spec.name).lossy
+
+
 def split_pipeline(specs: Sequence[PassSpec]) -> tuple[list[PassSpec], list[PassSpec]]:
-    """(head, tail): the tail starts at the first compression pass."""
+    """(head, tail): the tail starts at the first lossy (compression) pass."""
     for i, spec in enumerate(specs):
-        if spec.name in COMPRESSION_PASSES:
+        if _lossy(spec):
             return list(specs[:i]), list(specs[i:])
     raise AccuracyError(
         "an accuracy budget needs a compression pipeline (int8, int4, bf16, fp16) or a "
-        f"pipeline with one of the passes {', '.join(COMPRESSION_PASSES)}"
+        f"pipeline with one of the lossy passes {', '.join(lossy_passes())}"
     )
 
 
@@ -98,7 +110,7 @@ def _with_keep(tail: Sequence[PassSpec], layers: Sequence[str]) -> list[PassSpec
     keep = "|".join(glob.escape(name) for name in layers)
     out = []
     for spec in tail:
-        if spec.name in COMPRESSION_PASSES and layers:
+        if layers and _lossy(spec):
             options = [(k, v) for k, v in spec.options if k != "keep"] + [("keep", keep)]
             spec = PassSpec(spec.name, tuple(options))
         out.append(spec)
@@ -132,9 +144,8 @@ def compare_outputs(
 
 
 def _layer_sensitivity(
-    head: Graph, layers: set[str], samples: Sequence[Sequence[np.ndarray]], pass_name: str,
-    options: dict[str, Any],
-) -> dict[str, float]:  # fmt: skip
+    head: Graph, layers: set[str], samples: Sequence[Sequence[np.ndarray]], compressor: Pass
+) -> dict[str, float]:
     """Relative error of each layer's output when only that layer is compressed."""
     from tgraph.backends.reference import run_graph
     from tgraph.passes.quantize import layer_name
@@ -155,32 +166,11 @@ def _layer_sensitivity(
             w = np.asarray(node.inputs[1].const, dtype=np.float32)
             b = None if len(node.inputs) < 3 or node.inputs[2] is None else node.inputs[2].const
             exact = np.matmul(x.astype(np.float64), w.T.astype(np.float64))
-            approx = _compressed_linear(pass_name, options, x, w)
+            approx = compressor.approximate_linear(x, w)
             if b is not None:
                 exact, approx = exact + b, approx + b
             errors[name] = max(errors.get(name, 0.0), _rel_error(approx, exact))
     return errors
-
-
-def _compressed_linear(
-    pass_name: str, options: dict[str, Any], x: np.ndarray, w: np.ndarray
-) -> np.ndarray:
-    from tgraph.ir.ops.quant import _int8_kernel, unpack_int4
-
-    if pass_name == "quantize-int8":
-        from tgraph.passes.quantize import quantize_int8
-
-        q, scale = quantize_int8(w)
-        return _int8_kernel(x, q, scale, None)
-    if pass_name == "quantize-int4":
-        from tgraph.passes.quantize import quantize_int4
-
-        packed, scale = quantize_int4(w, int(options.get("block", 32)))
-        return np.matmul(x, unpack_int4(packed, scale, w.shape[1]).T)
-    low = DType.float16 if options.get("dtype") == "fp16" else DType.bfloat16
-    xr = x.astype(low.numpy).astype(np.float32)
-    wr = w.astype(low.numpy).astype(np.float32)
-    return np.matmul(xr, wr.T).astype(low.numpy).astype(np.float32)
 
 
 # -- the search ------------------------------------------------------------------------------------
@@ -236,16 +226,15 @@ def fit_budget(
         return tried[k]
 
     best = trial((), 0)
-    compress = next(s for s in tail_specs if s.name in COMPRESSION_PASSES)
+    compress = tail_specs[0]  # the lossy pass the tail starts with
     converted = _converted(best.records, compress.name)
     order: list[str] = []
     sensitivity: dict[str, float] = {}
     kept_n = 0
     if not best.met:
         say("accuracy budget: measuring each layer's sensitivity")
-        sensitivity = _layer_sensitivity(
-            head_graph, set(converted), samples, compress.name, dict(compress.options)
-        )
+        compressor = get_pass(compress.name)(**dict(compress.options))
+        sensitivity = _layer_sensitivity(head_graph, set(converted), samples, compressor)
         order = sorted(converted, key=lambda n: -sensitivity.get(n, math.inf))
         kept_n, lo, hi = len(order), 1, len(order)
         while lo <= hi:  # the smallest k whose k most sensitive layers in fp32 meet the budget

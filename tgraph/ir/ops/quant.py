@@ -67,7 +67,7 @@ def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.round(x / s).astype(np.float32), s
 
 
-def _int8_kernel(x, w, w_scale, b) -> np.ndarray:
+def int8_linear_reference(x, w, w_scale, b) -> np.ndarray:
     xq, s = quantize_rows(x)
     acc = np.matmul(xq.astype(np.float64), w.astype(np.float64).T)  # exact below 2**53
     y = (acc.astype(np.float32) * w_scale.astype(np.float32)) * s
@@ -77,7 +77,7 @@ def _int8_kernel(x, w, w_scale, b) -> np.ndarray:
 defop(
     "linear_int8",
     infer=_int8_infer,
-    kernel=_int8_kernel,
+    kernel=int8_linear_reference,
     inputs=(3, 4),
     doc="Dynamic int8 linear: int8 weights per output channel, activations per token.",
 )
