@@ -1,9 +1,11 @@
 """tgraph's graph IR. Framework-free: imports NumPy and networkx, never torch or onnxruntime."""
 
 from . import ops
-from .core import Graph, IRError, Node, NodeList, TensorType, Value, content_hash
+from .core import IRError, Node, NodeList, TensorType, Value
 from .dims import DimLike, SymDim, evaluate, parse_dim, simplify
 from .dtypes import DType
+from .graph import Graph
+from .hashing import content_hash
 
 __all__ = [
     "DType",

@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .core import Value, content_hash
+from .core import Value
 from .dims import SymDim
 from .dtypes import DType
+from .hashing import content_hash
 
 if TYPE_CHECKING:
-    from .core import Graph
+    from .graph import Graph
 
 INLINE_MAX_ELEMENTS = 4
 

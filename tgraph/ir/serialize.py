@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from tgraph.ir.core import Graph, IRError, Node, TensorType, Value
+from tgraph.ir.core import IRError, Node, TensorType, Value
 from tgraph.ir.dims import SymDim, parse_dim
 from tgraph.ir.dtypes import DType
+from tgraph.ir.graph import Graph
 
 FORMAT_VERSION = 1
 

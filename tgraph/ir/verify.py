@@ -8,7 +8,8 @@ from .core import IRError, TensorType, Value
 from .dims import SymDim
 
 if TYPE_CHECKING:
-    from .core import Graph, Node
+    from .core import Node
+    from .graph import Graph
 
 
 def _where(node: Node) -> str:

@@ -1,0 +1,42 @@
+"""Short deterministic content hashes of arrays, as dumps show constants."""
+
+from __future__ import annotations
+
+import hashlib
+import weakref
+
+import numpy as np
+
+
+def content_hash(array: np.ndarray) -> str:
+    """A short, deterministic hash of an array's dtype, shape and bytes.
+
+    Read-only arrays (the frontend's weights) are hashed once: the pass manager dumps the
+    graph after every pass, and re-hashing BERT-base's 440 MB each time took seconds. The
+    frontend's weights view the model's parameters; a model changed in place after tracing
+    keeps its old hashes in later dumps (trace it again).
+    """
+    if array.flags.writeable:
+        return _hash_bytes(array)
+    key = id(array)
+    cached = _HASHES.get(key)
+    if cached is not None and cached[0]() is array:
+        return cached[1]
+    digest = _hash_bytes(array)
+    try:
+        ref = weakref.ref(array, lambda _r, k=key: _HASHES.pop(k, None))
+    except TypeError:  # not weak-referenceable (an ndarray subclass with __slots__)
+        return digest
+    _HASHES[key] = (ref, digest)
+    return digest
+
+
+_HASHES: dict[int, tuple[weakref.ref, str]] = {}  # id(read-only array) -> (ref, digest)
+
+
+def _hash_bytes(array: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(str(array.dtype).encode())
+    h.update(str(array.shape).encode())
+    h.update(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)  # no tobytes() copy
+    return h.hexdigest()[:8]
