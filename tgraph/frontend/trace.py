@@ -2,7 +2,7 @@
 
 ``trace`` exports the model (non-strict, batch and sequence dims symbolic), keeps the
 pre-dispatch ATen ops (linear, layer_norm, scaled_dot_product_attention, ...) instead of
-decomposing them, and translates every FX node through the table in ``aten.py``.
+decomposing them, and translates every FX node through the table in ``aten/``.
 """
 
 from __future__ import annotations

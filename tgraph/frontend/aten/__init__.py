@@ -1,0 +1,16 @@
+"""ATen op -> IR translation table.
+
+Each translator takes the translation context and the FX node's args/kwargs (schema
+names) and returns the IR value(s). Shapes that torch.export already computed (view
+targets, expand sizes, split sizes) are read from the node's metadata, so no ``-1`` or
+size arithmetic survives into the IR. An op missing here fails tracing with its name.
+
+One module per family, mirroring tgraph/ir/ops/: ``elementwise``, ``shape_ops``, ``reduce``
+(with creation ops) and ``nn``; ``base`` holds the table, the ``@aten`` decorator and the
+shared helpers.
+"""
+
+from tgraph.frontend.aten import elementwise, nn, reduce, shape_ops  # noqa: F401  (fill the table)
+from tgraph.frontend.aten.base import TRANSLATORS, Translator, aten
+
+__all__ = ["TRANSLATORS", "Translator", "aten"]

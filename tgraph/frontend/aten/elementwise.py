@@ -1,0 +1,184 @@
+"""ATen elementwise ops: arithmetic, comparisons, activations, casts, where."""
+
+from __future__ import annotations
+
+import torch
+
+from tgraph.frontend.aten.base import (
+    Translator,
+    aten,
+    binary,
+    compare,
+    operand,
+)  # fmt: skip
+from tgraph.frontend.convert import UnsupportedError
+from tgraph.ir import DType, Value
+
+
+@aten("add.Tensor", "add.Scalar")
+def _add(ctx, x, other, alpha=1):
+    x, other = ctx.value(x), ctx.value(other)
+    if alpha != 1:
+        other = binary(ctx, "mul", other, alpha)
+    return binary(ctx, "add", x, other)
+
+
+@aten("sub.Tensor", "sub.Scalar")
+def _sub(ctx, x, other, alpha=1):
+    x, other = ctx.value(x), ctx.value(other)
+    if alpha != 1:
+        other = binary(ctx, "mul", other, alpha)
+    return binary(ctx, "sub", x, other)
+
+
+@aten("rsub.Tensor", "rsub.Scalar")
+def _rsub(ctx, x, other, alpha=1):
+    x, other = ctx.value(x), ctx.value(other)
+    if alpha != 1:
+        x = binary(ctx, "mul", x, alpha)
+    return binary(ctx, "sub", other, x)
+
+
+def _simple_binary(op: str) -> Translator:
+    def translate(ctx, x, other):
+        return binary(ctx, op, ctx.value(x), ctx.value(other))
+
+    return translate
+
+
+for _names, _op in [
+    (("mul.Tensor", "mul.Scalar"), "mul"),
+    (("maximum.default", "max.other"), "maximum"),
+    (("minimum.default", "min.other"), "minimum"),
+    (("remainder.Tensor", "remainder.Scalar"), "remainder"),
+    (("pow.Tensor_Tensor", "pow.Tensor_Scalar", "pow.Scalar"), "pow"),
+]:
+    aten(*_names)(_simple_binary(_op))
+
+
+@aten("div.Tensor", "div.Scalar", "div.Tensor_mode", "div.Scalar_mode", "floor_divide")
+def _div(ctx, x, other, rounding_mode=None):
+    x, other = ctx.value(x), ctx.value(other)
+    out = ctx.meta_type()
+    if rounding_mode is None and out.dtype.is_float:
+        return binary(ctx, "div", x, other)
+    if rounding_mode in ("floor", None) or ctx.node.target is torch.ops.aten.floor_divide.default:
+        return binary(ctx, "floor_divide", x, other)
+    if rounding_mode == "trunc" and out.dtype.is_float:
+        q = binary(ctx, "div", x, other)
+        sign = ctx.emit(
+            "where",
+            [
+                ctx.emit("lt", [q, ctx.const(0.0, q.dtype)]),
+                ctx.const(-1.0, q.dtype),
+                ctx.const(1.0, q.dtype),
+            ],
+        )
+        return ctx.emit("mul", [ctx.emit("floor", [ctx.emit("abs", [q])]), sign])
+    raise UnsupportedError(f"div with rounding_mode={rounding_mode!r} on {out.dtype}")
+
+
+def _unary(op: str) -> Translator:
+    def translate(ctx, x):
+        return ctx.emit(op, [ctx.value(x)])
+
+    return translate
+
+
+for _name in [
+    "neg", "abs", "exp", "log", "sqrt", "rsqrt", "reciprocal", "tanh", "erf", "sigmoid",
+    "relu", "silu", "sin", "cos", "floor",
+]:  # fmt: skip
+    aten(f"{_name}.default")(_unary(_name))
+aten("logical_not.default")(_unary("logical_not"))
+
+
+@aten("bitwise_not.default")
+def _bitwise_not(ctx, x):
+    x = ctx.value(x)
+    if x.dtype is not DType.bool:
+        raise UnsupportedError("bitwise_not on integers")
+    return ctx.emit("logical_not", [x])
+
+
+@aten("gelu.default")
+def _gelu(ctx, x, approximate="none"):
+    return ctx.emit("gelu", [ctx.value(x)], approximate=approximate)
+
+
+for _names, _op in [
+    (("eq.Tensor", "eq.Scalar"), "eq"),
+    (("ne.Tensor", "ne.Scalar"), "ne"),
+    (("lt.Tensor", "lt.Scalar"), "lt"),
+    (("le.Tensor", "le.Scalar"), "le"),
+    (("gt.Tensor", "gt.Scalar"), "gt"),
+    (("ge.Tensor", "ge.Scalar"), "ge"),
+    (("logical_and.default", "bitwise_and.Tensor", "__and__.Tensor"), "logical_and"),
+    (("logical_or.default", "bitwise_or.Tensor", "__or__.Tensor"), "logical_or"),
+]:
+
+    def _make(op):
+        def translate(ctx, x, other):
+            x, other = ctx.value(x), ctx.value(other)
+            if op.startswith("logical") and DType.bool not in {
+                v.dtype for v in (x, other) if isinstance(v, Value)
+            }:
+                raise UnsupportedError(f"bitwise {op[8:]} on integers")
+            return compare(ctx, op, x, other)
+
+        return translate
+
+    aten(*_names)(_make(_op))
+
+
+@aten("where.self", "where.ScalarSelf", "where.ScalarOther", "where.Scalar")
+def _where(ctx, cond, x, y):
+    cond, x, y = ctx.value(cond), ctx.value(x), ctx.value(y)
+    out = ctx.meta_type()
+    return ctx.emit(
+        "where",
+        [ctx.cast(cond, DType.bool), operand(ctx, x, out.dtype), operand(ctx, y, out.dtype)],
+    )
+
+
+@aten("masked_fill.Scalar", "masked_fill.Tensor")
+def _masked_fill(ctx, x, mask, value):
+    x, mask, value = ctx.value(x), ctx.value(mask), ctx.value(value)
+    return ctx.emit("where", [ctx.cast(mask, DType.bool), operand(ctx, value, x.dtype), x])
+
+
+@aten("clamp.default", "clamp_min.default", "clamp_max.default", "clip.default")
+def _clamp(ctx, x, min=None, max=None):
+    if ctx.node.target is torch.ops.aten.clamp_max.default:
+        min, max = None, min
+    return ctx.emit("clamp", [ctx.value(x)], min=min, max=max)
+
+
+@aten("_to_copy.default", "to.dtype", "to.dtype_layout", "to.device", "_to_dtype")
+def _to(ctx, x, *args, **kwargs):
+    x = ctx.value(x)
+    return (
+        ctx.cast(x, ctx.meta_type().dtype)
+        if ctx.meta_type().dtype != x.dtype
+        else ctx.emit("identity", [x])
+    )
+
+
+@aten("type_as.default")
+def _type_as(ctx, x, other):
+    return ctx.cast(ctx.value(x), ctx.value(other).dtype)
+
+
+@aten(
+    "clone.default", "contiguous.default", "alias.default", "detach.default",
+    "lift_fresh_copy.default", "_assert_tensor_metadata.default",
+)  # fmt: skip
+def _identity(ctx, x, *args, **kwargs):
+    return ctx.emit("identity", [ctx.value(x)])
+
+
+@aten("dropout.default", "feature_dropout.default")
+def _dropout(ctx, x, p=0.0, train=False):
+    if train:
+        raise UnsupportedError("dropout in training mode: call model.eval() before tracing")
+    return ctx.emit("dropout", [ctx.value(x)], p=float(p))

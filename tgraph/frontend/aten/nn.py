@@ -1,0 +1,132 @@
+"""ATen neural-network ops: linear, matmul, norms, softmax, convolution, attention."""
+
+from __future__ import annotations
+
+import torch
+
+from tgraph.frontend.aten.base import (
+    aten,
+    binary,
+    norm_dim,
+)  # fmt: skip
+from tgraph.frontend.convert import UnsupportedError
+from tgraph.ir import DType, Value
+
+
+@aten("linear.default")
+def _linear(ctx, x, weight, bias=None):
+    ins = [ctx.value(x), ctx.value(weight)]
+    if bias is not None:
+        ins.append(ctx.value(bias))
+    return ctx.emit("linear", ins)
+
+
+@aten("matmul.default", "mm.default", "bmm.default")
+def _matmul(ctx, a, b):
+    return ctx.emit("matmul", [ctx.value(a), ctx.value(b)])
+
+
+@aten("addmm.default")
+def _addmm(ctx, bias, a, b, beta=1, alpha=1):
+    y = ctx.emit("matmul", [ctx.value(a), ctx.value(b)])
+    if alpha != 1:
+        y = binary(ctx, "mul", y, alpha)
+    bias = ctx.value(bias)
+    if beta != 1:
+        bias = binary(ctx, "mul", bias, beta)
+    return ctx.emit("add", [y, bias])
+
+
+@aten("softmax.int", "_softmax.default", "_safe_softmax.default")
+def _softmax(ctx, x, dim, dtype=None):
+    x = ctx.value(x)
+    out = ctx.meta_type()
+    return ctx.emit("softmax", [ctx.cast(x, out.dtype)], axis=norm_dim(dim, x.rank))
+
+
+@aten("log_softmax.int", "_log_softmax.default")
+def _log_softmax(ctx, x, dim, dtype=None):
+    x = ctx.value(x)
+    out = ctx.meta_type()
+    return ctx.emit("log_softmax", [ctx.cast(x, out.dtype)], axis=norm_dim(dim, x.rank))
+
+
+@aten("layer_norm.default")
+def _layer_norm(ctx, x, normalized_shape, weight=None, bias=None, eps=1e-5, *args):
+    ins = [ctx.value(x), ctx.value(weight) if weight is not None else None]
+    if bias is not None:
+        ins.append(ctx.value(bias))
+    while ins and ins[-1] is None:
+        ins.pop()
+    return ctx.emit("layer_norm", ins, axis=-len(normalized_shape), eps=float(eps))
+
+
+@aten("native_layer_norm.default")
+def _native_layer_norm(ctx, x, normalized_shape, weight, bias, eps):
+    from tgraph.frontend.trace import _Unsupported
+
+    y = _layer_norm(ctx, x, normalized_shape, weight, bias, eps)
+    why = "native_layer_norm's mean/rstd outputs"
+    return [y, _Unsupported(why), _Unsupported(why)]
+
+
+@aten("rms_norm.default")
+def _rms_norm(ctx, x, normalized_shape, weight=None, eps=None):
+    x = ctx.value(x)
+    if eps is None:
+        eps = float(torch.finfo(torch.float32 if x.dtype is DType.float32 else torch.float16).eps)
+    ins = [x] + ([ctx.value(weight)] if weight is not None else [])
+    return ctx.emit("rms_norm", ins, axis=-len(normalized_shape), eps=float(eps))
+
+
+@aten("conv1d.default", "conv2d.default", "convolution.default")
+def _conv(ctx, x, weight, bias=None, stride=1, padding=0, dilation=1, *rest):
+    if ctx.node.target is torch.ops.aten.convolution.default:
+        transposed, _out_pad, groups = rest
+        if transposed:
+            raise UnsupportedError("transposed convolution")
+    else:
+        groups = rest[0] if rest else 1
+    x, w = ctx.value(x), ctx.value(weight)
+    if isinstance(padding, str):
+        raise UnsupportedError(f"convolution padding={padding!r}")
+    ins = [x, w] + ([ctx.value(bias)] if bias is not None else [])
+    if x.rank == 3:
+        return _conv1d(ctx, ins, stride, padding, dilation, groups)
+    if x.rank != 4:
+        raise UnsupportedError(f"convolution on rank-{x.rank} input (only conv1d and conv2d)")
+    pair = lambda v: tuple(v) * (2 // len(v)) if isinstance(v, (list, tuple)) else (v, v)  # noqa: E731
+    return ctx.emit(
+        "conv2d", ins, stride=pair(stride), padding=pair(padding), dilation=pair(dilation),
+        groups=groups,
+    )  # fmt: skip
+
+
+def _conv1d(ctx, ins: list[Value], stride, padding, dilation, groups) -> Value:
+    # conv1d(x, w) = squeeze(conv2d(x[:, :, None, :], w[:, :, None, :]), 2): a 1 x k kernel
+    # over a height-1 image. (N, C, L) -> (N, C, 1, L); weight (O, C/g, k) -> (O, C/g, 1, k).
+    one = lambda v: v[0] if isinstance(v, (list, tuple)) else v  # noqa: E731
+    x, w = (ctx.emit("unsqueeze", [v], axes=(2,)) for v in ins[:2])
+    y = ctx.emit(
+        "conv2d", [x, w, *ins[2:]], stride=(1, one(stride)), padding=(0, one(padding)),
+        dilation=(1, one(dilation)), groups=groups,
+    )  # fmt: skip
+    return ctx.emit("squeeze", [y], axes=(2,))
+
+
+@aten("scaled_dot_product_attention.default")
+def _sdpa(
+    ctx, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None, enable_gqa=False
+):
+    if dropout_p:
+        raise UnsupportedError("scaled_dot_product_attention with dropout_p > 0")
+    ins = [ctx.value(q), ctx.value(k), ctx.value(v)]
+    if attn_mask is not None:
+        mask = ctx.value(attn_mask)
+        if mask.dtype is not DType.bool:
+            mask = ctx.cast(mask, ins[0].dtype)
+        ins.append(mask)
+    return ctx.emit(
+        "sdpa", ins, causal=bool(is_causal), scale=None if scale is None else float(scale),
+        gqa=bool(enable_gqa),
+    )  # fmt: skip
