@@ -17,17 +17,18 @@ node reads (a weight that only a ``linear`` reads gets a transposed copy) is lef
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from tgraph.ir import DType, Graph, Node, SymDim, TensorType, Value, simplify
+from tgraph.ir import DType, Graph, Node, SymDim, Value, simplify
 from tgraph.ir.dims import DimLike
 
 from .errors import LoweringError
+from .onnx_views import underlying, viewed_as
 
 OPSET = 23  # RMSNormalization and Attention are standard from 23 on
 MS_DOMAIN = "com.microsoft"
@@ -114,8 +115,7 @@ class Lowering:
         """The ONNX name of an IR value ("" for an absent optional input)."""
         if v is None:
             return ""
-        if isinstance(v, TypedValue):
-            v = v.value
+        v = underlying(v)
         key = id(v)
         if key not in self._names:
             if v.const is None:
@@ -272,7 +272,7 @@ class Lowering:
         computes in float32, see :meth:`lower_in_fp32`) stays narrow in the file and is
         widened by a Cast that ONNX Runtime folds at session load.
         """
-        key = (id(w.value if isinstance(w, TypedValue) else w), w.dtype)
+        key = (id(underlying(w)), w.dtype)
         if key not in self._transposed and self._transpose_at_load(w):
             # ORT folds this Transpose at session load, prepacks the result for MatMul and
             # drops the folded copy: no transposed copy of the weights stays in memory.
@@ -314,7 +314,7 @@ class Lowering:
             self._widen(name) if v is not None and v.dtype is low else name
             for v, name in zip(node.inputs, names)
         ]
-        result = fn(self, _viewed_as(node, low, DType.float32), *wide)
+        result = fn(self, viewed_as(node, low, DType.float32), *wide)
         self._drop_unread_casts(first)
         results = [result] if isinstance(result, str) else list(result)
         out = [
@@ -414,61 +414,6 @@ class Lowering:
             self._shapes[dims] = name
             self._pinned.add(name)
         return self._shapes[dims]
-
-
-class TypedValue:
-    """A read-only view of an IR value under the type a lowering should emit for it.
-
-    ``lower_in_fp32`` hands a lowering function float32 views of a node's 16-bit values,
-    so the function emits float32 ONNX without the IR graph's types ever changing. Every
-    other attribute (name, const, producer, ...) is the value's own.
-    """
-
-    __slots__ = ("value", "type")
-
-    def __init__(self, value: Value, type: TensorType):
-        self.value = value
-        self.type = type
-
-    @property
-    def dtype(self) -> DType:
-        return self.type.dtype
-
-    @property
-    def shape(self) -> tuple[DimLike, ...]:
-        return self.type.shape
-
-    @property
-    def rank(self) -> int:
-        return len(self.type.shape)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.value, name)
-
-
-class TypedNode:
-    """A read-only view of a node whose inputs and outputs are :class:`TypedValue` s."""
-
-    __slots__ = ("node", "inputs", "outputs")
-
-    def __init__(self, node: Node, retype: Callable[[Value | None], Any]):
-        self.node = node
-        self.inputs = [retype(v) for v in node.inputs]
-        self.outputs = [retype(v) for v in node.outputs]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.node, name)
-
-
-def _viewed_as(node: Node, old: DType, new: DType) -> TypedNode:
-    """``node`` as a lowering should see it when it computes ``old`` values in ``new``."""
-
-    def retype(v: Value | None) -> Any:
-        if v is None or v.dtype is not old:
-            return v
-        return TypedValue(v, v.type._replace(dtype=new))
-
-    return TypedNode(node, retype)
 
 
 def _strip(names: Sequence[str]) -> list[str]:
