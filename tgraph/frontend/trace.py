@@ -512,7 +512,7 @@ def _finish_outputs(graph: Graph, ep: ExportedProgram, leaves: list[Any]) -> Non
     output_leaves: list[tuple[str, Any]] = []
     for name, leaf in zip(names, leaves):
         if isinstance(leaf, Value):
-            if leaf.producer is not None and leaf not in graph.outputs and name not in graph._names:
+            if leaf.producer is not None and leaf not in graph.outputs and not graph.has_name(name):
                 graph.rename(leaf, name)
             output_leaves.append(("value", len(graph.outputs)))
             graph.outputs.append(leaf)

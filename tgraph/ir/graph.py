@@ -33,6 +33,10 @@ class Graph:
 
     # -- naming --------------------------------------------------------------------------------
 
+    def has_name(self, name: str) -> bool:
+        """True when a value of this graph (input, initializer or node output) is ``name``."""
+        return name in self._names
+
     def fresh_name(self, hint: str) -> str:
         """A value name not yet used in this graph, derived deterministically from ``hint``."""
         hint = hint or "v"
