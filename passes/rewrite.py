@@ -1,186 +1,29 @@
 """The shared rewrite engine: rules of pattern / check / replace.
 
-A fusion pass is a :class:`RewritePass` with a tuple of :class:`Rule`. The engine owns
-soundness once for every rule: no interior value of a match may be a graph output or be
-read outside the match. It records, per rule, how many sites it rewrote and, for every
-site whose pattern matched but which was rejected, why ("why not fused"). New nodes carry
-``meta["rule"]`` and ``meta["replaced"]`` (the original nodes they stand for), and the
-value that replaces the match root takes the root's name, so a one-node rewrite shows as
-one small hunk in the dump diff.
+A fusion pass is a :class:`RewritePass` with a tuple of :class:`Rule`; the patterns are
+written with :class:`P` (see :mod:`tgraph.passes.pattern`). The engine owns soundness once for
+every rule: no interior value of a match may be a graph output or be read outside the
+match. It records, per rule, how many sites it rewrote and, for every site whose pattern
+matched but which was rejected, why ("why not fused"). New nodes carry ``meta["rule"]``
+and ``meta["replaced"]`` (the original nodes they stand for), and the value that replaces
+the match root takes the root's name, so a one-node rewrite shows as one small hunk in the
+dump diff.
 
-Patterns::
-
-    P.op("add", P.op("matmul", P.var("x"), P.const("w")), P.const("b"))
-    P.op("softmax", P.var("s"), axis=-1)            # attribute equals -1
-    P.op("mul", P.var("x"), P.scalar(0.5))          # a constant scalar close to 0.5
-    P.op("reshape", P.var("x"), shape=lambda s: len(s) == 4, name="split")  # bind the node
-    P.op(("tril", "triu"), P.var("m"))              # either op
+Rules are indexed by the ops at their patterns' roots, so a node meets only the rules that
+can match it, in the order the pass lists them.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from tgraph.ir import DType, Graph, Node, Value
-from tgraph.ir.ops import get_op
 from tgraph.passes.manager import Pass, PassResult
+from tgraph.passes.pattern import Match, P, Pattern, match_node, root_ops
 
-# -- patterns --------------------------------------------------------------------------------
-
-
-class Pattern:
-    """Base class; use the constructors on :class:`P`."""
-
-
-@dataclass(frozen=True)
-class _Var(Pattern):
-    name: str
-
-
-@dataclass(frozen=True)
-class _Const(Pattern):
-    name: str
-
-
-@dataclass(frozen=True)
-class _Scalar(Pattern):
-    value: float | None
-    name: str | None
-    rel_tol: float
-
-
-@dataclass(frozen=True)
-class _Op(Pattern):
-    ops: tuple[str, ...]
-    inputs: tuple[Pattern, ...]
-    attrs: tuple[tuple[str, Any], ...]
-    name: str | None
-    output: int | None
-
-
-class P:
-    """Pattern constructors."""
-
-    @staticmethod
-    def var(name: str) -> Pattern:
-        """Any value; the same name twice must be the same value."""
-        return _Var(name)
-
-    @staticmethod
-    def const(name: str) -> Pattern:
-        """A constant (initializer) value."""
-        return _Const(name)
-
-    @staticmethod
-    def scalar(
-        value: float | None = None, name: str | None = None, rel_tol: float = 1e-6
-    ) -> Pattern:
-        """A constant with one element, close to ``value`` when given; binds the float to ``name``."""
-        return _Scalar(value, name, rel_tol)
-
-    @staticmethod
-    def op(
-        op: str | tuple[str, ...],
-        *inputs: Pattern,
-        name: str | None = None,
-        output: int | None = None,
-        **attrs: Any,
-    ) -> Pattern:
-        """A node of op ``op`` (or one of several) whose inputs match ``inputs``.
-
-        Attribute values are compared for equality, or called when callable. ``name``
-        binds the node; ``output`` requires a specific output index of a multi-output node.
-        """
-        ops = (op,) if isinstance(op, str) else tuple(op)
-        return _Op(ops, tuple(inputs), tuple(sorted(attrs.items())), name, output)
-
-
-class Match(Mapping[str, Any]):
-    """The bindings of one match: ``m["x"]`` is a Value, a Node (named op) or a float."""
-
-    def __init__(self, bindings: dict[str, Any], nodes: list[Node], root: Node):
-        self._bindings = bindings
-        self.nodes = nodes  # every matched node, root included, in graph order
-        self.root = root
-
-    def __getitem__(self, key: str) -> Any:
-        return self._bindings[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._bindings)
-
-    def __len__(self) -> int:
-        return len(self._bindings)
-
-
-def _match(p: Pattern, v: Value, b: dict[str, Any], nodes: tuple[Node, ...], commutative: bool):
-    """Yield (bindings, matched nodes) for every way ``v`` matches ``p``."""
-    if isinstance(p, _Var):
-        if p.name in b:
-            if b[p.name] is v:
-                yield b, nodes
-        else:
-            yield {**b, p.name: v}, nodes
-    elif isinstance(p, _Const):
-        if v.const is not None and (p.name not in b or b[p.name] is v):
-            yield {**b, p.name: v}, nodes
-    elif isinstance(p, _Scalar):
-        if v.const is None or v.const.size != 1:
-            return
-        x = float(np.asarray(v.const, dtype=np.float64).reshape(()))
-        if p.value is not None and not math.isclose(x, p.value, rel_tol=p.rel_tol, abs_tol=1e-12):
-            return
-        yield ({**b, p.name: x} if p.name else b), nodes
-    elif isinstance(p, _Op):
-        node = v.producer
-        if node is None or node.op not in p.ops or len(node.inputs) != len(p.inputs):
-            return
-        if p.output is not None and node.outputs[p.output] is not v:
-            return
-        if p.name is not None and p.name in b and b[p.name] is not node:
-            return
-        yield from _match_node(p, node, b, nodes, commutative)
-
-
-def _attrs_ok(p: _Op, node: Node) -> bool:
-    for key, want in p.attrs:
-        have = node.attrs.get(key)
-        if callable(want) and not isinstance(want, type):
-            if not want(have):
-                return False
-        elif have != want:
-            return False
-    return True
-
-
-def _match_node(p: _Op, node: Node, b, nodes, commutative: bool):
-    if not _attrs_ok(p, node):
-        return
-    if p.name is not None:
-        b = {**b, p.name: node}
-    if node not in nodes:
-        nodes = nodes + (node,)
-    orders = [node.inputs]
-    if commutative and len(node.inputs) == 2 and get_op(node.op).commutative:
-        orders.append(node.inputs[::-1])
-    for inputs in orders:
-        yield from _match_inputs(p.inputs, inputs, b, nodes, commutative)
-
-
-def _match_inputs(patterns, values, b, nodes, commutative):
-    if not patterns:
-        yield b, nodes
-        return
-    first, rest = patterns[0], patterns[1:]
-    if values[0] is None:
-        return
-    for b2, n2 in _match(first, values[0], b, nodes, commutative):
-        yield from _match_inputs(rest, values[1:], b2, n2, commutative)
+__all__ = ["Builder", "Match", "P", "Pattern", "RewritePass", "Rule"]
 
 
 # -- building replacements ---------------------------------------------------------------------
@@ -221,6 +64,7 @@ class Builder:
 # -- rules and the engine ------------------------------------------------------------------------
 
 Check = Callable[[Match], str | None]
+Site = Callable[[Match], Any]  # the facts replace needs, or a reason string to reject
 Replace = Callable[[Builder, Match], Value | list[Value]]
 
 
@@ -230,6 +74,10 @@ class Rule:
 
     ``check`` returns a reason string to reject a site ("bias has rank 2, want 1").
     ``replace`` returns the value(s) standing for the root node's output(s).
+
+    ``site``, when the check and the replacement need the same facts (shapes proven, a
+    mask planned), computes them once: it returns a reason string to reject, or anything
+    else to accept, which ``replace`` reads as ``m.site``. It runs after ``check``.
 
     ``exports`` names interior nodes (bound with ``name=``) whose outputs the replacement
     takes over: they may be read outside the match (by nodes after the root), and
@@ -247,6 +95,25 @@ class Rule:
     commutative: bool = True
     exports: tuple[str, ...] = ()
     quiet: bool = False
+    site: Site | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            root_ops(self.pattern)
+        except TypeError as e:
+            raise TypeError(f"rule {self.name}: {e}") from None
+
+
+def _verdict(graph: Graph, rule: Rule, m: Match) -> str | None:
+    """None when the site may be rewritten (``m.site`` then set), else why not: the engine's
+    soundness first, then the rule's ``check``, then its ``site``."""
+    reason = _soundness(graph, m, rule.exports) or (rule.check(m) if rule.check else None)
+    if reason is None and rule.site is not None:
+        site = rule.site(m)
+        if isinstance(site, str):
+            return site
+        m.site = site
+    return reason
 
 
 def _soundness(graph: Graph, m: Match, exports: tuple[str, ...] = ()) -> str | None:
@@ -289,8 +156,21 @@ def _order(graph: Graph, nodes: tuple[Node, ...]) -> list[Node]:
     return [n for n in graph.nodes if id(n) in wanted]
 
 
+def _index(rules: tuple[Rule, ...]) -> dict[str, list[Rule]]:
+    """op -> the rules whose pattern can be rooted at a node of that op, in the pass's order."""
+    by_op: dict[str, list[Rule]] = {}
+    for rule in rules:
+        for op in root_ops(rule.pattern):
+            by_op.setdefault(op, []).append(rule)
+    return by_op
+
+
 class RewritePass(Pass):
     """A pass made of rules, applied in node order until nothing matches.
+
+    Each sweep visits every node once and rewrites it with the first of its rules that
+    applies. Sweeps repeat until one changes nothing, at most ``max_sweeps`` times; when
+    the last allowed sweep still rewrote, the stats say so under ``sweep_limit``.
 
     Options:
         max_matches: stop after this many rewrites (used to bisect a bad rewrite).
@@ -309,38 +189,45 @@ class RewritePass(Pass):
 
     def run(self, graph: Graph) -> PassResult:
         self.applied = []
+        by_op = _index(self.rules)
         counts = {r.name: 0 for r in self.rules}
         rejected: dict[tuple[str, str], dict[str, str]] = {}
-        total = 0
+        changed = True
         for _ in range(self.max_sweeps):
-            changed = False
-            for node in graph.nodes:
-                if node.graph is None:
-                    continue
-                for rule in self.rules:
-                    if self.max_matches is not None and total >= self.max_matches:
-                        break
-                    if self._apply(graph, rule, node, rejected):
-                        counts[rule.name] += 1
-                        total += 1
-                        changed = True
-                        break
+            changed = self._sweep(graph, by_op, counts, rejected)
             if not changed:
                 break
-        stats = {"matches": counts, "rejected": sorted(rejected.values(), key=_rejection_key)}
-        return PassResult(total > 0, stats)
+        stats: dict[str, Any] = {
+            "matches": counts,
+            "rejected": sorted(rejected.values(), key=_rejection_key),
+        }
+        if changed:
+            stats["sweep_limit"] = (
+                f"stopped after {self.max_sweeps} sweeps, the last of which still rewrote: "
+                "the graph may hold more matches (do two rules undo each other?)"
+            )
+        return PassResult(bool(self.applied), stats)
+
+    def _sweep(self, graph: Graph, by_op: dict, counts: dict, rejected: dict) -> bool:
+        changed = False
+        for node in graph.nodes:
+            if node.graph is None:
+                continue
+            for rule in by_op.get(node.op, ()):
+                if self.max_matches is not None and len(self.applied) >= self.max_matches:
+                    return changed
+                if self._apply(graph, rule, node, rejected):
+                    counts[rule.name] += 1
+                    changed = True
+                    break
+        return changed
 
     def _apply(self, graph: Graph, rule: Rule, root: Node, rejected: dict) -> bool:
-        pattern = rule.pattern
-        if not isinstance(pattern, _Op) or root.op not in pattern.ops:
-            return False
-        if len(root.inputs) != len(pattern.inputs):  # as _match checks for interior nodes
-            return False
         key = (rule.name, root.name)
         reason = None
-        for bindings, nodes in _match_node(pattern, root, {}, (), rule.commutative):
+        for bindings, nodes in match_node(rule.pattern, root, {}, (), rule.commutative):
             m = Match(bindings, _order(graph, nodes), root)
-            reason = _soundness(graph, m, rule.exports) or (rule.check(m) if rule.check else None)
+            reason = _verdict(graph, rule, m)
             if reason is None:
                 rejected.pop(key, None)
                 self.applied.append(_site(rule, root))
@@ -373,7 +260,7 @@ class RewritePass(Pass):
                 node.remove()
         created = {id(v) for n in builder.created for v in n.outputs}
         for name, new in zip(old_names, new_values):
-            if id(new) in created and name not in graph._names:
+            if id(new) in created and not graph.has_name(name):
                 graph.rename(new, name)
 
 
