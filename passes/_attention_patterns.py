@@ -5,8 +5,6 @@ in ``_mask_forms.py``.
 
 from __future__ import annotations
 
-import itertools
-
 from tgraph.ir import Node, Value, simplify
 from tgraph.passes.rewrite import Builder, Match, P, Pattern, Rule
 
@@ -14,15 +12,17 @@ ID = ("identity", "dropout")
 HEADS = (0, 2, 1, 3)  # (B, T, H, D) <-> (B, H, T, D)
 
 
-def opt_id(p: Pattern, on: bool) -> Pattern:
-    return P.op(ID, p) if on else p
+def opt_id(p: Pattern) -> Pattern:
+    """``p``, maybe behind an identity or dropout."""
+    return P.either(p, P.op(ID, p))
 
 
 # -- rewriting a fused attention -----------------------------------------------------------
 
 
 def attention_pattern(inputs: list[Pattern]) -> Pattern:
-    return P.op("attention", *inputs, name="attn")
+    """attention(q, k, v) with its mask, if any, left as it is."""
+    return P.op("attention", *inputs, name="attn", other_inputs=True)
 
 
 def reattend(b: Builder, attn: Node, inputs: list[Value], **changes) -> Value:
@@ -35,10 +35,10 @@ def reattend(b: Builder, attn: Node, inputs: list[Value], **changes) -> Value:
 #   == repeat_interleave(x, n, dim=1), the order GQA gives the heads (h -> h // n)
 
 
-def _repeat(x: str, ids: tuple[bool, bool]) -> Pattern:
+def _repeat(x: str) -> Pattern:
     u = P.op("unsqueeze", P.var(x), name=f"{x}_unsq")
-    e = P.op("expand", opt_id(u, ids[0]), name=f"{x}_exp")
-    return P.op("reshape", opt_id(e, ids[1]), name=f"{x}_rep")
+    e = P.op("expand", opt_id(u), name=f"{x}_exp")
+    return P.op("reshape", opt_id(e), name=f"{x}_rep")
 
 
 def _repeat_factor(m: Match, x: str) -> int | str:
@@ -75,13 +75,12 @@ def _repeat_replace(b: Builder, m: Match) -> Value:
     return reattend(b, m["attn"], ins, kv_heads=m["k"].shape[1])
 
 
-def _repeat_rules() -> list[Rule]:
-    rules = []
-    for ids in itertools.product((False, True), repeat=4):
-        for mask in ((), (P.var("mask"),)):
-            ins = [P.var("q"), _repeat("k", ids[:2]), _repeat("v", ids[2:]), *mask]
-            rules.append(Rule("repeat-kv", attention_pattern(ins), _repeat_replace, _repeat_check))
-    return rules
+REPEAT_KV = Rule(
+    "repeat-kv",
+    attention_pattern([P.var("q"), _repeat("k"), _repeat("v")]),
+    _repeat_replace,
+    _repeat_check,
+)
 
 
 # -- head split and merge: bhsd with the heads split out of (B, T, H*D) tensors -> bsd ------------
@@ -140,18 +139,19 @@ def _bsd_replace(b: Builder, m: Match) -> Value:
     return _view(b, reattend(b, m["attn"], ins, layout="bsd"), m.root.output.shape)
 
 
-def _bsd_rules() -> list[Rule]:
-    rules = []
-    for ids in itertools.product((False, True), repeat=2):
-        for mask in ((), (P.var("mask"),)):
-            for heads in (_split, _packed):
-                attn = attention_pattern([heads("xq"), heads("xk"), heads("xv"), *mask])
-                merged = P.op("permute", opt_id(attn, ids[0]), perm=HEADS)
-                pattern = P.op("reshape", opt_id(merged, ids[1]))
-                rules.append(Rule("split-merge-heads", pattern, _bsd_replace, _bsd_check))
-    return rules
+def _merged(heads) -> Pattern:
+    return attention_pattern([heads("xq"), heads("xk"), heads("xv")])
 
 
-def head_rules() -> list[Rule]:
-    """The rules that rewrite a fused attention's heads: GQA repeats, split/merge to bsd."""
-    return [*_repeat_rules(), *_bsd_rules()]
+SPLIT_MERGE_HEADS = Rule(
+    "split-merge-heads",
+    # reshape(permute(attention(split or packed heads) [identity], HEADS) [identity], S)
+    P.op(
+        "reshape",
+        opt_id(P.op("permute", opt_id(P.either(_merged(_split), _merged(_packed))), perm=HEADS)),
+    ),
+    _bsd_replace,
+    _bsd_check,
+)
+
+HEAD_RULES = (REPEAT_KV, SPLIT_MERGE_HEADS)  # rewrite a fused attention's heads

@@ -19,17 +19,15 @@ cannot be proven is left alone, with the reason in the pass's ``rejected`` stats
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 
 from tgraph.ir import DType, Value
 from tgraph.passes.manager import register
 from tgraph.passes.rewrite import Builder, Match, P, Pattern, RewritePass, Rule
 
-from ._attention_patterns import ID, attention_pattern, head_rules, opt_id, reattend
+from ._attention_patterns import HEAD_RULES, ID, attention_pattern, opt_id, reattend
 from ._mask_forms import CAUSAL_DROP, CAUSAL_KEEP, broadcasts_into, fill_kind, is_causal, tri_form
 
 SWAP = (0, 1, 3, 2)  # k^T
@@ -187,40 +185,31 @@ def _sdpa_site(m: Match) -> _Site | str:
 
 # -- the written-out form --------------------------------------------------------------------
 #
-# softmax(q @ permute(k) * c + mask) @ v, where the mask may also come as
-# where(cond, scores, fill) (keep) or where(cond, fill, scores) (drop), inside or outside the add.
+# softmax(q @ permute(k) [* c | / c] [+ mask] [where(cond, ., fill)]) [identity] @ v: the
+# mask added, a boolean cond applied with where (keeping the scores where cond holds, or
+# dropping them: where(cond, fill, scores)), or both, the where inside or outside the add.
+
+KEEP, DROP = 0, 1  # the "where" tag
 
 
-def _scores(scaled: bool) -> Pattern:
-    qk = P.op("matmul", P.var("q"), P.op("permute", P.var("k"), name="kt"), name="qk")
-    return P.op(("mul", "div"), qk, P.scalar(name="c"), name="scale") if scaled else qk
+def _where_cond(s: Pattern) -> Pattern:
+    cond, fill = P.var("cond"), P.scalar(name="fill")
+    return P.either(P.op("where", cond, s, fill), P.op("where", cond, fill, s), tag="where")
 
 
-def _keep(s: Pattern) -> Pattern:
-    return P.op("where", P.var("cond"), s, P.scalar(name="fill"))
+def _masked(s: Pattern) -> Pattern:
+    def plus(x: Pattern) -> Pattern:
+        return P.op("add", x, P.var("mask"))
+
+    return P.either(s, plus(s), _where_cond(s), _where_cond(plus(s)), plus(_where_cond(s)))
 
 
-def _drop(s: Pattern) -> Pattern:
-    return P.op("where", P.var("cond"), P.scalar(name="fill"), s)
+QK = P.op("matmul", P.var("q"), P.op("permute", P.var("k"), name="kt"), name="qk")
+SCORES = P.either(QK, P.op(("mul", "div"), QK, P.scalar(name="c"), name="scale"))
+WRITTEN = P.op("matmul", opt_id(P.op("softmax", _masked(SCORES), name="sm")), P.var("v"))
 
 
-def _add(s: Pattern) -> Pattern:
-    return P.op("add", s, P.var("mask"))
-
-
-MASK_FORMS = {  # name -> (wrap scores, where keeps the cond)
-    "none": (lambda s: s, True),
-    "add": (_add, True),
-    "keep": (_keep, True),
-    "drop": (_drop, False),
-    "add-keep": (lambda s: _keep(_add(s)), True),
-    "add-drop": (lambda s: _drop(_add(s)), False),
-    "keep-add": (lambda s: _add(_keep(s)), True),
-    "drop-add": (lambda s: _add(_drop(s)), False),
-}
-
-
-def _written_site(m: Match, keep: bool) -> _Site | str:
+def _written_site(m: Match) -> _Site | str:
     sm, qk = m["sm"], m["qk"]
     if sm.attrs["axis"] % sm.output.rank != sm.output.rank - 1:
         return f"softmax over axis {sm.attrs['axis']}, not the last"
@@ -239,6 +228,7 @@ def _written_site(m: Match, keep: bool) -> _Site | str:
         if m["scale"].op == "div" and m["c"] == 0:
             return "scores divided by 0"
         scale = m["c"] if m["scale"].op == "mul" else 1.0 / m["c"]
+    keep = m.get("where", KEEP) == KEEP
     plan = plan_mask(
         qk.output.shape, qk.output.dtype, m.get("mask"), m.get("cond"), keep, m.get("fill", 0.0)
     )
@@ -248,43 +238,38 @@ def _written_site(m: Match, keep: bool) -> _Site | str:
     return _Site(m["q"], k, k_perm, m["v"], float(scale), plan)
 
 
-def _site_rule(name: str, pattern: Pattern, site) -> Rule:
-    def check(m: Match) -> str | None:
-        s = site(m)
-        return s if isinstance(s, str) else None
-
-    return Rule(name, pattern, replace=lambda b, m: site(m).build(b), check=check)
+def _build(b: Builder, m: Match) -> Value:
+    return m.site.build(b)
 
 
-def _sdpa_rules() -> list[Rule]:
-    args = [P.var("q"), P.var("k"), P.var("v"), P.var("mask")]
-    return [_site_rule("sdpa", P.op("sdpa", *args[:n]), _sdpa_site) for n in (3, 4)]
-
-
-def _written_rules() -> list[Rule]:
-    rules = []
-    for (wrap, keep), scaled, dropout in itertools.product(
-        MASK_FORMS.values(), (False, True), (False, True)
-    ):
-        probs = opt_id(P.op("softmax", wrap(_scores(scaled)), name="sm"), dropout)
-        pattern = P.op("matmul", probs, P.var("v"))
-        rules.append(_site_rule("softmax-attention", pattern, partial(_written_site, keep=keep)))
-    return rules
+SDPA = Rule(
+    "sdpa",
+    P.op("sdpa", P.var("q"), P.var("k"), P.var("v"), P.opt(P.var("mask"))),
+    _build,
+    site=_sdpa_site,
+)
+SOFTMAX_ATTENTION = Rule("softmax-attention", WRITTEN, _build, site=_written_site)
 
 
 # -- inputs of a fused attention: identities and scales ----------------------------------------
 
-INPUTS = ("q", "k", "v", "mask")
+
+def _one_of(x: Pattern, n: int) -> Pattern:
+    """attention whose q, k or v (the first ``n`` of them, in order) is ``x``; the tag
+    "input" is its position."""
+    names = ("q", "k", "v")
+    alternatives = ([x if i == j else P.var(names[j]) for j in range(3)] for i in range(n))
+    return P.either(*(attention_pattern(ins) for ins in alternatives), tag="input")
 
 
-def _inputs_with(m: Match, index: int, x: Value) -> list[Value]:
+def _inputs_with(m: Match, x: Value) -> list[Value]:
     ins = list(m["attn"].inputs)
-    ins[index] = x
+    ins[m["input"]] = x
     return ins
 
 
-def _skip_replace(b: Builder, m: Match, index: int) -> Value:
-    return reattend(b, m["attn"], _inputs_with(m, index, m["x"]))
+def _skip_replace(b: Builder, m: Match) -> Value:
+    return reattend(b, m["attn"], _inputs_with(m, m["x"]))
 
 
 def _scale_check(m: Match) -> str | None:
@@ -294,43 +279,28 @@ def _scale_check(m: Match) -> str | None:
     return "division by 0" if op.op == "div" and m["c"] == 0 else None
 
 
-def _scale_replace(b: Builder, m: Match, index: int) -> Value:
+def _scale_replace(b: Builder, m: Match) -> Value:
     # (x * c) @ k^T * s == x @ k^T * (s * c); a permute in between moves with x.
     c = m["c"] if m["scale"].op == "mul" else 1.0 / m["c"]
     scale = float(m["attn"].attrs["scale"] * c)
     x = m["x"] if "perm" not in m else b.op("permute", m["x"], perm=m["perm"].attrs["perm"])
-    return reattend(b, m["attn"], _inputs_with(m, index, x), scale=scale)
+    return reattend(b, m["attn"], _inputs_with(m, x), scale=scale)
 
 
-def _scaled(permuted: bool) -> Pattern:
-    scaled = P.op(("mul", "div"), P.var("x"), P.scalar(name="c"), name="scale")
-    return P.op("permute", scaled, name="perm") if permuted else scaled
-
-
-def _input_rules() -> list[Rule]:
-    rules = []
-    for n in (3, 4):
-        for i in range(3):  # not the mask: one mask is often shared by every layer
-            ins = [P.var(x) for x in INPUTS[:n]]
-            ins[i] = P.op(ID, P.var("x"))
-            replace = partial(_skip_replace, index=i)
-            rules.append(Rule("skip-identity", attention_pattern(ins), replace=replace))
-        for i, permuted in itertools.product((0, 1), (False, True)):
-            ins = [P.var(x) for x in INPUTS[:n]]
-            ins[i] = _scaled(permuted)
-            rules.append(
-                Rule(
-                    "absorb-scale",
-                    attention_pattern(ins),
-                    replace=partial(_scale_replace, index=i),
-                    check=_scale_check,
-                )
-            )
-    return rules
+SCALED = P.op(("mul", "div"), P.var("x"), P.scalar(name="c"), name="scale")
+SKIP_IDENTITY = Rule(  # not the mask: one mask is often shared by every layer
+    "skip-identity", _one_of(P.op(ID, P.var("x")), 3), _skip_replace
+)
+ABSORB_SCALE = Rule(
+    "absorb-scale",
+    _one_of(P.either(SCALED, P.op("permute", SCALED, name="perm")), 2),
+    _scale_replace,
+    _scale_check,
+)
 
 
 @register("fuse-attention")
 class FuseAttention(RewritePass):
     """Fuse sdpa and written-out softmax(q k^T) v into attention (GQA, causal, bsd layout)."""
 
-    rules = (*_sdpa_rules(), *_written_rules(), *_input_rules(), *head_rules())
+    rules = (SDPA, SOFTMAX_ATTENTION, SKIP_IDENTITY, ABSORB_SCALE, *HEAD_RULES)
