@@ -312,6 +312,18 @@ def test_clone_keeps_fresh_names_fresh():
     assert twin.fresh_name("linear") == g.fresh_name("linear") == "linear_2"
 
 
+def test_has_name_follows_the_live_values():
+    g = make_mlp()
+    gelu = node_by_op(g, "gelu")
+    assert all(g.has_name(n) for n in ("x", "fc1.weight", gelu.output.name))
+    assert not g.has_name("nothing")
+    relu = g.create_node("relu", [g.inputs[0]])
+    name = relu.output.name
+    assert g.has_name(name)
+    relu.remove()
+    assert not g.has_name(name)  # a removed node's names are free again
+
+
 # -- dumps ------------------------------------------------------------------------------------------
 
 
