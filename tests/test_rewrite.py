@@ -1,6 +1,8 @@
 """The shared rewrite engine: matching, soundness, rejections, provenance, naming; the pattern
 language (optional inputs, alternatives, other inputs), the root index, sites, the sweep limit."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -283,13 +285,22 @@ def test_a_reason_from_site_rejects_the_site():
     assert [r["reason"] for r in result.stats["rejected"]] == ["rank 2, want 1"]
 
 
-def test_hitting_the_sweep_limit_is_reported():
-    # relu -> a fresh relu always matches again: every sweep rewrites it once.
-    result, p = _run_rules(
-        _chain(), Rule("again", P.op("relu", P.var("a")), _same_op), max_sweeps=3
+@register("test-sweep-limit")
+class WrapForever(RewritePass):
+    """Test only: relu(x) -> relu(identity(x)) matches again after every rewrite."""
+
+    max_sweeps = 3
+    rules = (
+        Rule("wrap", P.op("relu", P.var("a")), lambda b, m: b.op("relu", b.op("identity", m["a"]))),
     )
-    assert result.stats["matches"] == {"again": 3} and len(p.applied) == 3
-    assert "stopped after 3 sweeps" in result.stats["sweep_limit"]
+
+
+def test_hitting_the_sweep_limit_is_reported_in_the_record_and_summary(tmp_path):
+    _, records = optimize(_chain(), "test-sweep-limit", dump_dir=str(tmp_path))
+    assert records[0].stats["matches"] == {"wrap": 3}  # one rewrite per sweep
+    assert "stopped after 3 sweeps" in records[0].stats["sweep_limit"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["passes"][0]["stats"]["sweep_limit"] == records[0].stats["sweep_limit"]
 
 
 def test_a_pass_that_settles_does_not_report_the_sweep_limit():
