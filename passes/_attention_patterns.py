@@ -5,6 +5,8 @@ in ``_mask_forms.py``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from tgraph.ir import Node, Value, simplify
 from tgraph.passes.rewrite import Builder, Match, P, Pattern, Rule
 
@@ -139,17 +141,15 @@ def _bsd_replace(b: Builder, m: Match) -> Value:
     return _view(b, reattend(b, m["attn"], ins, layout="bsd"), m.root.output.shape)
 
 
-def _merged(heads) -> Pattern:
+def _on_heads(heads: Callable[[str], Pattern]) -> Pattern:
     return attention_pattern([heads("xq"), heads("xk"), heads("xv")])
 
 
+ON_SPLIT_HEADS = P.either(_on_heads(_split), _on_heads(_packed))
 SPLIT_MERGE_HEADS = Rule(
     "split-merge-heads",
-    # reshape(permute(attention(split or packed heads) [identity], HEADS) [identity], S)
-    P.op(
-        "reshape",
-        opt_id(P.op("permute", opt_id(P.either(_merged(_split), _merged(_packed))), perm=HEADS)),
-    ),
+    # reshape(permute(attention(split or unpacked heads) [identity], HEADS) [identity], S)
+    P.op("reshape", opt_id(P.op("permute", opt_id(ON_SPLIT_HEADS), perm=HEADS))),
     _bsd_replace,
     _bsd_check,
 )

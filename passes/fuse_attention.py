@@ -198,6 +198,8 @@ def _where_cond(s: Pattern) -> Pattern:
 
 
 def _masked(s: Pattern) -> Pattern:
+    """s, s + mask, where(cond, s), where(cond, s + mask), where(cond, s) + mask."""
+
     def plus(x: Pattern) -> Pattern:
         return P.op("add", x, P.var("mask"))
 
@@ -254,12 +256,14 @@ SOFTMAX_ATTENTION = Rule("softmax-attention", WRITTEN, _build, site=_written_sit
 # -- inputs of a fused attention: identities and scales ----------------------------------------
 
 
-def _one_of(x: Pattern, n: int) -> Pattern:
-    """attention whose q, k or v (the first ``n`` of them, in order) is ``x``; the tag
-    "input" is its position."""
-    names = ("q", "k", "v")
-    alternatives = ([x if i == j else P.var(names[j]) for j in range(3)] for i in range(n))
-    return P.either(*(attention_pattern(ins) for ins in alternatives), tag="input")
+def _one_of(x: Pattern, inputs: int) -> Pattern:
+    """attention with ``x`` as its q, k or v (the first ``inputs`` of them, tried in that
+    order); the tag "input" is x's position."""
+
+    def at(i: int) -> Pattern:
+        return attention_pattern([x if j == i else P.var(n) for j, n in enumerate("qkv")])
+
+    return P.either(*(at(i) for i in range(inputs)), tag="input")
 
 
 def _inputs_with(m: Match, x: Value) -> list[Value]:
