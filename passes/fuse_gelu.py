@@ -1,10 +1,10 @@
 """Fuse GELU written out elementwise (erf and tanh forms) into ``gelu``, and a bias into it.
 
 A product of three factors ``x * 0.5 * (1 + f(x))`` may be parenthesized three ways;
-each is one pattern (the engine tries both operand orders of every ``mul``), so every rule
-below lists the spellings of one formula. Constants are matched loosely and then checked
-to the precision of the input's dtype, so a model in f16 fuses too and a near-miss
-constant is rejected with a reason.
+each is one alternative of the rule's pattern (the engine tries both operand orders of
+every ``mul``), so each rule is one formula with its spellings. Constants are matched
+loosely and then checked to the precision of the input's dtype, so a model in f16 fuses
+too and a near-miss constant is rejected with a reason.
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ def _c(name: str) -> Pattern:
     return P.scalar(EXACT[name], name=name, rel_tol=1e-2)
 
 
-def _products(a: Pattern, b: Pattern, c: Pattern) -> tuple[Pattern, ...]:
-    """``a * b * c`` in each of its three parenthesizations."""
-    return (
+def _product(a: Pattern, b: Pattern, c: Pattern) -> Pattern:
+    """``a * b * c`` in any of its three parenthesizations."""
+    return P.either(
         P.op("mul", P.op("mul", a, b), c),
         P.op("mul", P.op("mul", a, c), b),
         P.op("mul", P.op("mul", b, c), a),
@@ -63,39 +63,30 @@ def _check(m: Match) -> str | None:
     return None
 
 
-def _gelu_rules(name: str, approximate: str, inners: tuple[Pattern, ...]) -> tuple[Rule, ...]:
-    rules = []
-    for inner in inners:
-        one_plus = P.op("add", P.op("tanh" if approximate == "tanh" else "erf", inner), _c("one"))
-        for pattern in _products(X, _c("half"), one_plus):
-            rules.append(
-                Rule(
-                    name=name,
-                    pattern=pattern,
-                    check=_check,
-                    replace=lambda b, m: b.op("gelu", m["x"], approximate=approximate),
-                )
-            )
-    return tuple(rules)
+def _gelu_rule(name: str, approximate: str, inner: Pattern) -> Rule:
+    one_plus = P.op("add", P.op("tanh" if approximate == "tanh" else "erf", inner), _c("one"))
+    return Rule(
+        name=name,
+        pattern=_product(X, _c("half"), one_plus),
+        check=_check,
+        replace=lambda b, m: b.op("gelu", m["x"], approximate=approximate),
+    )
 
 
 # gelu(x) = 0.5 * x * (1 + erf(x / sqrt(2)))          with x / sqrt(2) or x * (1 / sqrt(2))
-GELU_ERF = _gelu_rules(
+GELU_ERF = _gelu_rule(
     "gelu-erf",
     "none",
-    (P.op("div", X, _c("sqrt2")), P.op("mul", X, _c("inv_sqrt2"))),
+    P.either(P.op("div", X, _c("sqrt2")), P.op("mul", X, _c("inv_sqrt2"))),
 )
 
 # gelu_tanh(x) = 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3)))
 #                with x^3 as pow(x, 3) or x * x * x
-_CUBES = (P.op("pow", X, _c("three")), P.op("mul", P.op("mul", X, X), X))
-GELU_TANH = _gelu_rules(
+_CUBE = P.either(P.op("pow", X, _c("three")), P.op("mul", P.op("mul", X, X), X))
+GELU_TANH = _gelu_rule(
     "gelu-tanh",
     "tanh",
-    tuple(
-        P.op("mul", _c("sqrt_2_over_pi"), P.op("add", X, P.op("mul", _c("coeff"), cube)))
-        for cube in _CUBES
-    ),
+    P.op("mul", _c("sqrt_2_over_pi"), P.op("add", X, P.op("mul", _c("coeff"), _CUBE))),
 )
 
 
@@ -124,4 +115,4 @@ BIAS_GELU = Rule(
 class FuseGelu(RewritePass):
     """Fuse GELU written out with erf or tanh (GPT-2's gelu_new) into gelu; fold a bias in."""
 
-    rules = GELU_ERF + GELU_TANH + (BIAS_GELU,)
+    rules = (GELU_ERF, GELU_TANH, BIAS_GELU)

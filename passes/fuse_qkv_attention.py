@@ -39,18 +39,16 @@ def _replace(b: Builder, m: Match) -> Value:
     return b.op("qkv_attention", *inputs, **attrs, sizes=m["split"].attrs["sizes"])
 
 
-def _rules() -> tuple[Rule, ...]:
-    # attention{bsd}(split(linear(x, w, b?)).0/.1/.2, mask?) -> qkv_attention(x, w, b?, mask?)
-    rules = []
-    for bias in ((), (P.var("b"),)):
-        linear = P.op("linear", P.var("x"), P.var("w"), *bias, name="linear")
-        qkv = [P.op("split", linear, name="split") for _ in range(3)]
-        for mask in ((), (P.var("mask"),)):
-            pattern = P.op("attention", *qkv, *mask, layout="bsd")
-            rules.append(
-                Rule(name=RULE, pattern=pattern, check=_check, replace=_replace, commutative=False)
-            )
-    return tuple(rules)
+# attention{bsd}(split(linear(x, w, b?)).0/.1/.2, mask?) -> qkv_attention(x, w, b?, mask?)
+_LINEAR = P.op("linear", P.var("x"), P.var("w"), P.opt(P.var("b")), name="linear")
+_QKV = [P.op("split", _LINEAR, name="split") for _ in range(3)]
+QKV_ATTENTION = Rule(
+    name=RULE,
+    pattern=P.op("attention", *_QKV, P.opt(P.var("mask")), layout="bsd"),
+    check=_check,
+    replace=_replace,
+    commutative=False,
+)
 
 
 @register("fuse-qkv-attention")
@@ -62,4 +60,4 @@ class FuseQKVAttention(RewritePass):
     The weight must be a constant; it is not rewritten, so the pass suits training too.
     """
 
-    rules = _rules()
+    rules = (QKV_ATTENTION,)
