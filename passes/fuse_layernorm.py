@@ -3,8 +3,9 @@
 The rules compose. ``layer-norm`` and ``rms-norm`` turn the normalization itself into a
 norm without parameters; ``norm-cast`` drops the cast to f32 and back that Hugging Face
 Llama/T5 norms wrap around it; ``norm-weight`` and ``norm-bias`` fold the affine
-``* w + b`` that follows (w and b constants of the normalized shape). Each rule lists the
-spellings of its formula: the engine tries both operand orders of ``add`` and ``mul``.
+``* w + b`` that follows (w and b constants of the normalized shape). Each rule is one
+formula with its spellings as alternatives; the engine tries both operand orders of ``add``
+and ``mul``.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ def _mean(arg: Pattern, name: str) -> Pattern:
     return P.op("reduce_mean", arg, keepdim=True, name=name)
 
 
-def _squares(v: Pattern) -> tuple[Pattern, ...]:
-    return (P.op("pow", v, P.scalar(2.0)), P.op("mul", v, v))
+def _square(v: Pattern) -> Pattern:
+    return P.either(P.op("pow", v, P.scalar(2.0)), P.op("mul", v, v))
 
 
-def _normalized(num: Pattern, denom: Pattern) -> tuple[Pattern, ...]:
-    """``num / sqrt(denom)`` and ``num * rsqrt(denom)``."""
-    return (P.op("div", num, P.op("sqrt", denom)), P.op("mul", num, P.op("rsqrt", denom)))
+def _normalized(num: Pattern, denom: Pattern) -> Pattern:
+    """``num / sqrt(denom)`` or ``num * rsqrt(denom)``."""
+    return P.either(P.op("div", num, P.op("sqrt", denom)), P.op("mul", num, P.op("rsqrt", denom)))
 
 
 def _last_axis_only(node: Node, rank: int) -> bool:
@@ -60,28 +61,26 @@ def _eps(m: Match) -> float:
     return float(str(m["eps"].const.reshape(())[()]))
 
 
-def _rules(name: str, patterns, replace) -> tuple[Rule, ...]:
-    return tuple(Rule(name=name, pattern=p, check=_norm_check, replace=replace) for p in patterns)
-
-
 # layer_norm(x) = (x - mean(x)) / sqrt(var(x) + eps)
 #   var(x) = mean(d * d) | mean(d ** 2) | var(x, correction=0)      with d = x - mean(x)
 #   a / sqrt(v) | a * rsqrt(v)
 _D = P.op("sub", X, _mean(X, "mean"))
-_VARIANCES = tuple(_mean(sq, "var") for sq in _squares(_D)) + (
-    P.op("var", X, correction=0, keepdim=True, name="var"),
+_VARIANCE = P.either(
+    _mean(_square(_D), "var"), P.op("var", X, correction=0, keepdim=True, name="var")
 )
-LAYER_NORM = _rules(
-    "layer-norm",
-    [p for var in _VARIANCES for p in _normalized(_D, P.op("add", var, EPS))],
-    lambda b, m: b.op("layer_norm", m["x"], axis=-1, eps=_eps(m)),
+LAYER_NORM = Rule(
+    name="layer-norm",
+    pattern=_normalized(_D, P.op("add", _VARIANCE, EPS)),
+    check=_norm_check,
+    replace=lambda b, m: b.op("layer_norm", m["x"], axis=-1, eps=_eps(m)),
 )
 
 # rms_norm(x) = x / sqrt(mean(x ** 2) + eps)       x ** 2 as pow(x, 2) or x * x
-RMS_NORM = _rules(
-    "rms-norm",
-    [p for sq in _squares(X) for p in _normalized(X, P.op("add", _mean(sq, "mean"), EPS))],
-    lambda b, m: b.op("rms_norm", m["x"], axis=-1, eps=_eps(m)),
+RMS_NORM = Rule(
+    name="rms-norm",
+    pattern=_normalized(X, P.op("add", _mean(_square(X), "mean"), EPS)),
+    check=_norm_check,
+    replace=lambda b, m: b.op("rms_norm", m["x"], axis=-1, eps=_eps(m)),
 )
 
 
@@ -108,19 +107,13 @@ NORM_WEIGHT = Rule(
 )
 
 
-def _bias_rule(with_weight: bool) -> Rule:
-    # layer_norm(x[, w]) + b = layer_norm(x, w, b)
-    def replace(b, m):
-        weight = m["w"] if with_weight else None
-        return b.op("layer_norm", m["x"], weight, m["b"], **m["norm"].attrs)
-
-    params = ("w",) if with_weight else ()
-    return Rule(
-        name="norm-bias",
-        pattern=P.op("add", _norm(("layer_norm",), *params), P.var("b")),
-        check=lambda m: _param_reason("bias", m["b"], m["norm"]),
-        replace=replace,
-    )
+# layer_norm(x[, w]) + b = layer_norm(x, w, b)
+NORM_BIAS = Rule(
+    name="norm-bias",
+    pattern=P.op("add", P.op("layer_norm", X, P.opt(P.var("w")), name="norm"), P.var("b")),
+    check=lambda m: _param_reason("bias", m["b"], m["norm"]),
+    replace=lambda b, m: b.op("layer_norm", m["x"], m.get("w"), m["b"], **m["norm"].attrs),
+)
 
 
 def _cast_check(m: Match) -> str | None:
@@ -149,11 +142,4 @@ NORM_CAST = Rule(
 class FuseLayerNorm(RewritePass):
     """Fuse LayerNorm / RMSNorm written out with reduce_mean (and casts) into one op."""
 
-    rules = (
-        *LAYER_NORM,
-        *RMS_NORM,
-        NORM_CAST,
-        NORM_WEIGHT,
-        _bias_rule(with_weight=False),
-        _bias_rule(with_weight=True),
-    )
+    rules = (LAYER_NORM, RMS_NORM, NORM_CAST, NORM_WEIGHT, NORM_BIAS)
