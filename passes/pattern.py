@@ -97,7 +97,8 @@ class P:
     def scalar(
         value: float | None = None, name: str | None = None, rel_tol: float = 1e-6
     ) -> Pattern:
-        """A constant with one element, close to ``value`` when given; binds the float to ``name``."""
+        """A constant with one element, close to ``value`` when given; binds the float to
+        ``name``."""
         return _Scalar(value, name, rel_tol)
 
     @staticmethod
