@@ -130,6 +130,18 @@ def _session(
     return ort.InferenceSession(path, options, providers=providers, **extra), tmp
 
 
+def refuse_sharded(graph: Graph) -> None:
+    """ORT runs one process: a tensor-parallel graph needs torch.distributed."""
+    from tgraph.ir.ops.collective import COMBINE
+
+    node = next((n for n in graph.nodes if n.op in COMBINE), None)
+    if node is not None:
+        raise LoweringError(
+            f"graph {graph.name} is sharded ({node.op} at %{node.name}): the ort backend runs "
+            "one process; compile it with backend='torch' and launch it with torchrun"
+        )
+
+
 def lower(
     graph: Graph,
     device: str = "cpu",
@@ -139,6 +151,7 @@ def lower(
     fused_kernels: bool = True,
 ) -> OrtRunner:
     """Lower ``graph`` to ONNX and open an ONNX Runtime session for it (options: see above)."""
+    refuse_sharded(graph)
     providers = _providers(device)  # fail fast, before lowering
     weights: dict[str, np.ndarray] = {}
     optimize = _optimizations_on(ort_optimizations)

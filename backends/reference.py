@@ -77,26 +77,67 @@ def run_graph(
     keep_all = "*" in keep
     kept: dict[str, np.ndarray] = {}
     for node in graph.nodes:
-        opdef = get_op(node.op)
         args = [None if v is None else env[id(v)] for v in node.inputs]
         attrs = resolve_attrs(node.attrs, bindings)
-        try:
-            # Like torch, produce inf/nan silently (T5 takes log(0) inside a where()).
-            with np.errstate(all="ignore"):
-                results = opdef.run(args, attrs)
-        except Exception as e:  # a kernel bug or a bad shape: say where
-            module = node.meta.get("module")
-            where = f" (from {module})" if module else ""
-            raise ReferenceError(f"{node.op} node %{node.name}{where} failed: {e}") from e
-        for v, r in zip(node.outputs, results):
-            r = np.asarray(r)
-            if r.dtype != v.dtype.numpy:
-                r = r.astype(v.dtype.numpy)
-            env[id(v)] = r
+        for v, r in zip(node.outputs, _guarded(node, get_op(node.op).run, args, attrs)):
+            env[id(v)] = r = _typed(v, r)
             if keep_all or v.name in keep:
                 kept[v.name] = r
     outputs = [env[id(v)] for v in graph.outputs]
     return (outputs, kept) if keep else outputs
+
+
+def _guarded(node, fn, *args, **kwargs) -> list[np.ndarray]:
+    """``fn(*args, **kwargs)``; a failure names the node."""
+    try:
+        # Like torch, produce inf/nan silently (T5 takes log(0) inside a where()).
+        with np.errstate(all="ignore"):
+            return fn(*args, **kwargs)
+    except Exception as e:  # a kernel bug or a bad shape: say where
+        module = node.meta.get("module")
+        where = f" (from {module})" if module else ""
+        raise ReferenceError(f"{node.op} node %{node.name}{where} failed: {e}") from e
+
+
+def _typed(v: Value, r: np.ndarray) -> np.ndarray:
+    r = np.asarray(r)
+    return r if r.dtype == v.dtype.numpy else r.astype(v.dtype.numpy)
+
+
+def run_ranks(graphs: Sequence[Graph], inputs: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+    """Run every rank's graph of a sharded model in this process, in lockstep.
+
+    ``graphs[r]`` is rank r's graph (``passes.shard.shard_all``): the same nodes, each
+    rank's own weights. Ordinary ops run per rank; a collective (``all_reduce``,
+    ``all_gather``) combines the ranks' inputs as ``torch.distributed`` would. Every rank
+    gets the same ``inputs``; returns each rank's outputs.
+    """
+    from tgraph.ir.ops.collective import COMBINE
+
+    arrays = [_check_dtype(v, np.asarray(a)) for v, a in zip(graphs[0].inputs, inputs)]
+    bindings = bind_symbols(graphs[0], arrays)
+    envs = []
+    for g in graphs:
+        env = {id(v): a for v, a in zip(g.inputs, arrays)}
+        env.update({id(v): v.const for v in g.initializers.values()})
+        envs.append(env)
+    for nodes in zip(*(g.nodes for g in graphs)):
+        first = nodes[0]
+        if len({n.op for n in nodes}) != 1:
+            raise ReferenceError(f"ranks disagree at %{first.name}: not one sharded model")
+        attrs = resolve_attrs(first.attrs, bindings)
+        args = [
+            [None if v is None else env[id(v)] for v in n.inputs] for n, env in zip(nodes, envs)
+        ]
+        if first.op in COMBINE:
+            combined = _guarded(first, COMBINE[first.op], [a[0] for a in args], **attrs)
+            per_rank = [[c] for c in combined]
+        else:
+            per_rank = [_guarded(n, get_op(n.op).run, a, attrs) for n, a in zip(nodes, args)]
+        for n, env, results in zip(nodes, envs, per_rank):
+            for v, r in zip(n.outputs, results):
+                env[id(v)] = _typed(v, r)
+    return [[env[id(v)] for v in g.outputs] for g, env in zip(graphs, envs)]
 
 
 def random_inputs(

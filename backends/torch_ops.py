@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from .torch_collectives import COLLECTIVE_OPS
 from .torch_quant import QUANT_OPS
 
 Tensor = torch.Tensor
@@ -375,6 +376,7 @@ OPS: dict[str, Callable[..., Tensor | tuple[Tensor, ...]]] = {
     "full": full,
     "pad": pad,
     **QUANT_OPS,
+    **COLLECTIVE_OPS,
 }
 
 # Ops that make a tensor without a tensor input: the lowering passes them the device.

@@ -111,6 +111,7 @@ class CompiledModel(torch.nn.Module):
         self.device = device
         self.pipeline = pipeline
         self.accuracy = None  # an AccuracyReport when compiled with an accuracy budget
+        self.sharding = None  # a tgraph.sharded.Sharding for a tensor-parallel model
         self.runner = runner  # an nn.Module runner registers as a submodule
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -154,6 +155,7 @@ def compile(
     progress: Callable[[str], None] | None = None,
     verify: bool = False,
     accuracy: dict[str, float] | None = None,
+    world_size: int = 1,
 ) -> CompiledModel:
     """Trace, optimize and lower ``model``.
 
@@ -175,6 +177,8 @@ def compile(
             optionally ``"min_top1": 0.99``): layers are kept in fp32, most sensitive
             first, until the compressed model meets it on the example inputs
             (``tgraph.accuracy``); the result is ``cm.accuracy``.
+        world_size: shard the model over this many ranks (tensor parallel, torch backend,
+            one process per rank under torchrun; ``tgraph.sharded``, docs/sharding.md).
 
     Returns:
         A :class:`CompiledModel` called like ``model``.
@@ -190,6 +194,9 @@ def compile(
     say = progress or (lambda _msg: None)
     # Parse the pipeline first: a typo fails before the slow trace.
     manager = PassManager(pipeline, dump_dir=dump_dir, progress=progress)
+    from tgraph.sharded import prepare
+
+    sharding = prepare(manager, world_size)
     normalize_inputs(example_inputs)  # type check with a clear message
     say("tracing with torch.export")
     graph = trace(model, example_inputs, dynamic=dynamic)
@@ -215,4 +222,5 @@ def compile(
     runner = get_backend(backend).lower(graph, device, params=params)
     cm = CompiledModel(graph, runner, backend, device, report, manager.pipeline)
     cm.accuracy = fitted
+    cm.sharding = sharding.finish(graph) if sharding else None
     return cm

@@ -105,8 +105,14 @@ def save(cm: CompiledModel, directory: str | os.PathLike[str]) -> None:
         doc, arrays = to_json(cm.graph)
         with open(os.path.join(tmp, "graph.json"), "w") as f:
             json.dump(doc, f)
-        tensors = {k: to_torch(np.ascontiguousarray(a)).clone() for k, a in arrays.items()}
-        safetensors.torch.save_file(tensors, os.path.join(tmp, "weights.safetensors"))
+        files = {"weights.safetensors": arrays}
+        if cm.sharding is not None:
+            from tgraph.sharded import weight_files
+
+            files = weight_files(cm.graph, cm.sharding, arrays)
+        for name, part in files.items():
+            tensors = {k: to_torch(np.ascontiguousarray(a)).clone() for k, a in part.items()}
+            safetensors.torch.save_file(tensors, os.path.join(tmp, name))
         manifest = {
             "format": FORMAT,
             "version": VERSION,
@@ -117,6 +123,7 @@ def save(cm: CompiledModel, directory: str | os.PathLike[str]) -> None:
             "inputs": [{"name": v.name, "type": str(v.type)} for v in cm.graph.inputs],
             "outputs": [{"name": v.name, "type": str(v.type)} for v in cm.graph.outputs],
             "structure": _structure(cm.graph),
+            "world_size": cm.sharding.world if cm.sharding else 1,
         }
         _save_backend_files(cm, tmp)
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
@@ -180,25 +187,40 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
     return manifest
 
 
-def load(directory: str | os.PathLike[str], device: str | None = None) -> CompiledModel:
-    """Load an artifact written by ``CompiledModel.save`` and lower it again for its backend."""
+def load(
+    directory: str | os.PathLike[str], device: str | None = None, rank: int | None = None
+) -> CompiledModel:
+    """Load an artifact written by ``CompiledModel.save`` and lower it again for its backend.
+
+    A sharded artifact loads one rank: ``rank``, else the rank torchrun launched; only
+    that rank's weight file is read (``tgraph.sharded``).
+    """
     import safetensors.torch
 
     from tgraph.api import CompiledModel
     from tgraph.backends import get_backend
+    from tgraph.sharded import Sharding, rank_files
     from tgraph.tensors import to_numpy
 
     directory = os.fspath(directory)
     manifest = read_manifest(directory)
+    files, rank = rank_files(directory, manifest, rank)
     try:
         with open(os.path.join(directory, "graph.json")) as f:
             doc = json.load(f)
-        tensors = safetensors.torch.load_file(os.path.join(directory, "weights.safetensors"))
+        tensors = {}
+        for path in files:
+            tensors.update(safetensors.torch.load_file(path))
     except (OSError, ValueError, RuntimeError) as e:
         raise ArtifactError(f"{directory}: damaged artifact ({e})") from None
     arrays = {k: to_numpy(t) for k, t in tensors.items()}
     graph = from_json(doc, arrays)
     _restore_structure(graph, manifest.get("structure", {}))
     device = device or manifest["device"]
+    world = int(manifest.get("world_size", 1))
+    if world > 1:
+        graph.meta["shard"] = {"world": world, "rank": rank}
     runner = get_backend(manifest["backend"]).lower(graph, device)
-    return CompiledModel(graph, runner, manifest["backend"], device, [], manifest["pipeline"])
+    cm = CompiledModel(graph, runner, manifest["backend"], device, [], manifest["pipeline"])
+    cm.sharding = Sharding(world, rank) if world > 1 else None
+    return cm

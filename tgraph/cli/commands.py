@@ -192,14 +192,18 @@ def run(
       tgraph run gpt.tg --random --batch 2 --seq-len 16
       tgraph run bert.tg --inputs inputs.npz --output outputs.npz
     """
-    import tgraph
     from tgraph.cli.npz_io import read_inputs, run_flat, summarize, write_outputs
+    from tgraph.sharded import is_main, load_launched, memory_line
 
     if bool(inputs_path) == random_inputs:
         fail("give exactly one of --inputs FILE.npz or --random", code=2)
-    cm = tgraph.load(artifact)
+    cm = load_launched(artifact)  # a sharded artifact: this torchrun rank's weights
     arrays = read_inputs(cm.graph, inputs_path, random_inputs, batch, seq_len, seed)
     outputs = run_flat(cm, arrays)
+    if cm.sharding is not None:
+        click.echo(memory_line(cm), err=True)
+    if not is_main(cm):
+        return
     if output_path:
         write_outputs(output_path, outputs)
     click.echo(summarize(outputs), nl=False)

@@ -144,6 +144,14 @@ class Graph:
         for v in node.outputs:
             self._names.discard(v.name)
 
+    def remove_initializer(self, name: str) -> None:
+        """Delete initializer ``name``; refuses while it is read or returned."""
+        v = self.initializers[name]
+        if v._uses or any(o is v for o in self.outputs):
+            raise IRError(f"cannot remove initializer {name!r}: it is still used")
+        self._names.discard(name)
+        del self.initializers[name]
+
     def remove_unused_initializers(self) -> int:
         dead = [k for k, v in self.initializers.items() if not v._uses and v not in self.outputs]
         for k in dead:

@@ -15,6 +15,7 @@ from .core import Value
 from .dims import SymDim
 from .dtypes import DType
 from .hashing import content_hash
+from .sharding import ShardSpec
 
 if TYPE_CHECKING:
     from .graph import Graph
@@ -49,6 +50,7 @@ def is_inline(v: Value) -> bool:
         and not v.trainable
         and v.const.size <= INLINE_MAX_ELEMENTS
         and (v.meta.get("param") is None)
+        and (v.meta.get("shard") is None)  # per-rank values: shown with their spec
     )
 
 
@@ -97,7 +99,8 @@ def dump(graph: Graph, provenance: bool = False) -> str:
         if is_inline(v):
             continue
         kind = "param" if v.trainable or v.meta.get("param") else "const"
-        lines.append(f"  {kind} @{name}: {v.type} #{content_hash(v.const)}")
+        note = f"  # {ShardSpec.from_meta(v.meta['shard']).describe()}" if "shard" in v.meta else ""
+        lines.append(f"  {kind} @{name}: {v.type} #{content_hash(v.const)}{note}")
     for node in graph.nodes:
         lines.append(format_node(node, provenance))
     outs = ", ".join(format_operand(v) for v in graph.outputs)
