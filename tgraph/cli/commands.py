@@ -193,6 +193,7 @@ def run(
       tgraph run bert.tg --inputs inputs.npz --output outputs.npz
     """
     from tgraph.cli.npz_io import read_inputs, run_flat, summarize, write_outputs
+    from tgraph.distributed import end_launch
     from tgraph.sharded import is_main, load_launched, memory_line
 
     if bool(inputs_path) == random_inputs:
@@ -202,6 +203,7 @@ def run(
     outputs = run_flat(cm, arrays)
     if cm.sharding is not None:
         click.echo(memory_line(cm), err=True)
+        end_launch()
     if not is_main(cm):
         return
     if output_path:
