@@ -173,3 +173,21 @@ def memory_line(cm: Any) -> str:
     s = cm.sharding
     mib = weight_bytes(cm.graph) / 2**20
     return f"rank {s.rank}/{s.world}: weights {mib:.3g} MiB, peak RSS {peak_rss_mb():.1f} MiB"
+
+
+def collective_traffic(graph: Graph, bindings: dict[str, int]) -> dict[str, dict[str, int]]:
+    """Per collective op: calls per forward and the bytes each rank contributes, with the
+    symbolic dims bound (``{"batch": 1, "seq": 128}``)."""
+    from tgraph.ir import evaluate
+    from tgraph.ir.ops.collective import COMBINE
+
+    out: dict[str, dict[str, int]] = {}
+    for node in graph.nodes:
+        if node.op not in COMBINE:
+            continue
+        v = node.inputs[0]
+        n = int(np.prod([evaluate(d, bindings) for d in v.shape]))
+        entry = out.setdefault(node.op, {"count": 0, "bytes": 0})
+        entry["count"] += 1
+        entry["bytes"] += n * np.dtype(v.dtype.numpy).itemsize
+    return out
