@@ -7,8 +7,9 @@ the last rank's padded with zero rows. A tied embedding and LM head share the sl
     embedding  local = ids - r*Vs;  hit = 0 <= local < Vs
                e = all_reduce(where(hit[..., None], gather(W_r, where(hit, local, 0)), 0))
 
-Only a table gathered by a graph input (token ids) is split; position and token-type
-tables (gathered by an arange or a constant) are small and stay replicated.
+Only a table gathered by a graph input (token ids) is split; position tables (gathered
+by an arange or a constant) and small tables (a token-type table's 2 rows: fewer than
+``min_rows``) stay replicated.
 """
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ HEAD = "vocab-head"
 EMBEDDING = "vocab-embedding"
 
 
-def shard_vocab(graph: Graph, slicer: Slicer, rejected: list) -> dict[str, int]:
-    """Split every LM head and token embedding; returns the count per rule."""
+def shard_vocab(graph: Graph, slicer: Slicer, rejected: list, min_rows: int) -> dict[str, int]:
+    """Split every LM head and token embedding of at least ``min_rows`` rows; returns the
+    count per rule."""
     counts = {HEAD: 0, EMBEDDING: 0}
     for node in list(graph.nodes):
         if node.op == "linear" and graph.feeds_output(node):
-            rule, reason = HEAD, _table_reason(node.inputs[1], slicer.world)
+            rule, reason = HEAD, _table_reason(node.inputs[1], slicer.world, min_rows)
         elif node.op == "gather" and node.attrs["axis"] == 0 and node.inputs[0].const is not None:
-            rule, reason = EMBEDDING, _table_reason(node.inputs[0], slicer.world)
+            rule, reason = EMBEDDING, _table_reason(node.inputs[0], slicer.world, min_rows)
             if reason is None and not any(node.inputs[1] is v for v in graph.inputs):
                 reason = "its rows are read by positions or constants, not by token ids"
         else:
@@ -43,11 +45,11 @@ def shard_vocab(graph: Graph, slicer: Slicer, rejected: list) -> dict[str, int]:
     return counts
 
 
-def _table_reason(w: Value, world: int) -> str | None:
+def _table_reason(w: Value, world: int, min_rows: int) -> str | None:
     if w.const is None or w.rank != 2:
         return f"%{w.name} is not a constant table"
-    if w.shape[0] < world:
-        return f"{w.shape[0]} rows are fewer than {world} ranks"
+    if w.shape[0] < max(world, min_rows):
+        return f"{w.shape[0]} rows, too few to split (min_rows={min_rows})"
     return None
 
 

@@ -43,14 +43,15 @@ class Shard(Pass):
         world: the number of ranks (1: nothing to do).
         rank: the rank whose graph this is (its weights; the graph is the same for all).
         vocab: split token embeddings and LM heads by vocabulary rows (default true).
+        min_rows: the fewest rows a vocab-parallel table has (default 64).
     """
 
-    def __init__(self, world: int = 1, rank: int = 0, vocab: bool = True):
+    def __init__(self, world: int = 1, rank: int = 0, vocab: bool = True, min_rows: int = 64):
         if not isinstance(world, int) or world < 1:
             raise ValueError(f"shard: world is {world!r}, want a positive int")
         if not isinstance(rank, int) or not 0 <= rank < world:
             raise ValueError(f"shard: rank is {rank!r}, want 0..{world - 1}")
-        self.world, self.rank, self.vocab = world, rank, vocab
+        self.world, self.rank, self.vocab, self.min_rows = world, rank, vocab, min_rows
 
     def run(self, graph: Graph) -> PassResult:
         if self.world == 1:
@@ -62,7 +63,7 @@ class Shard(Pass):
         blocks = self._plan_blocks(graph, rejected)
         for closer, plans in blocks:
             _apply_block(graph, closer, plans, slicer, self.world)
-        vocab = shard_vocab(graph, slicer, rejected) if self.vocab else {}
+        vocab = shard_vocab(graph, slicer, rejected, self.min_rows) if self.vocab else {}
         for name in sorted(slicer.sources):
             _drop_if_unused(graph, name)
         graph.meta["shard"] = {"world": self.world, "rank": self.rank}

@@ -129,3 +129,20 @@ def test_a_rank_that_never_starts_times_out_in_one_line(artifacts):
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("tgraph: error: rank 0: the 2-rank gloo process group did not start")
     assert "did every rank start?" in line
+
+
+def test_cli_compiles_every_rank_and_torchrun_benches_it(tmp_path):
+    from click.testing import CliRunner
+
+    from tgraph.cli import main
+
+    out = tmp_path / "llama2.tg"
+    args = ["compile", "zoo:llama-tiny", "-o", str(out), "--backend", "torch", "--world-size", "2"]
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code == 0, done.output
+    assert (out / "weights-rank1.safetensors").exists()
+    bench = _torchrun(2, "bench", str(out), "--seq-len", "8", "--repeats", "2", "--warmup", "1")
+    assert bench.returncode == 0, bench.stderr[:3000]
+    (line,) = [ln for ln in bench.stdout.splitlines() if ln.startswith(str(out))]
+    assert "2 rank(s) x 1 thread(s), 1x8: median" in line
+    assert "'all_reduce': {'count': 5, 'bytes': 5120}" in line  # 4 block closers + embedding

@@ -24,7 +24,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from datetime import timedelta
 
 import torch
@@ -32,6 +31,7 @@ import torch.distributed as dist
 import torch.utils._pytree as pytree
 
 import tgraph
+from tgraph.bench.sharded import time_rounds
 from tgraph.sharded import collective_traffic, weight_bytes
 
 # name -> (transformers config class, its kwargs); "tiny" ones check the tool in seconds
@@ -121,21 +121,8 @@ def max_error(out, ref) -> float:
     return max(float((a - b).abs().max()) for a, b in zip(tensors(out), tensors(ref)))
 
 
-def time_rounds(contenders: dict, repeats: int, warmup: int, group_wide: bool) -> dict:
-    """Median ms per contender; with ``group_wide`` a round is the slowest rank's time."""
-    times = {name: [] for name in contenders}
-    with torch.no_grad():
-        for round_ in range(warmup + repeats):
-            for name, fn in contenders.items():
-                if group_wide:
-                    dist.barrier()
-                start = time.perf_counter()
-                fn()
-                elapsed = torch.tensor([time.perf_counter() - start])
-                if group_wide:
-                    dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
-                if round_ >= warmup:
-                    times[name].append(float(elapsed) * 1e3)
+def medians(contenders: dict, repeats: int, warmup: int, group_wide: bool) -> dict:
+    times = time_rounds(contenders, repeats, warmup, group_wide)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -166,7 +153,7 @@ def main() -> None:
     if rank == 0:
         with torch.no_grad():
             result["max_error"]["tgraph 1 rank"] = max_error(single(**inputs), ref)
-        result["latency_ms"].update(time_rounds(
+        result["latency_ms"].update(medians(
             {"eager 1 rank": lambda: model(**inputs), "tgraph 1 rank": lambda: single(**inputs)},
             args.repeats, args.warmup, group_wide=False))  # fmt: skip
     dist.barrier()
@@ -181,7 +168,7 @@ def main() -> None:
             result["max_error"][f"parallelize_module {world} ranks"] = max_error(
                 peer(**inputs), ref
             )
-    result["latency_ms"].update(time_rounds(contenders, args.repeats, args.warmup, True))
+    result["latency_ms"].update(medians(contenders, args.repeats, args.warmup, True))
     result["peer"] = why or "parallelize_module (ColwiseParallel / RowwiseParallel)"
 
     bindings = {s: args.batch if s == "batch" else args.seq_len for s in sharded.graph.symbols()}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from tgraph.cli.app import (
@@ -71,11 +73,15 @@ def bench(
       tgraph bench zoo:bert-base --pipelines default,int8,bf16 --backends eager,ort-int8,tgraph-ort
       tgraph bench zoo:bert-base --per-pass --backends tgraph-ort
       tgraph bench ./hf-model --device cuda --dtype fp16 --pipelines default,fp16
+      torchrun --nproc-per-node 2 -m tgraph bench llama2.tg --seq-len 128  (an artifact)
     """
     import json
 
     from tgraph.bench import DEFAULT_CONTENDERS, GPU_DEFAULT_CONTENDERS
 
+    if os.path.exists(os.path.join(checkpoint, "manifest.json")):  # a compiled artifact
+        _bench_artifact(checkpoint, batch, seq_len or 128, repeats, warmup, threads, json_path)
+        return
     if backends is None:
         backends = ",".join(GPU_DEFAULT_CONTENDERS if device == "cuda" else DEFAULT_CONTENDERS)
     seq_len = seq_len or _default_seq(checkpoint)
@@ -103,6 +109,31 @@ def bench(
     if json_path:
         with open(json_path, "w") as f:
             json.dump(report.to_json(), f, indent=2)
+            f.write("\n")
+
+
+def _bench_artifact(
+    directory: str, batch: int, seq: int, repeats: int, warmup: int, threads: int | None,
+    json_path: str | None,
+) -> None:  # fmt: skip
+    """Time a compiled artifact; a sharded one on every rank torchrun started."""
+    import json
+
+    from tgraph.bench.sharded import bench_artifact
+
+    report = bench_artifact(directory, batch, seq, repeats, warmup, threads)
+    if report is None:  # not rank 0
+        return
+    click.echo(
+        f"{directory}: {report['world']} rank(s) x {report['threads']} thread(s), "
+        f"{batch}x{seq}: median {report['median_ms']:.3f} ms "
+        f"(p25 {report['p25_ms']:.3f}, p75 {report['p75_ms']:.3f}); weights per rank "
+        f"{report['weight_mib_per_rank']} MiB, peak RSS {report['peak_rss_mib_per_rank']} MiB; "
+        f"collectives per forward {report['collectives_per_forward']}"
+    )
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(report, f, indent=2)
             f.write("\n")
 
 

@@ -122,11 +122,16 @@ def _graph_json(graph) -> str:
     "--min-top1", type=float, default=None,
     help="With --max-rel-error: also require this top-1 agreement with fp32 (0..1).",
 )  # fmt: skip
+@click.option(
+    "--world-size", type=int, default=1, show_default=True,
+    help="Shard over N ranks (tensor parallel, --backend torch): one weight file per rank; "
+    "run it with torchrun --nproc-per-node N -m tgraph run OUTPUT.",
+)  # fmt: skip
 @pass_ctx
 def compile_(
     ctx: CliContext, checkpoint: str, output: str, backend: str, device: str, pipeline: str,
     batch: int, seq_len: int, dump_dir: str | None, verify: bool, max_rel_error: float | None,
-    min_top1: float | None,
+    min_top1: float | None, world_size: int,
 ) -> None:  # fmt: skip
     """Compile CHECKPOINT into an artifact directory that `tgraph run` executes.
 
@@ -142,6 +147,7 @@ def compile_(
       tgraph compile model.pt2 -o m.tg --dump-dir dumps/
       tgraph compile zoo:bert-tiny -o bert.tg --verify
       tgraph compile zoo:gpt-tiny -o gpt8.tg --pipeline int8 --max-rel-error 1e-2
+      tgraph compile zoo:llama-tiny -o llama2.tg --backend torch --world-size 2
     """
     import tgraph
     from tgraph.passes.manager import parse_pipeline
@@ -159,7 +165,7 @@ def compile_(
         loaded = load_checkpoint(checkpoint, batch, seq_len)
         cm = tgraph.compile(loaded.model, loaded.example_inputs, backend=backend,
             device=device, pipeline=pipeline, dump_dir=dump_dir, progress=say, verify=verify,
-            accuracy=accuracy,
+            accuracy=accuracy, world_size=world_size,
         )  # fmt: skip
         say(f"saving {output}")
         cm.save(output)
@@ -191,6 +197,7 @@ def run(
     Examples:
       tgraph run gpt.tg --random --batch 2 --seq-len 16
       tgraph run bert.tg --inputs inputs.npz --output outputs.npz
+      torchrun --nproc-per-node 2 -m tgraph run llama2.tg --random   (a sharded artifact)
     """
     from tgraph.cli.npz_io import read_inputs, run_flat, summarize, write_outputs
     from tgraph.distributed import end_launch
