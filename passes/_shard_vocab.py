@@ -53,8 +53,8 @@ def _table_reason(w: Value, world: int, min_rows: int) -> str | None:
     return None
 
 
-def _rows(w: Value, slicer: Slicer) -> tuple[int, Value]:
-    """The rank's rows of a (V, C) table (or a (V,) bias): Vs and the sliced constant."""
+def _rows(w: Value, slicer: Slicer) -> tuple[int, list[np.ndarray]]:
+    """Rows per rank (Vs) and every rank's row indices of a (V, C) table or (V,) bias."""
     v, world = int(w.shape[0]), slicer.world
     per = -(-v // world)
     idx = [np.arange(r * per, min(v, (r + 1) * per)) for r in range(world)]

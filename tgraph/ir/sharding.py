@@ -12,6 +12,7 @@ has the same shape and the ranks share one graph:
     col / row   a column- or row-parallel linear's weight (pieces: the rank's features)
     vocab       the rank's rows of an embedding table or LM head (the last one padded)
     rank0       a row-parallel bias: rank 0 holds it, the others zeros (added once)
+    slice       any other constant inside a block, cut along the split (a mask per head)
     offset      a scalar per rank (the first vocab row of the rank), ``values[rank]``
 """
 
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-KINDS = ("col", "row", "vocab", "rank0", "offset")
+KINDS = ("col", "row", "vocab", "rank0", "slice", "offset")
 
 
 @dataclass(frozen=True)
