@@ -66,7 +66,9 @@ def test_two_gloo_ranks_match_eager(artifacts, tmp_path):
             out = str(tmp_path / f"{name}-{i}")
             jobs.append((str(artifact), str(inputs), out, plain))
             expected.append((name, out, want))
-    mp.spawn(tp_workers.run_artifacts, args=(2, _free_port(), jobs), nprocs=2, join=True)
+    # the ranks also compile GPT-2 themselves (each builds only its own graph)
+    args = (2, _free_port(), jobs, "hf-gpt2")
+    mp.spawn(tp_workers.run_artifacts, args=args, nprocs=2, join=True)
     for name, out, want in expected:
         for rank in range(2):
             got = np.load(f"{out}.rank{rank}.npz")

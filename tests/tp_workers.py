@@ -9,9 +9,11 @@ import torch
 import torch.utils._pytree as pytree
 
 
-def run_artifacts(rank: int, world: int, port: int, jobs: list[tuple[str, str, str, dict]]) -> None:
+def run_artifacts(
+    rank: int, world: int, port: int, jobs: list[tuple[str, str, str, dict]], case: str
+) -> None:
     """Load each artifact's shard for ``rank``, run it on an .npz of tensor kwargs (plus
-    plain ones, ``use_cache=False``), save the output tensors."""
+    plain ones, ``use_cache=False``), save the output tensors; then :func:`compile_here`."""
     import torch.distributed as dist
 
     import tgraph
@@ -31,5 +33,24 @@ def run_artifacts(rank: int, world: int, port: int, jobs: list[tuple[str, str, s
                     t for t in pytree.tree_leaves(cm(**kwargs)) if isinstance(t, torch.Tensor)
                 ]
             np.savez(f"{out}.rank{rank}.npz", *[t.numpy() for t in leaves])
+        compile_here(case, rank)
     finally:
         dist.destroy_process_group()
+
+
+def compile_here(name: str, rank: int) -> None:
+    """Compile model case ``name`` for this rank under the running process group and
+    check it against eager (raises in the rank, which fails the spawn)."""
+    from model_cases import get_case
+
+    import tgraph
+
+    case = get_case(name)
+    cm = tgraph.compile(case.model, case.make(2, 8, 0), backend="torch", world_size=2)
+    assert cm.sharding.rank == rank and cm.sharding.sources is None  # only its own slices
+    kwargs = case.make(1, 6, 3)
+    with torch.no_grad():
+        got, want = cm(**kwargs), case.model(**kwargs)
+    for g, w in zip(pytree.tree_leaves(got), pytree.tree_leaves(want)):
+        if isinstance(w, torch.Tensor):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)

@@ -200,7 +200,7 @@ def load(
     from tgraph.api import CompiledModel
     from tgraph.backends import get_backend
     from tgraph.sharded import Sharding, rank_files
-    from tgraph.tensors import to_numpy
+    from tgraph.tensors import shared_view, to_numpy
 
     directory = os.fspath(directory)
     manifest = read_manifest(directory)
@@ -213,14 +213,18 @@ def load(
             tensors.update(safetensors.torch.load_file(path))
     except (OSError, ValueError, RuntimeError) as e:
         raise ArtifactError(f"{directory}: damaged artifact ({e})") from None
-    arrays = {k: to_numpy(t) for k, t in tensors.items()}
+    world = int(manifest.get("world_size", 1))
+    # A rank holds its weights once: the graph views the loaded tensors and the torch
+    # program runs on those very tensors (sharded models are inference only).
+    arrays = {k: (shared_view if world > 1 else to_numpy)(t) for k, t in tensors.items()}
     graph = from_json(doc, arrays)
     _restore_structure(graph, manifest.get("structure", {}))
     device = device or manifest["device"]
-    world = int(manifest.get("world_size", 1))
+    params = None
     if world > 1:
         graph.meta["shard"] = {"world": world, "rank": rank}
-    runner = get_backend(manifest["backend"]).lower(graph, device)
+        params = tensors if manifest["backend"] == "torch" else None
+    runner = get_backend(manifest["backend"]).lower(graph, device, params=params)
     cm = CompiledModel(graph, runner, manifest["backend"], device, [], manifest["pipeline"])
     cm.sharding = Sharding(world, rank) if world > 1 else None
     return cm

@@ -149,8 +149,9 @@ def main() -> None:
               "threads": args.threads, "latency_ms": {}, "max_error": {}}  # fmt: skip
 
     # One rank: eager and tgraph-torch unsharded on rank 0 while the others wait.
-    single = tgraph.compile(model, inputs, backend="torch")
     if rank == 0:
+        single = tgraph.compile(model, inputs, backend="torch")
+        result["weight_bytes"] = {"1 process": weight_bytes(single.graph)}
         with torch.no_grad():
             result["max_error"]["tgraph 1 rank"] = max_error(single(**inputs), ref)
         result["latency_ms"].update(medians(
@@ -176,13 +177,14 @@ def main() -> None:
     mine = [weight_bytes(sharded.graph), local_bytes(peer) if peer is not None else 0]
     per_rank = [None] * world
     dist.all_gather_object(per_rank, mine)
-    full = weight_bytes(single.graph)
-    result["weight_bytes"] = {
-        "1 process": full,
-        "tgraph per rank": [p[0] for p in per_rank],
-        "tgraph ratio": max(p[0] for p in per_rank) / full,
-        "peer per rank": [p[1] for p in per_rank],
-    }
+    if rank == 0:
+        full = result["weight_bytes"]["1 process"]
+        result["weight_bytes"].update({
+            "tgraph per rank": [p[0] for p in per_rank],
+            "tgraph ratio": max(p[0] for p in per_rank) / full,
+            "peer per rank": [p[1] for p in per_rank],
+            "peer ratio": max(p[1] for p in per_rank) / local_bytes(model),
+        })  # fmt: skip
     from tgraph.distributed import peak_rss_mb
 
     rss = [None] * world
