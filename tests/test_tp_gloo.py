@@ -110,12 +110,18 @@ def test_torchrun_runs_the_cli_on_two_ranks(artifacts, tmp_path):
     assert done.stdout.count("logits: float32[2, 9, 100]") == 1  # rank 0 speaks
 
 
+def _tgraph(env: dict, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "tgraph", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**ENV, **env})
+
+
 def test_a_launcher_with_the_wrong_world_size_is_one_line(artifacts):
     artifact, runs = artifacts["hf-llama"]
-    done = _torchrun(1, "run", str(artifact), "--inputs", str(runs[0][0]))
-    assert done.returncode != 0
-    lines = [ln for ln in done.stderr.splitlines() if ln.startswith("tgraph: error:")]
-    assert lines == [
+    # what torchrun --nproc-per-node 1 sets (no torchrun: it only adds its own start-up)
+    env = {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    done = _tgraph(env, "run", str(artifact), "--inputs", str(runs[0][0]))
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
         "tgraph: error: the model is sharded over 2 ranks, but the launcher started 1; "
         "launch it with torchrun --nproc-per-node 2"
     ]
@@ -123,10 +129,9 @@ def test_a_launcher_with_the_wrong_world_size_is_one_line(artifacts):
 
 def test_a_rank_that_never_starts_times_out_in_one_line(artifacts):
     artifact, runs = artifacts["hf-llama"]
-    env = {**ENV, "RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+    env = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(_free_port()), "TGRAPH_DIST_TIMEOUT": "3"}  # fmt: skip
-    cmd = [sys.executable, "-m", "tgraph", "run", str(artifact), "--inputs", str(runs[0][0])]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    done = _tgraph(env, "run", str(artifact), "--inputs", str(runs[0][0]))  # rank 1 never comes
     assert done.returncode == 1
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("tgraph: error: rank 0: the 2-rank gloo process group did not start")
