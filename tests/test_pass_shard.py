@@ -196,3 +196,28 @@ def test_ort_refuses_a_sharded_graph(traced_case):
     _, traced = traced_case("hf-gpt2")
     with pytest.raises(LoweringError, match="use|backend='torch'"):
         lower(shard_all(_default(traced), 2)[0])
+
+
+def test_compile_with_world_size_outside_torchrun():
+    import tgraph
+    from tgraph.backends.torch_collectives import CollectiveError
+    from tgraph.passes.manager import PipelineError
+
+    model, ids = _Mlp(100).eval(), torch.randint(0, 100, (2, 5))
+    cm = tgraph.compile(model, (ids,), backend="torch", world_size=2)
+    assert (cm.sharding.world, cm.sharding.rank) == (2, 0)
+    # the full weights every rank's slices are cut from (the tied table under one name)
+    assert set(cm.sharding.sources) == {
+        "head.weight",
+        "fc1.weight",
+        "fc1.bias",
+        "fc2.weight",
+        "fc2.bias",
+    }
+    assert cm.pipeline.endswith("shard{world=2,rank=0}")
+    with pytest.raises(CollectiveError, match="torchrun --nproc-per-node 2"):
+        cm(ids)
+    with pytest.raises(PipelineError, match="world_size=2 but the pipeline says shard"):
+        tgraph.compile(model, (ids,), backend="torch", pipeline="shard{world=4}", world_size=2)
+    with pytest.raises(PipelineError, match="cannot run a sharded graph"):
+        tgraph.compile(model, (ids,), backend="torch", world_size=2, verify=True)

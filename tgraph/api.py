@@ -196,7 +196,7 @@ def compile(
     manager = PassManager(pipeline, dump_dir=dump_dir, progress=progress)
     from tgraph.sharded import prepare
 
-    sharding = prepare(manager, world_size)
+    sharding = prepare(manager, world_size, verify)
     normalize_inputs(example_inputs)  # type check with a clear message
     say("tracing with torch.export")
     graph = trace(model, example_inputs, dynamic=dynamic)

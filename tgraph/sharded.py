@@ -69,9 +69,10 @@ class Pending:
         return Sharding(self.world, self.rank, sources)
 
 
-def prepare(manager: PassManager, world_size: int) -> Pending | None:
+def prepare(manager: PassManager, world_size: int, verify: bool = False) -> Pending | None:
     """Put this process's rank into the pipeline's ``shard`` entry (adding one for
-    ``world_size > 1``); None when the model is not sharded."""
+    ``world_size > 1``); None when the model is not sharded. ``verify`` (numeric checks
+    of every pass in this one process) cannot run a sharded graph and is refused."""
     at = [i for i, s in enumerate(manager.specs) if s.name == "shard"]
     if len(at) > 1:
         raise PipelineError("the pipeline runs shard twice; a graph is sharded once")
@@ -86,6 +87,12 @@ def prepare(manager: PassManager, world_size: int) -> Pending | None:
         raise PipelineError(f"world_size={world_size} but the pipeline says shard{{world={world}}}")
     if world == 1:
         return None
+    if verify:
+        raise PipelineError(
+            "verify=True checks passes in one process, which cannot run a sharded graph; "
+            "verify the pipeline without shard (the shard pass is checked by simulating "
+            "every rank: tgraph.backends.reference.run_ranks)"
+        )
     check_world(world, "the model")
     launched = launched_rank()
     options.setdefault("rank", 0 if launched is None else launched)
