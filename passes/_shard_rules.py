@@ -5,7 +5,8 @@ sorted indices into the full axis. A rule maps the demand on a node's outputs to
 on its inputs, or raises :class:`Reject` with the reason the split cannot pass the op.
 Only ops that keep the split dim local are here: elementwise ops (a broadcast operand
 stays replicated, a full-size constant is sliced), reshapes that split or merge heads,
-permutes, rotary over a non-last axis, attention split by whole heads (GQA: each rank's
+permutes, unsqueezes and broadcasts (repeat_kv), concat / slice along another axis
+(rotate_half), rotary over a non-last axis, attention split by whole heads (GQA: each rank's
 query heads find their KV heads locally, replicated when there are fewer KV heads than
 ranks), splits (merged q/k/v, gate/up), and linears whose output features are split (the
 openers). Anything else mixes the split dim and ends the proof.
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from tgraph.ir import Node, Value
+from tgraph.ir.dims import format_shape
 
 
 class Reject(Exception):
@@ -88,6 +90,32 @@ def _permute(node: Node, outs: list[Demand | None], world: int) -> Plan:
     return Plan([Demand(node.attrs["perm"][d.axis], d.idx)])
 
 
+def _expand_op(node: Node, outs: list[Demand | None], world: int) -> Plan:
+    """A broadcast (repeat_kv's copies of each KV head): a size-1 input axis stays whole."""
+    d, x = outs[0], node.inputs[0]
+    shape = list(node.attrs["shape"])
+    shape[d.axis] = d.local
+    axis = d.axis - (node.output.rank - x.rank)
+    whole = axis < 0 or x.shape[axis] == 1
+    return Plan([None if whole else Demand(axis, d.idx)], {"shape": tuple(shape)})
+
+
+def _unsqueeze(node: Node, outs: list[Demand | None], world: int) -> Plan:
+    d, rank = outs[0], node.output.rank
+    added = {a % rank for a in node.attrs["axes"]}
+    if d.axis in added:
+        raise Reject("the split axis is a new size-1 axis")
+    return Plan([Demand(d.axis - sum(a < d.axis for a in added), d.idx)])
+
+
+def _along_other_axis(node: Node, outs: list[Demand | None], world: int) -> Plan:
+    """concat / slice along an axis that is not the split one (rotate_half's halves)."""
+    d = outs[0]
+    if node.attrs["axis"] % node.output.rank == d.axis:
+        raise Reject(f"{node.op} works along the split axis")
+    return Plan([d] * len(node.inputs))
+
+
 def _reshape(node: Node, outs: list[Demand | None], world: int) -> Plan:
     """(B, T, H*D) <-> (B, T, H, D): the split moves between whole heads and features."""
     d, x = outs[0], node.inputs[0]
@@ -106,7 +134,9 @@ def _reshape(node: Node, outs: list[Demand | None], world: int) -> Plan:
         return Plan([Demand(d.axis - len(dst) + len(src), d.idx)], {"shape": tuple(shape)})
     mid_src, mid_dst = src[lead : len(src) - tail], dst[lead : len(dst) - tail]
     if not all(isinstance(n, int) for n in (*mid_src, *mid_dst)):
-        raise Reject(f"reshape {src} -> {dst} regroups symbolic dims around the split")
+        raise Reject(
+            f"reshape {format_shape(src)} -> {format_shape(dst)} regroups symbolic dims around the split"
+        )
     out_coord = np.indices(mid_dst).reshape(len(mid_dst), -1)[d.axis - lead]
     in_coords = np.indices(mid_src).reshape(len(mid_src), -1)
     masks = [np.isin(out_coord, i) for i in d.idx]
@@ -115,7 +145,9 @@ def _reshape(node: Node, outs: list[Demand | None], world: int) -> Plan:
         if all(np.array_equal(np.isin(coord, i), m) for i, m in zip(idx, masks)):
             demand = Demand(lead + axis, _uniform(idx, "the reshaped split"))
             return Plan([demand], {"shape": tuple(shape)})
-    raise Reject(f"reshape {src} -> {dst} cuts across the split axis")
+    raise Reject(
+        f"reshape {format_shape(src)} -> {format_shape(dst)} spreads the split over two axes"
+    )
 
 
 def _rotary(node: Node, outs: list[Demand | None], world: int) -> Plan:
@@ -174,6 +206,18 @@ def _attention(node: Node, outs: list[Demand | None], world: int) -> Plan:
         demands = [Demand(1, qh), Demand(1, kv), Demand(1, kv)]
     plan = demands + ([_mask(mask, qh)] if len(node.inputs) > 3 else [])
     return Plan(plan, {"num_heads": len(qh[0]), "kv_heads": len(kv[0])})
+
+
+def _sdpa(node: Node, outs: list[Demand | None], world: int) -> Plan:
+    """Unfused-pipeline attention, (..., H, T, D): split by the head axis."""
+    d = outs[0]
+    q, k, v, mask = (list(node.inputs) + [None])[:4]
+    if d.axis != node.output.rank - 3:
+        raise Reject("sdpa output is split along a non-head axis")
+    heads, kvh = int(q.shape[-3]), int(k.shape[-3])
+    kv = _kv_heads(d.idx, heads, kvh) if kvh != heads else d.idx
+    plan = [d, Demand(k.rank - 3, kv), Demand(v.rank - 3, kv)]
+    return Plan(plan + ([_mask(mask, d.idx)] if len(node.inputs) > 3 else []))
 
 
 def _qkv_attention(node: Node, outs: list[Demand | None], world: int) -> Plan:
@@ -241,8 +285,13 @@ RULES: dict[str, Callable[[Node, list[Demand | None], int], Plan]] = {
     **{op: _elementwise for op in _ELEMENTWISE},
     "permute": _permute,
     "reshape": _reshape,
+    "expand": _expand_op,
+    "unsqueeze": _unsqueeze,
+    "concat": _along_other_axis,
+    "slice": _along_other_axis,
     "rotary": _rotary,
     "attention": _attention,
+    "sdpa": _sdpa,
     "qkv_attention": _qkv_attention,
     "split": _split,
     "linear": _linear,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+from collections import deque
 
 from tgraph.ir import Graph, Node, Value
 from tgraph.passes.manager import Pass, PassResult, register
@@ -15,8 +16,8 @@ RULE = "column-row"
 
 
 class _NotABlock(Exception):
-    """The linear's input does not come through a split-transparent op: it opens a block
-    or stands alone (an LM head, a pooler), so there is nothing to prove or report."""
+    """No linear feeds the linear's input (a norm or lookup comes first): it opens a
+    block or stands alone (an LM head, a pooler), so there is nothing to prove or report."""
 
 
 @register("shard")
@@ -100,7 +101,7 @@ def _check_unclaimed(closer: Node, plans: dict[Node, Plan], claimed: dict[Node, 
 def _plan(graph: Graph, closer: Node, order: dict[Node, int], world: int) -> dict[Node, Plan]:
     """The demand on every node of the block that ``closer`` closes, or Reject."""
     x, w = closer.inputs[0], closer.inputs[1]
-    if x.producer is None or x.producer.op not in RULES or x.producer.op == "linear":
+    if x.producer is None or x.producer.op == "linear" or not _linear_upstream(x):
         raise _NotABlock
     if w.const is None or w.rank != 2:
         raise Reject(f"weight %{w.name} is not a constant matrix")
@@ -132,6 +133,30 @@ def _plan(graph: Graph, closer: Node, order: dict[Node, int], world: int) -> dic
             heapq.heappush(heap, (-order[v.producer], v.producer))
     _check_contained(graph, closer, plans)
     return plans
+
+
+# Ops that end the search for an opener: what follows them is a new block's input.
+_BOUNDARIES = frozenset(
+    "layer_norm rms_norm skip_layer_norm skip_rms_norm gather reduce_sum reduce_mean "
+    "reduce_max var softmax".split()
+)
+
+
+def _linear_upstream(x: Value, limit: int = 64) -> bool:
+    """Whether a linear (or fused qkv projection) feeds ``x`` without a norm, lookup or
+    reduction in between: only then is the linear reading ``x`` a block's closer, and a
+    failed proof worth reporting (an LM head after a norm is no closer). Breadth first,
+    so a mask's subgraph does not use up ``limit`` before the projections are seen."""
+    seen, todo = set(), deque([x])
+    while todo and len(seen) < limit:
+        node = todo.popleft().producer
+        if node is None or node in seen or node.op in _BOUNDARIES:
+            continue
+        if node.op in ("linear", "qkv_attention"):
+            return True
+        seen.add(node)
+        todo.extend(v for v in node.inputs if v is not None and v.const is None)
+    return False
 
 
 def _check_contained(graph: Graph, closer: Node, plans: dict[Node, Plan]) -> None:

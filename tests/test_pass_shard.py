@@ -221,3 +221,25 @@ def test_compile_with_world_size_outside_torchrun():
         tgraph.compile(model, (ids,), backend="torch", pipeline="shard{world=4}", world_size=2)
     with pytest.raises(PipelineError, match="cannot run a sharded graph"):
         tgraph.compile(model, (ids,), backend="torch", world_size=2, verify=True)
+
+
+def test_unfused_llama_splits_through_sdpa_repeat_kv_and_rotate_half(traced_case):
+    _, traced = traced_case("hf-llama")  # the traced graph: no default pipeline first
+    rank0 = _check_ranks(traced, 2, sizes=((2, 5),))[0]
+    assert rank0.op_histogram()["all_reduce"] == 5
+    (sdpa, _) = [n for n in rank0.nodes if n.op == "sdpa"]
+    assert sdpa.inputs[0].shape[1] == 2  # query heads per rank
+
+
+def test_one_query_head_per_rank_through_repeat_kv_stays_replicated(traced_case):
+    # 4 ranks: a rank's one query head is one cell of repeat_kv's (kv head, copy) grid, a
+    # cut over two axes; the fused attention op splits it (test above), this form cannot.
+    _, traced = traced_case("hf-llama")
+    _, records = optimize(traced, "shard{world=4}")
+    reasons = {r["reason"] for r in records[0].stats["rejected"] if "reshape" in r["reason"]}
+    assert reasons == {
+        "left replicated: reshape [batch,2,2,seq,8] -> [batch,4,seq,8] spreads the split over "
+        "two axes"
+    }
+    rank0 = _check_ranks(traced, 4, sizes=((1, 4),))[0]
+    assert rank0.op_histogram()["all_reduce"] == 3  # the MLPs and the embedding

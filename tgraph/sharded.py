@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from tgraph.distributed import check_world, launched_rank
 from tgraph.ir import Graph
 from tgraph.ir.sharding import spec_of
 from tgraph.passes.manager import PassInstrument, PassManager, PassSpec, PipelineError
+
+if TYPE_CHECKING:
+    from tgraph.api import CompiledModel
 
 
 @dataclass
@@ -103,7 +106,9 @@ def prepare(manager: PassManager, world_size: int, verify: bool = False) -> Pend
     return Pending(world, int(options["rank"]), keep)
 
 
-def weight_files(graph: Graph, sharding: Sharding, arrays: dict[str, np.ndarray]):
+def weight_files(
+    graph: Graph, sharding: Sharding, arrays: dict[str, np.ndarray]
+) -> dict[str, dict[str, np.ndarray]]:
     """``{file name: {initializer: array}}`` for a sharded artifact."""
     from tgraph.artifact import ArtifactError
 
@@ -150,7 +155,7 @@ def rank_files(directory: str, manifest: dict[str, Any], rank: int | None) -> tu
     return [os.path.join(directory, n) for n in names], rank
 
 
-def load_launched(directory: str, device: str | None = None) -> Any:
+def load_launched(directory: str, device: str | None = None) -> CompiledModel:
     """``tgraph.load`` for this process; a sharded artifact starts torchrun's process group
     first (one-line errors for a wrong world size or a rank that never starts)."""
     from tgraph.artifact import load, read_manifest
@@ -168,12 +173,12 @@ def weight_bytes(graph: Graph) -> int:
     return sum(v.const.nbytes for v in graph.initializers.values())
 
 
-def is_main(cm: Any) -> bool:
+def is_main(cm: CompiledModel) -> bool:
     """Whether this process speaks for the model (rank 0, or an unsharded model)."""
     return cm.sharding is None or cm.sharding.rank == 0
 
 
-def memory_line(cm: Any) -> str:
+def memory_line(cm: CompiledModel) -> str:
     """``rank 1/2: weights 12.3 MiB, peak RSS 456.7 MiB`` for a sharded model."""
     from tgraph.distributed import peak_rss_mb
 
