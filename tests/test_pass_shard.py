@@ -243,3 +243,22 @@ def test_one_query_head_per_rank_through_repeat_kv_stays_replicated(traced_case)
     }
     rank0 = _check_ranks(traced, 4, sizes=((1, 4),))[0]
     assert rank0.op_histogram()["all_reduce"] == 3  # the MLPs and the embedding
+
+
+def test_collective_ops_infer_run_alone_at_world_one_and_combine_ranks():
+    from tgraph.ir import DType, IRError, TensorType
+    from tgraph.ir.ops import get_op
+    from tgraph.ir.ops.collective import COMBINE
+
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    t = TensorType(DType.float32, (2, 3))
+    gather, reduce = get_op("all_gather"), get_op("all_reduce")
+    assert gather.infer(t, axis=-1, world=2) == TensorType(DType.float32, (2, 6))
+    assert reduce.infer(t, world=2) == t and not reduce.pure and not gather.pure
+    np.testing.assert_array_equal(reduce.run([x], {"world": 1})[0], x)
+    with pytest.raises(IRError, match="run_ranks"):
+        reduce.run([x], {"world": 2})
+    summed = COMBINE["all_reduce"]([x, 2 * x], world=2)
+    assert all(np.array_equal(s, 3 * x) for s in summed)
+    (cat, _) = COMBINE["all_gather"]([x, -x], axis=1, world=2)
+    np.testing.assert_array_equal(cat, np.concatenate([x, -x], axis=1))
