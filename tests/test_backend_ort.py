@@ -297,7 +297,9 @@ def test_outputs_that_alias_inputs_or_constants():
 
 
 def test_every_registered_op_has_a_lowering():
-    assert sorted(set(all_ops()) - set(LOWERINGS)) == []
+    from tgraph.ir.ops.collective import COMBINE  # refused on purpose: ORT runs one process
+
+    assert sorted(set(all_ops()) - set(LOWERINGS) - set(COMBINE)) == []
 
 
 # -- runner ----------------------------------------------------------------------------------
