@@ -126,6 +126,58 @@ def medians(contenders: dict, repeats: int, warmup: int, group_wide: bool) -> di
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def one_rank(model, inputs: dict, ref, args, result: dict) -> None:
+    """Eager and tgraph-torch unsharded on rank 0 while the other ranks wait."""
+    if dist.get_rank() == 0:
+        single = tgraph.compile(model, inputs, backend="torch")
+        result["weight_bytes"] = {"1 process": weight_bytes(single.graph)}
+        with torch.no_grad():
+            result["max_error"]["tgraph 1 rank"] = max_error(single(**inputs), ref)
+        result["latency_ms"].update(medians(
+            {"eager 1 rank": lambda: model(**inputs), "tgraph 1 rank": lambda: single(**inputs)},
+            args.repeats, args.warmup, group_wide=False))  # fmt: skip
+    dist.barrier()
+
+
+def all_ranks(model, inputs: dict, ref, args, result: dict):
+    """tgraph's shard pass and parallelize_module on every rank; returns both models."""
+    world = dist.get_world_size()
+    sharded = tgraph.compile(model, inputs, backend="torch", world_size=world)
+    peer, why = parallelized(model, world)
+    contenders = {f"tgraph {world} ranks": sharded}
+    if peer is not None:
+        contenders[f"parallelize_module {world} ranks"] = peer
+    with torch.no_grad():
+        for name, m in contenders.items():
+            result["max_error"][name] = max_error(m(**inputs), ref)
+    calls = {name: (lambda m=m: m(**inputs)) for name, m in contenders.items()}
+    result["latency_ms"].update(medians(calls, args.repeats, args.warmup, group_wide=True))
+    result["peer"] = why or "parallelize_module (ColwiseParallel / RowwiseParallel)"
+    bindings = {s: args.batch if s == "batch" else args.seq_len for s in sharded.graph.symbols()}
+    result["collectives_per_forward"] = collective_traffic(sharded.graph, bindings)
+    return sharded, peer
+
+
+def memory(model, sharded, peer, result: dict) -> None:
+    """Weight bytes per rank (tgraph's graph, the peer's local shards) and peak RSS."""
+    from tgraph.distributed import peak_rss_mb
+
+    world = dist.get_world_size()
+    mine = [weight_bytes(sharded.graph), local_bytes(peer) if peer is not None else 0]
+    mine.append(round(peak_rss_mb(), 1))
+    ranks = [None] * world
+    dist.all_gather_object(ranks, mine)
+    result["peak_rss_mb"] = [r[2] for r in ranks]
+    if dist.get_rank() == 0:
+        full = result["weight_bytes"]["1 process"]
+        result["weight_bytes"].update({
+            "tgraph per rank": [r[0] for r in ranks],
+            "tgraph ratio": max(r[0] for r in ranks) / full,
+            "peer per rank": [r[1] for r in ranks],
+            "peer ratio": max(r[1] for r in ranks) / local_bytes(model),
+        })  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="llama-tiny", choices=sorted(MODELS))
@@ -140,57 +192,17 @@ def main() -> None:
         sys.exit("tp_bench: run it under torchrun --nproc-per-node N (see the docstring)")
     torch.set_num_threads(args.threads)
     dist.init_process_group("gloo", timeout=timedelta(seconds=300))
-    rank, world = dist.get_rank(), dist.get_world_size()
     model = build(args.model)
     inputs = example(model, args.batch, args.seq_len)
     with torch.no_grad():
         ref = model(**inputs)
-    result = {"model": args.model, "world": world, "batch": args.batch, "seq": args.seq_len,
-              "threads": args.threads, "latency_ms": {}, "max_error": {}}  # fmt: skip
-
-    # One rank: eager and tgraph-torch unsharded on rank 0 while the others wait.
-    if rank == 0:
-        single = tgraph.compile(model, inputs, backend="torch")
-        result["weight_bytes"] = {"1 process": weight_bytes(single.graph)}
-        with torch.no_grad():
-            result["max_error"]["tgraph 1 rank"] = max_error(single(**inputs), ref)
-        result["latency_ms"].update(medians(
-            {"eager 1 rank": lambda: model(**inputs), "tgraph 1 rank": lambda: single(**inputs)},
-            args.repeats, args.warmup, group_wide=False))  # fmt: skip
-    dist.barrier()
-
-    sharded = tgraph.compile(model, inputs, backend="torch", world_size=world)
-    peer, why = parallelized(model, world)
-    contenders = {f"tgraph {world} ranks": lambda: sharded(**inputs)}
-    with torch.no_grad():
-        result["max_error"][f"tgraph {world} ranks"] = max_error(sharded(**inputs), ref)
-        if peer is not None:
-            contenders[f"parallelize_module {world} ranks"] = lambda: peer(**inputs)
-            result["max_error"][f"parallelize_module {world} ranks"] = max_error(
-                peer(**inputs), ref
-            )
-    result["latency_ms"].update(medians(contenders, args.repeats, args.warmup, True))
-    result["peer"] = why or "parallelize_module (ColwiseParallel / RowwiseParallel)"
-
-    bindings = {s: args.batch if s == "batch" else args.seq_len for s in sharded.graph.symbols()}
-    result["collectives_per_forward"] = collective_traffic(sharded.graph, bindings)
-    mine = [weight_bytes(sharded.graph), local_bytes(peer) if peer is not None else 0]
-    per_rank = [None] * world
-    dist.all_gather_object(per_rank, mine)
-    if rank == 0:
-        full = result["weight_bytes"]["1 process"]
-        result["weight_bytes"].update({
-            "tgraph per rank": [p[0] for p in per_rank],
-            "tgraph ratio": max(p[0] for p in per_rank) / full,
-            "peer per rank": [p[1] for p in per_rank],
-            "peer ratio": max(p[1] for p in per_rank) / local_bytes(model),
-        })  # fmt: skip
-    from tgraph.distributed import peak_rss_mb
-
-    rss = [None] * world
-    dist.all_gather_object(rss, round(peak_rss_mb(), 1))
-    result["peak_rss_mb"] = rss
-    if rank == 0:
+    result = {"model": args.model, "world": dist.get_world_size(), "batch": args.batch,
+              "seq": args.seq_len, "threads": args.threads, "latency_ms": {},
+              "max_error": {}}  # fmt: skip
+    one_rank(model, inputs, ref, args, result)
+    sharded, peer = all_ranks(model, inputs, ref, args, result)
+    memory(model, sharded, peer, result)
+    if dist.get_rank() == 0:
         print(json.dumps(result, indent=2))
         if args.json_path:
             with open(args.json_path, "w") as f:
