@@ -157,9 +157,25 @@ def _command(tool: str, precision: str, python: str, staged: str, out: str, root
     if tool == "ort-genai":
         return [python, "-m", "onnxruntime_genai.models.builder", "-i", staged, "-o", out,
                 "-p", precision, "-e", "cpu", "-c", os.path.join(root, "ort-builder-cache")]  # fmt: skip
-    return [python, "-c", "from optimum.commands.optimum_cli import main; main()", "export",
-            "openvino", "--model", staged, "--task", "text-generation-with-past",
-            "--weight-format", precision, out]  # fmt: skip
+    command = [python, "-c", "from optimum.commands.optimum_cli import main; main()", "export",
+               "openvino", "--model", staged, "--task", "text-generation-with-past",
+               "--weight-format", precision, out]  # fmt: skip
+    if precision == "int4":
+        command[-1:-1] = ["--group-size", str(int4_group_size(staged))]
+    return command
+
+
+def int4_group_size(model_dir: str) -> int:
+    """optimum-intel's int4 group (128) when it divides every linear layer's input width,
+    else the largest of 64 and 32 that does (nncf refuses a group that does not divide:
+    the 58M Llama's MLP is 1376 wide)."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(model_dir)
+    hidden = config.hidden_size
+    widths = [hidden, getattr(config, "intermediate_size", None) or
+              getattr(config, "n_inner", None) or 4 * hidden]  # fmt: skip
+    return next((g for g in (128, 64, 32) if all(w % g == 0 for w in widths)), 32)
 
 
 def _has(module: str) -> bool:
@@ -194,7 +210,7 @@ def fingerprint(model_dir: str) -> str:
 def stage(model_dir: str, staged: str) -> str:
     """``model_dir`` itself when it has a tokenizer, else a directory of symlinks to its
     files plus a WordLevel tokenizer.json with one token per id."""
-    if any(os.path.exists(os.path.join(model_dir, f)) for f in _TOKENIZER_FILES):
+    if has_tokenizer(model_dir):
         return model_dir
     shutil.rmtree(staged, ignore_errors=True)
     os.makedirs(staged)
@@ -202,6 +218,16 @@ def stage(model_dir: str, staged: str) -> str:
         os.symlink(os.path.abspath(os.path.join(model_dir, name)), os.path.join(staged, name))
     write_wordlevel_tokenizer(staged, model_geometry(model_dir).vocab_size)
     return staged
+
+
+def has_tokenizer(model_dir: str) -> bool:
+    return any(os.path.exists(os.path.join(model_dir, f)) for f in _TOKENIZER_FILES)
+
+
+def add_tokenizer(model_dir: str) -> None:
+    """Give a directory without a tokenizer a WordLevel one (one token per id), in place."""
+    if not has_tokenizer(model_dir):
+        write_wordlevel_tokenizer(model_dir, model_geometry(model_dir).vocab_size)
 
 
 def write_wordlevel_tokenizer(directory: str, vocab_size: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -44,12 +45,20 @@ class Worker:
         self._buffer = b""
 
     def ask(self, message: dict, timeout_s: float) -> dict:
+        self.send(message)
+        return self.receive(timeout_s)
+
+    def send(self, message: dict) -> None:
+        """Send a request without waiting (several workers can work at once)."""
         assert self.proc.stdin is not None
         try:
             self.proc.stdin.write((json.dumps(message) + "\n").encode())
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             raise WorkerError(self._died()) from None
+
+    def receive(self, timeout_s: float) -> dict:
+        """The answer to the oldest request not yet answered."""
         return json.loads(self._read_line(timeout_s))
 
     def _read_line(self, timeout_s: float) -> bytes:
@@ -96,5 +105,6 @@ class Worker:
                 self._kill()
         for stream in (self.proc.stdin, self.proc.stdout):
             if stream is not None:
-                stream.close()
+                with contextlib.suppress(OSError):  # a dead reader: nothing left to flush to
+                    stream.close()
         self._log.close()

@@ -13,6 +13,7 @@ it cannot be done):
     {"op": "load", "contender": NAME, "model": DIR, "threads": T, "max_length": L, ...}
         -> {"load_s", "rss_mb", "weight_bytes" (where this contender knows them), "note"}
     {"op": "prompt", "ids": [[...], ...], "new_tokens": N}
+    {"op": "warmup"} -> {"warmup_s"}: untimed calls at this prompt (see _Session.warmup)
     {"op": "run", "wake": true}
         -> {"prefill_ms", "total_ms", "tokens": [[N new ids] per row], "rss_peak_mb"}
            (membw: {"gbs"}); "wake" first makes one short untimed call (see _wake)
@@ -121,7 +122,9 @@ class StaticCompileRunner(EagerRunner):
     is its switch for other devices (mode "default": CPU has no CUDA graphs to reduce
     overhead with). Prefill runs uncompiled, as transformers chooses."""
 
-    warmup_calls = 3  # the first call compiles, the second recompiles with dynamic shapes
+    # Full-size warm-up calls: the first compiles, the second recompiles with dynamic
+    # shapes; a shorter call would size another static cache and compile again.
+    warmup_calls = 3
 
     def load(self, req: dict) -> dict:
         import transformers
@@ -342,6 +345,8 @@ class _Session:
         if op == "prompt":
             self.ids, self.new_tokens = req["ids"], req["new_tokens"]
             return {}
+        if op == "warmup":
+            return self.warmup()
         if op == "run":
             return self.run(req.get("wake", False))
         if op == "quit":
@@ -360,9 +365,22 @@ class _Session:
         start = time.perf_counter()
         self.runner = RUNNERS[name]()
         info = self.runner.load(req) or {}
-        info.update(load_s=round(time.perf_counter() - start, 2), rss_mb=_rss_mb("VmRSS"),
-                    warmup_calls=getattr(self.runner, "warmup_calls", 1))  # fmt: skip
+        info.update(load_s=round(time.perf_counter() - start, 2), rss_mb=_rss_mb("VmRSS"))
         return info
+
+    def warmup(self) -> dict:
+        """Untimed calls before the timed rounds: the full prompt with 2 new tokens (every
+        kernel of prefill and decode at this batch size runs once), or the runner's own
+        number of full calls (torch.compile's)."""
+        start = time.perf_counter()
+        if isinstance(self.runner, MembwRunner):
+            return {"warmup_s": 0.0}
+        calls = getattr(self.runner, "warmup_calls", 0)
+        for _ in range(calls):
+            self.runner.generate(self.ids, self.new_tokens)
+        if not calls:
+            self.runner.generate(self.ids, 2)
+        return {"warmup_s": round(time.perf_counter() - start, 2)}
 
     def run(self, wake: bool) -> dict:
         if isinstance(self.runner, MembwRunner):

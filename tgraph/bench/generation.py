@@ -39,12 +39,13 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tgraph.bench import gen_artifacts
 from tgraph.bench.gen_process import Worker, WorkerError
+from tgraph.bench.gen_table import format_table, markdown_summary, notes
 
 FP32_CONTENDERS = (
     "eager", "static-compile", "optimum-intel", "ov-genai", "ort-genai", "tgraph-ort",
@@ -53,6 +54,9 @@ FP32_CONTENDERS = (
 LOWBIT_CONTENDERS = ("ort-genai[int4]", "ov-genai[int8]", "ov-genai[int4]")
 CONTENDERS = (*FP32_CONTENDERS, *LOWBIT_CONTENDERS)
 DEFAULT_CONTENDERS = FP32_CONTENDERS
+__all__ = ["CONTENDERS", "GenReport", "GenResult", "bench_generate", "format_table",
+           "markdown_summary", "notes", "write_json"]  # fmt: skip
+MEMBW_BYTES = 2**31  # the bandwidth measurement's buffer: far past any cache
 LOAD_TIMEOUT_S = 1800.0  # tgraph's compile, OpenVINO's model compile
 CALL_TIMEOUT_S = 900.0  # one generate call (torch.compile's first one compiles)
 
@@ -73,6 +77,7 @@ class GenResult:
     agree: int | None = None  # positions equal to eager's
     first_mismatch: int | None = None  # first step where any row differs from eager
     load_s: float | None = None
+    warmup_s: float | None = None  # the untimed calls before the rounds (compiles included)
     convert_s: float | None = None  # converted in this run (None: cached or none needed)
     rss_load_mb: float | None = None
     rss_peak_mb: float | None = None
@@ -113,7 +118,6 @@ class _Contender:
     name: str
     python: str
     worker: Worker | None = None
-    warmup_calls: int = 1
     info: dict = field(default_factory=dict)
     error: str | None = None
     converted: gen_artifacts.Artifact | None = None
@@ -133,11 +137,11 @@ def bench_generate(
     prompt_len: int = 128,
     new_tokens: int = 64,
     contenders: Sequence[str] = DEFAULT_CONTENDERS,
-    rounds: int = 3,
+    rounds: int | Mapping[int, int] = 3,
     threads: int | None = None,
     cache_dir: str | None = None,
     optimum_python: str | None = None,
-    membw_bytes: int = 2**31,
+    membw_bytes: int | None = None,
     pause_s: float = 0.2,
     name: str | None = None,
     progress: Callable[[str], None] | None = None,
@@ -150,18 +154,19 @@ def bench_generate(
         batches: batch sizes, run one after the other by the same processes.
         prompt_len, new_tokens: prompt tokens per sequence; new tokens per sequence (>= 2).
         contenders: names from :data:`CONTENDERS`; eager always runs (the reference).
-        rounds: timed rounds per batch size.
+        rounds: timed rounds per batch size, or a {batch: rounds} mapping.
         threads: intra-op threads of every contender (default: os.cpu_count()).
         cache_dir: converted peer models (default ~/.cache/tgraph-bench/converted).
         optimum_python: the Python that has optimum-intel (default: this one, if it has it).
-        membw_bytes: buffer of the bandwidth measurement.
+        membw_bytes: buffer of the bandwidth measurement (default :data:`MEMBW_BYTES`).
         pause_s: idle time before each timed call.
         name: the model's name in the reports (default: the directory's name).
         progress: called with a short message at each step.
     """
     check_names(contenders)
-    if new_tokens < 2 or prompt_len < 1 or rounds < 1 or not batches:
-        raise ValueError("need new_tokens >= 2, prompt_len >= 1, rounds >= 1 and a batch size")
+    per_batch = {b: rounds[b] if isinstance(rounds, Mapping) else rounds for b in batches}
+    if new_tokens < 2 or prompt_len < 1 or min(per_batch.values(), default=0) < 1:
+        raise ValueError("need new_tokens >= 2, prompt_len >= 1, a batch size and rounds >= 1")
     geometry = gen_artifacts.model_geometry(model_dir)
     if prompt_len + new_tokens > geometry.max_length:
         raise ValueError(f"prompt {prompt_len} + {new_tokens} new tokens exceeds the model's "
@@ -177,17 +182,17 @@ def bench_generate(
     membw = _Contender("membw", sys.executable)
     label = name or os.path.basename(os.path.normpath(model_dir))
     try:
-        base = {"model": model_dir, "threads": threads, "membw_bytes": membw_bytes,
-                "max_length": prompt_len + new_tokens}  # fmt: skip
-        for c in [*pool, membw]:
-            _start(c, base, os.path.join(cache_dir, "logs", f"{label}-{c.name}.log"), say)
+        base = {"model": model_dir, "threads": threads, "max_length": prompt_len + new_tokens,
+                "membw_bytes": membw_bytes or MEMBW_BYTES}  # fmt: skip
+        _start_all([*pool, membw], base, os.path.join(cache_dir, "logs", label), say)
         if pool[0].worker is None:
             raise RuntimeError(f"eager, the reference, did not load: {pool[0].error}")
         reports = []
         for batch in batches:
             ids = _prompt(batch, prompt_len, geometry.vocab_size)
-            results = _run_batch(pool, membw, ids, new_tokens, rounds, pause_s, say)
-            reports.append(_report(label, batch, prompt_len, new_tokens, threads, rounds, geometry,
+            results = _run_batch(pool, membw, ids, new_tokens, per_batch[batch], pause_s, say)
+            reports.append(_report(label, batch, prompt_len, new_tokens, threads,
+                                   per_batch[batch], geometry,
                                    results, load_before))  # fmt: skip
         return reports
     finally:
@@ -208,25 +213,51 @@ def _prepare(c: _Contender, model_dir: str, cache_dir: str, optimum_python: str 
         c.error = f"conversion failed: {e}"
 
 
-def _start(c: _Contender, base: dict, log: str, say: Callable[[str], None]) -> None:
-    if c.error:
-        return
-    say(f"loading {c.name}")
-    try:
-        c.worker = Worker(c.name, c.python, log)
+def _start_all(pool: list[_Contender], base: dict, logs: str, say: Callable[[str], None]) -> None:
+    """Start every contender's process and load them all at once (loading is not timed)."""
+    for c in pool:
+        if c.error:
+            continue
         artifact = c.converted.path if c.converted else None
-        reply = c.worker.ask({"op": "load", "contender": c.name, "artifact": artifact, **base},
-                             LOAD_TIMEOUT_S)  # fmt: skip
-    except WorkerError as e:
-        reply = {"error": str(e)}
-    if "skip" in reply or "error" in reply:
-        c.error = (f"skipped: {reply['skip']}" if "skip" in reply
-                   else f"failed to load: {reply['error']}")  # fmt: skip
-        if c.worker is not None:
+        try:
+            c.worker = Worker(c.name, c.python, os.path.join(logs, f"{c.name}.log"))
+            c.worker.send({"op": "load", "contender": c.name, "artifact": artifact, **base})
+        except WorkerError as e:
+            c.error = f"failed to load: {e}"
+    for c in pool:
+        if c.worker is None:
+            continue
+        say(f"loading {c.name}")
+        try:
+            reply = c.worker.receive(LOAD_TIMEOUT_S)
+        except WorkerError as e:
+            reply = {"error": str(e)}
+        if "skip" in reply or "error" in reply:
+            c.error = (f"skipped: {reply['skip']}" if "skip" in reply
+                       else f"failed to load: {reply['error']}")  # fmt: skip
             c.worker.close()
-        c.worker = None
-        return
-    c.info, c.warmup_calls = reply, int(reply.get("warmup_calls", 1))
+            c.worker = None
+        c.info = reply
+
+
+def _broadcast(cs: list[_Contender], msg: dict, results: dict[str, GenResult]) -> dict:
+    """Send ``msg`` to every live contender at once, then collect the answers (untimed
+    work only: the contenders run side by side)."""
+    sent = []
+    for c in cs:
+        if c.worker is None:
+            continue
+        try:
+            c.worker.send(msg)
+            sent.append(c)
+        except WorkerError as e:
+            _fail(c, str(e), results)
+    replies = {}
+    for c in sent:
+        reply = _call(c, None, results)
+        if reply is not None:
+            replies[c.name] = reply
+    return replies
 
 
 def _prompt(batch: int, prompt_len: int, vocab: int) -> list[list[int]]:
@@ -242,14 +273,10 @@ def _run_batch(
     batch = len(ids)
     results = {c.name: GenResult(c.name, error=c.error) for c in pool}
     live = [c for c in pool if c.worker is not None]
-    for c in [*live, membw]:
-        if c.worker is not None:
-            _call(c, {"op": "prompt", "ids": ids, "new_tokens": new_tokens}, results)
-    for c in [c for c in live if c.worker is not None]:
-        say(f"batch {batch}: warming up {c.name} ({c.warmup_calls} call(s))")
-        for _ in range(c.warmup_calls):
-            if _call(c, {"op": "run"}, results) is None:
-                break
+    _broadcast([*live, membw], {"op": "prompt", "ids": ids, "new_tokens": new_tokens}, results)
+    say(f"batch {batch}: warming up")
+    for c_name, reply in _broadcast(live, {"op": "warmup"}, results).items():
+        results[c_name].warmup_s = reply["warmup_s"]
     bandwidth: list[float] = []
     order = random.Random(0)
     for i in range(rounds):
@@ -278,21 +305,27 @@ def _run_batch(
     return results
 
 
-def _call(c: _Contender, msg: dict, results: dict[str, GenResult]) -> dict | None:
-    """One request; a failure stops the contender for the rest of the run."""
+def _call(c: _Contender, msg: dict | None, results: dict[str, GenResult]) -> dict | None:
+    """One request (None: only the answer to one already sent); a failure stops the
+    contender for the rest of the run."""
     assert c.worker is not None
     try:
-        reply = c.worker.ask(msg, CALL_TIMEOUT_S)
+        reply = c.worker.ask(msg, CALL_TIMEOUT_S) if msg else c.worker.receive(CALL_TIMEOUT_S)
     except WorkerError as e:
         reply = {"error": str(e)}
     if "error" not in reply:
         return reply
-    c.error = f"failed: {reply['error']}"
+    _fail(c, reply["error"], results)
+    return None
+
+
+def _fail(c: _Contender, error: str, results: dict[str, GenResult]) -> None:
+    c.error = f"failed: {error}"
     if c.name in results:
         results[c.name].error = c.error
-    c.worker.close()
+    if c.worker is not None:
+        c.worker.close()
     c.worker = None
-    return None
 
 
 def _record(r: GenResult, reply: dict, batch: int, new_tokens: int) -> None:
@@ -367,59 +400,6 @@ def _load_avg() -> float | None:
         return os.getloadavg()[0]
     except OSError:
         return None
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "" if value is None else format(value, spec)
-
-
-def format_table(report: GenReport) -> str:
-    """A plain-text table: one row per contender, then what the columns mean."""
-    bw = (f"read bandwidth {report.membw_gbs:.1f} GB/s (spread {report.membw_spread_gbs:.1f})"
-          if report.membw_gbs else "read bandwidth not measured")  # fmt: skip
-    lines = [
-        f"{report.model}  batch {report.batch}  prompt {report.prompt_len}  new tokens "
-        f"{report.new_tokens}  threads {report.threads}  rounds {report.rounds}  {bw}",
-        f"fp32 bytes per decode step {report.bytes_per_step / 1e6:.1f} MB (weights "
-        f"{report.weight_bytes / 1e6:.1f} + KV) -> bound "
-        + (f"{report.bound_tok_s:.1f} tok/s" if report.bound_tok_s else "unknown"),
-        f"{'contender':<17}{'prefill ms':>11}{'spread':>8}{'decode tok/s':>13}{'spread':>8}"
-        f"{'% bound':>8}{'eff GB/s':>9}{'MB/step':>8}{'agree':>10}{'peak MiB':>9}{'load s':>8}",
-    ]
-    total = report.batch * report.new_tokens
-    for r in report.results:
-        if r.error:
-            lines.append(f"{r.name:<17}  {r.error}")
-            continue
-        agree = f"{r.agree}/{total}" if r.agree is not None else ""
-        lines.append(
-            f"{r.name:<17}{_fmt(r.prefill_ms, '.1f'):>11}{_fmt(r.prefill_spread_ms, '.1f'):>8}"
-            f"{_fmt(r.decode_tok_s, '.1f'):>13}{_fmt(r.decode_spread_tok_s, '.1f'):>8}"
-            f"{_fmt(r.pct_of_bound, '.0f'):>8}{_fmt(r.effective_gbs, '.1f'):>9}"
-            f"{_fmt(r.bytes_per_step and r.bytes_per_step / 1e6, '.0f'):>8}{agree:>10}"
-            f"{_fmt(r.rss_peak_mb, '.0f'):>9}{_fmt(r.load_s, '.1f'):>8}"
-        )
-    lines += notes(report)
-    return "\n".join(lines)
-
-
-def notes(report: GenReport) -> list[str]:
-    lines = []
-    for r in report.results:
-        if r.error:
-            continue
-        if r.first_mismatch is not None:
-            lines.append(f"{r.name}: greedy tokens differ from eager's from step "
-                         f"{r.first_mismatch} on")  # fmt: skip
-        if r.convert_s is not None:
-            lines.append(f"{r.name}: converted in this run ({r.convert_s:.0f} s, now cached)")
-        if r.note:
-            lines.append(f"{r.name}: {r.note}")
-    if report.load_avg:
-        before, after = report.load_avg
-        lines.append(f"load average {before:.2f} before, {after:.2f} after ({os.cpu_count()} "
-                     "CPUs): a loaded machine widens the spread")  # fmt: skip
-    return lines
 
 
 def write_json(path: str, reports: list[GenReport], extra: dict | None = None) -> None:
