@@ -135,8 +135,10 @@ def test_onnx_weight_bytes_skip_gather_only_initializers(tmp_path):
 
 
 def test_bad_requests_are_one_line_errors(llama_dir):
-    with pytest.raises(ValueError, match="unknown generation contender.*ort-fast"):
-        generation.bench_generate(llama_dir, contenders=["ort-fast"])
+    generation.check_names(["tgraph-ort[int4]", "tgraph-torch[int8-weight]", "ov-genai[int8]"])
+    for bad in ("ort-fast", "ov-genai[int2]", "tgraph-tvm[int4]"):
+        with pytest.raises(ValueError, match=rf"unknown generation contender.*{bad[:6]}"):
+            generation.bench_generate(llama_dir, contenders=[bad])
     with pytest.raises(ValueError, match="exceeds the model's maximum length 64"):
         generation.bench_generate(llama_dir, prompt_len=60, new_tokens=8)
     with pytest.raises(FileNotFoundError, match="no config.json"):
@@ -160,18 +162,28 @@ def test_staging_adds_a_wordlevel_tokenizer(llama_dir, tmp_path):
     assert tok.encode("t5 t119").ids == [5, 119] and tok.get_vocab_size() == 120
 
 
-def test_cli_generate(llama_dir, tmp_path, monkeypatch):
+def test_cli_generate(llama_dir, eager_reports, tmp_path, monkeypatch):
+    """The CLI passes its flags to the harness (run above) and prints and saves its reports."""
     from tgraph.cli import main
 
-    monkeypatch.setattr(generation, "MEMBW_BYTES", 2**22)
+    calls = []
+
+    def fake(model_dir, **kw):
+        calls.append((model_dir, kw))
+        return eager_reports[:1]
+
+    monkeypatch.setattr(generation, "bench_generate", fake)
     out = tmp_path / "gen.json"
-    args = ["bench", llama_dir, "--generate", "--backends", "eager", "--prompt-len", "5",
-            "--new-tokens", "2", "--repeats", "1", "--threads", "1", "--cache-dir",
-            str(tmp_path / "cache"), "--json", str(out)]  # fmt: skip
+    args = ["bench", llama_dir, "--generate", "--backends", "eager,ort-genai", "--prompt-len",
+            "5", "--new-tokens", "2", "--threads", "1", "--json", str(out)]  # fmt: skip
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert "tiny-llama  batch 1  prompt 5  new tokens 2" in result.output
-    assert json.loads(out.read_text())["reports"][0]["results"][0]["agree"] == 2
+    ((model_dir, kw),) = calls
+    assert model_dir == llama_dir and kw["batches"] == (1,) and kw["rounds"] == 3
+    assert (kw["prompt_len"], kw["new_tokens"], kw["threads"]) == (5, 2, 1)
+    assert kw["contenders"] == ["eager", "ort-genai"]
+    assert f"tiny-llama  batch 1  prompt {PROMPT}  new tokens {NEW}" in result.output
+    assert json.loads(out.read_text())["reports"][0]["results"][0]["agree"] == NEW
     bad = CliRunner().invoke(main, ["bench", "zoo:gpt-tiny", "--generate"])
     assert bad.exit_code == 2 and "needs a Hugging Face causal-LM directory" in bad.output
 

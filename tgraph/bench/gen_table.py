@@ -55,6 +55,12 @@ def notes(report: GenReport) -> list[str]:
             lines.append(f"{r.name}: converted in this run ({r.convert_s:.0f} s, now cached)")
         if r.note:
             lines.append(f"{r.name}: {r.note}")
+    fit = [r.name for r in report.results if r.bytes_per_step and report.l3_bytes
+           and r.bytes_per_step <= report.l3_bytes]  # fmt: skip
+    if fit:
+        lines.append(f"{', '.join(fit)}: a decode step's bytes fit in the CPU's L3 "
+                     f"({report.l3_bytes / 2**20:.0f} MiB), so steps can read them from cache "
+                     "and pass the DRAM bound (over 100%)")  # fmt: skip
     if report.load_avg:
         before, after = report.load_avg
         lines.append(f"load average {before:.2f} before, {after:.2f} after ({os.cpu_count()} "

@@ -236,8 +236,8 @@ class TgraphRunner:
     """tgraph.compile of the causal LM, then its ``generate`` (the contract in
     ARCHITECTURE.md; ``eos_token_id=[]`` switches EOS off, so every call makes n tokens)."""
 
-    def __init__(self, backend: str) -> None:
-        self.backend = backend
+    def __init__(self, backend: str, pipeline: str = "default") -> None:
+        self.backend, self.pipeline = backend, pipeline
 
     def load(self, req: dict) -> dict:
         import torch
@@ -251,11 +251,15 @@ class TgraphRunner:
         ).eval()
         ids = torch.randint(10, 100, (2, 16), generator=torch.Generator().manual_seed(0))
         start = time.perf_counter()
-        self.gen = tgraph.compile(lm, {"input_ids": ids}, backend=self.backend)
+        self.gen = tgraph.compile(lm, {"input_ids": ids}, backend=self.backend,
+                                  pipeline=self.pipeline)  # fmt: skip
         if not hasattr(self.gen, "generate"):
             raise RuntimeError(f"tgraph.compile returned a {type(self.gen).__name__} without "
                                "generate(): this tgraph does not compile generation yet")  # fmt: skip
-        return {"note": f"compile {time.perf_counter() - start:.1f} s"}
+        note = f"compile {time.perf_counter() - start:.1f} s"
+        if self.pipeline != "default":
+            note += f"; pipeline {self.pipeline}: MB/step counts fp32 weights"
+        return {"note": note}
 
     def generate(self, ids: list[list[int]], n: int) -> tuple[list[list[int]], float, float]:
         import torch
@@ -363,7 +367,11 @@ class _Session:
                 "skip": f"{module} is not installed in {sys.executable} (pip install {package})"
             }
         start = time.perf_counter()
-        self.runner = RUNNERS[name]()
+        # tgraph-ort[int4]: the int4 pipeline; a peer's [int4] is only its converted model's
+        pipeline = req["contender"][len(name) + 1 : -1] if name.startswith("tgraph-") else ""
+        self.runner = (
+            TgraphRunner(name[len("tgraph-") :], pipeline) if pipeline else RUNNERS[name]()
+        )
         info = self.runner.load(req) or {}
         info.update(load_s=round(time.perf_counter() - start, 2), rss_mb=_rss_mb("VmRSS"))
         return info

@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import statistics
 import sys
 import time
@@ -56,6 +57,9 @@ CONTENDERS = (*FP32_CONTENDERS, *LOWBIT_CONTENDERS)
 DEFAULT_CONTENDERS = FP32_CONTENDERS
 __all__ = ["CONTENDERS", "GenReport", "GenResult", "bench_generate", "format_table",
            "markdown_summary", "notes", "write_json"]  # fmt: skip
+# tgraph-ort[int4]: tgraph.compile(..., pipeline="int4"); its bytes per step count as fp32's
+# until the worker can count the compiled graph's own.
+_TGRAPH = re.compile(r"tgraph-(ort|torch)\[[^\]]+\]")
 MEMBW_BYTES = 2**31  # the bandwidth measurement's buffer: far past any cache
 LOAD_TIMEOUT_S = 1800.0  # tgraph's compile, OpenVINO's model compile
 CALL_TIMEOUT_S = 900.0  # one generate call (torch.compile's first one compiles)
@@ -105,6 +109,7 @@ class GenReport:
     results: list[GenResult]
     date: str
     load_avg: tuple[float, float] | None = None
+    l3_bytes: int | None = None  # the CPU's last-level cache (Linux sysfs)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -124,10 +129,10 @@ class _Contender:
 
 
 def check_names(contenders: Sequence[str]) -> None:
-    unknown = [c for c in contenders if c not in CONTENDERS]
+    unknown = [c for c in contenders if c not in CONTENDERS and not _TGRAPH.fullmatch(c)]
     if unknown:
         raise ValueError(f"unknown generation contender(s) {', '.join(unknown)}; known: "
-                         f"{', '.join(CONTENDERS)}")  # fmt: skip
+                         f"{', '.join(CONTENDERS)} and tgraph-<backend>[<pipeline>]")  # fmt: skip
 
 
 def bench_generate(
@@ -392,7 +397,19 @@ def _report(
         geometry.kv_bytes_per_token, step, batch * gbs * 1e9 / step if gbs else None,
         list(results.values()), time.strftime("%Y-%m-%d %H:%M"),
         (load_before, after) if load_before is not None and after is not None else None,
+        _l3_bytes(),
     )  # fmt: skip
+
+
+def _l3_bytes() -> int | None:
+    """Size of the cache at index 3 of CPU 0 (the L3 on x86 Linux), from sysfs."""
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cache/index3/size") as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
 
 
 def _load_avg() -> float | None:
