@@ -40,16 +40,14 @@ def llama_dir(tmp_path_factory):
 def eager_reports(llama_dir, tmp_path_factory):
     """Eager (the reference) plus two peers this run cannot have, batch 1 and 2."""
     cache = tmp_path_factory.mktemp("cache")
-    has = gen_artifacts._has
-    gen_artifacts._has = lambda module: False  # as if no optional peer were installed
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gen_artifacts, "_has", lambda module: False)  # as if no peer were installed
+        mp.delenv(gen_artifacts.OPTIMUM_PYTHON_ENV, raising=False)
         return generation.bench_generate(
             llama_dir, batches=(1, 2), prompt_len=PROMPT, new_tokens=NEW, rounds=2,
             contenders=["ort-genai", "optimum-intel"], threads=1, cache_dir=str(cache),
             optimum_python=None, membw_bytes=2**22, pause_s=0.0,
         )  # fmt: skip
-    finally:
-        gen_artifacts._has = has
 
 
 def test_harness_reports_every_field(eager_reports, llama_dir):
@@ -200,3 +198,14 @@ def test_tgraph_contenders_match_eager(llama_dir, tmp_path):
     for r in reports[0].results:
         assert r.error is None, f"{r.name}: {r.error}"
         assert r.agree == 2 * NEW, f"{r.name} differs from eager from step {r.first_mismatch}"
+
+
+def test_prepare_converts_nothing_without_the_tools(llama_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(gen_artifacts, "_has", lambda module: False)
+    monkeypatch.delenv(gen_artifacts.OPTIMUM_PYTHON_ENV, raising=False)
+    status = generation.prepare(llama_dir, ["ort-genai[int4]", "ov-genai", "tgraph-ort"],
+                                cache_dir=str(tmp_path), progress=lambda m: None)  # fmt: skip
+    assert status["eager"] == status["tgraph-ort"] == "ready"  # they load the directory itself
+    assert status["ort-genai[int4]"].startswith("skipped: onnxruntime_genai is not installed")
+    assert status["ov-genai"].startswith("skipped: openvino_genai is not installed")
+    assert list(tmp_path.iterdir()) == []

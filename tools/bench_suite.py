@@ -268,12 +268,20 @@ def main() -> None:
     parser.add_argument("--batches", default="1,4", help="cpu-gen: batch sizes")
     parser.add_argument("--prompt-len", type=int, default=128, help="cpu-gen")
     parser.add_argument("--new-tokens", type=int, default=64, help="cpu-gen")
+    parser.add_argument(
+        "--prepare-only", action="store_true",
+        help="cpu-gen: build the models and convert (or find cached) the peers' models, time "
+        "nothing",
+    )  # fmt: skip
     parser.add_argument("--table", metavar="JSON", help="only print the tables of a result file")
     args = parser.parse_args()
     if args.table:
         with open(args.table) as f:
             reports = json.load(f)["reports"]
         print(tables(reports))
+        return
+    if args.suite == "cpu-gen" and args.prepare_only:
+        _prepare_generate(args)
         return
     if not args.out:
         parser.error("--out is required")
@@ -338,6 +346,20 @@ def _main_generate(args: argparse.Namespace) -> None:
             "summary_markdown": summary,
         })  # fmt: skip
     print(summary)
+
+
+def _prepare_generate(args: argparse.Namespace) -> None:
+    from tgraph.bench import gen_artifacts, generation
+
+    contenders = (args.contenders or ",".join(generation.CONTENDERS)).split(",")
+    for spec in args.cases or SUITES["cpu-gen"]:
+        path = hf_dir(spec, args.model_dir) if spec.startswith("hf-") else spec
+        if spec.startswith("hf-"):
+            gen_artifacts.add_tokenizer(path)
+        status = generation.prepare(path, contenders, optimum_python=args.optimum_python,
+                                    progress=lambda m, c=spec: print(f"[{c}] {m}", flush=True))  # fmt: skip
+        for name, state in status.items():
+            print(f"{spec:<16}{name:<18}{state}")
 
 
 def _versions() -> dict:

@@ -93,6 +93,8 @@ def _summary_cell(r, total: int) -> str:
     if r is None:
         return ""
     if r.error:
+        if "not currently supported" in r.error:  # the model builder's word for it
+            return "not supported"
         return "skipped" if r.error.startswith("skipped") else "failed"
     cell = f"{_fmt(r.decode_tok_s, '.1f')} ({_fmt(r.prefill_ms, '.0f')})"
     if r.pct_of_bound is not None:

@@ -56,10 +56,11 @@ LOWBIT_CONTENDERS = ("ort-genai[int4]", "ov-genai[int8]", "ov-genai[int4]")
 CONTENDERS = (*FP32_CONTENDERS, *LOWBIT_CONTENDERS)
 DEFAULT_CONTENDERS = FP32_CONTENDERS
 __all__ = ["CONTENDERS", "GenReport", "GenResult", "bench_generate", "format_table",
-           "markdown_summary", "notes", "write_json"]  # fmt: skip
+           "markdown_summary", "notes", "prepare", "write_json"]  # fmt: skip
 # tgraph-ort[int4]: tgraph.compile(..., pipeline="int4"); its bytes per step count as fp32's
 # until the worker can count the compiled graph's own.
 _TGRAPH = re.compile(r"tgraph-(ort|torch)\[[^\]]+\]")
+DEFAULT_CACHE = os.path.expanduser("~/.cache/tgraph-bench/converted")
 MEMBW_BYTES = 2**31  # the bandwidth measurement's buffer: far past any cache
 LOAD_TIMEOUT_S = 1800.0  # tgraph's compile, OpenVINO's model compile
 CALL_TIMEOUT_S = 900.0  # one generate call (torch.compile's first one compiles)
@@ -161,7 +162,7 @@ def bench_generate(
         contenders: names from :data:`CONTENDERS`; eager always runs (the reference).
         rounds: timed rounds per batch size, or a {batch: rounds} mapping.
         threads: intra-op threads of every contender (default: os.cpu_count()).
-        cache_dir: converted peer models (default ~/.cache/tgraph-bench/converted).
+        cache_dir: converted peer models (default :data:`DEFAULT_CACHE`).
         optimum_python: the Python that has optimum-intel (default: this one, if it has it).
         membw_bytes: buffer of the bandwidth measurement (default :data:`MEMBW_BYTES`).
         pause_s: idle time before each timed call.
@@ -178,12 +179,9 @@ def bench_generate(
                          f"maximum length {geometry.max_length} ({model_dir}/config.json)")  # fmt: skip
     threads = threads or os.cpu_count() or 1
     say = progress or (lambda _m: None)
-    cache_dir = cache_dir or os.path.expanduser("~/.cache/tgraph-bench/converted")
-    names = ["eager", *[c for c in dict.fromkeys(contenders) if c != "eager"]]
-    pool = [_Contender(c, gen_artifacts.python_for(c, optimum_python)) for c in names]
     load_before = _load_avg()
-    for c in pool:
-        _prepare(c, model_dir, cache_dir, optimum_python, say)
+    pool = _prepared(model_dir, contenders, cache_dir, optimum_python, say)
+    cache_dir = cache_dir or DEFAULT_CACHE
     membw = _Contender("membw", sys.executable)
     label = name or os.path.basename(os.path.normpath(model_dir))
     try:
@@ -204,6 +202,29 @@ def bench_generate(
         for c in [*pool, membw]:
             if c.worker is not None:
                 c.worker.close()
+
+
+def prepare(
+    model_dir: str, contenders: Sequence[str], *, cache_dir: str | None = None,
+    optimum_python: str | None = None, progress: Callable[[str], None] | None = None,
+) -> dict[str, str]:  # fmt: skip
+    """Convert (or find cached) every converted model the contenders load, timing nothing:
+    {contender: "ready", "converted in N s" or why not}, so the timed run converts nothing."""
+    check_names(contenders)
+    pool = _prepared(model_dir, contenders, cache_dir, optimum_python, progress or print)
+    return {c.name: c.error or ("ready" if not c.converted or c.converted.convert_s is None
+                                else f"converted in {c.converted.convert_s:.0f} s")
+            for c in pool}  # fmt: skip
+
+
+def _prepared(model_dir: str, contenders: Sequence[str], cache_dir: str | None,
+              optimum_python: str | None, say: Callable[[str], None]) -> list[_Contender]:  # fmt: skip
+    """eager first, then the other contenders, each with its converted model or its error."""
+    names = ["eager", *[c for c in dict.fromkeys(contenders) if c != "eager"]]
+    pool = [_Contender(c, gen_artifacts.python_for(c, optimum_python)) for c in names]
+    for c in pool:
+        _prepare(c, model_dir, cache_dir or DEFAULT_CACHE, optimum_python, say)
+    return pool
 
 
 def _prepare(c: _Contender, model_dir: str, cache_dir: str, optimum_python: str | None,
