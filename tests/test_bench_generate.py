@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from tgraph.bench import gen_artifacts, generation
 from tgraph.bench.gen_process import Worker, WorkerError
-from tgraph.bench.gen_worker import torch_weight_bytes
+from tgraph.bench.gen_worker import _Clock, torch_weight_bytes
 
 transformers = pytest.importorskip("transformers")
 
@@ -99,6 +99,16 @@ def test_agreement_counts_positions_and_finds_the_first_difference():
     assert generation.agreement(ref, ref) == (8, None)
     assert generation.agreement([[1, 2, 3, 4], [5, 0, 7, 0]], ref) == (6, 1)
     assert generation.agreement([[9, 2, 3, 4], [5, 6, 0, 8]], ref) == (6, 0)
+
+
+def test_the_clock_stamps_the_first_new_token_not_the_prompt():
+    clock = _Clock()
+    clock.put(torch.zeros(2, 1, dtype=torch.long))  # a one-token prompt still comes first
+    assert clock.first is None
+    clock.put(torch.zeros(2, dtype=torch.long))
+    first = clock.first
+    clock.put(torch.zeros(2, dtype=torch.long))
+    assert first is not None and clock.first == first
 
 
 def test_weight_bytes_leave_out_lookup_tables_but_count_a_tied_head():

@@ -64,15 +64,16 @@ def _rss_mb(field: str) -> float | None:
 class _Clock:
     """A transformers-style streamer that stamps the first new token.
 
-    ``generate`` puts the prompt first (shape (B, P)), then each new token (shape (B,) or
-    (B, 1)); the first put of a single position is the first new token."""
+    transformers' ``generate`` and tgraph's (GEN_API.md) put the prompt first, then each
+    step's new tokens: the second put is the first new token."""
 
     def __init__(self) -> None:
         self.first: float | None = None
+        self.puts = 0
 
     def put(self, value: Any) -> None:
-        shape = tuple(getattr(value, "shape", ()))
-        if self.first is None and (len(shape) < 2 or shape[-1] == 1):
+        self.puts += 1
+        if self.puts == 2:
             self.first = time.perf_counter()
 
     def end(self) -> None:

@@ -170,9 +170,10 @@ def bench_generate(
         progress: called with a short message at each step.
     """
     check_names(contenders)
-    per_batch = {b: rounds[b] if isinstance(rounds, Mapping) else rounds for b in batches}
+    per_batch = {b: rounds.get(b, 0) if isinstance(rounds, Mapping) else rounds for b in batches}
     if new_tokens < 2 or prompt_len < 1 or min(per_batch.values(), default=0) < 1:
-        raise ValueError("need new_tokens >= 2, prompt_len >= 1, a batch size and rounds >= 1")
+        raise ValueError("need new_tokens >= 2, prompt_len >= 1, a batch size and rounds >= 1 "
+                         "for each batch size")  # fmt: skip
     geometry = gen_artifacts.model_geometry(model_dir)
     if prompt_len + new_tokens > geometry.max_length:
         raise ValueError(f"prompt {prompt_len} + {new_tokens} new tokens exceeds the model's "
@@ -250,6 +251,8 @@ def _start_all(pool: list[_Contender], base: dict, logs: str, say: Callable[[str
             c.worker.send({"op": "load", "contender": c.name, "artifact": artifact, **base})
         except WorkerError as e:
             c.error = f"failed to load: {e}"
+        except OSError as e:  # the contender's Python cannot be started
+            c.error = f"failed to start {c.python}: {e.strerror}"
     for c in pool:
         if c.worker is None:
             continue
