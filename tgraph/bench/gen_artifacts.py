@@ -114,6 +114,9 @@ def ensure(
     cached = _metadata(out, key)
     if cached is not None:
         return Artifact(out, cached["weight_bytes"], None)
+    unsupported = _metadata(out + ".unsupported", key, "error")
+    if unsupported is not None:
+        raise RuntimeError(unsupported["error"])
     say(f"converting for {contender}: {tool} {precision}")
     start = time.perf_counter()
     staged = stage(model_dir, os.path.join(root, "staged"))
@@ -129,7 +132,12 @@ def ensure(
                               timeout=CONVERT_TIMEOUT_S, check=False)  # fmt: skip
     if done.returncode != 0 or not os.path.isdir(tmp):
         shutil.rmtree(tmp, ignore_errors=True)
-        raise RuntimeError(f"{tool} {precision}: {last_error_line(log)} (log: {log})")
+        error = f"{tool} {precision}: {last_error_line(log)} (log: {log})"
+        if "NotImplementedError" in error:  # the tool's "not supported": no use retrying
+            os.makedirs(out + ".unsupported")
+            with open(os.path.join(out + ".unsupported", "tgraph-source.json"), "w") as f:
+                json.dump({"fingerprint": key, "command": command, "error": error}, f, indent=2)
+        raise RuntimeError(error)
     weights = artifact_weight_bytes(tool, tmp)
     with open(os.path.join(tmp, "tgraph-source.json"), "w") as f:
         json.dump({"model": os.path.abspath(model_dir), "fingerprint": key,
@@ -185,14 +193,15 @@ def _has(module: str) -> bool:
         return False
 
 
-def _metadata(out: str, key: str) -> dict | None:
-    """The cached conversion's record, when it is of this model (by fingerprint)."""
+def _metadata(out: str, key: str, field: str = "weight_bytes") -> dict | None:
+    """The cached conversion's record (or its recorded refusal, ``OUT.unsupported``), when it
+    is of this model (by fingerprint)."""
     try:
         with open(os.path.join(out, "tgraph-source.json")) as f:
             meta = json.load(f)
     except (OSError, ValueError):
         return None
-    return meta if meta.get("fingerprint") == key and "weight_bytes" in meta else None
+    return meta if meta.get("fingerprint") == key and field in meta else None
 
 
 def fingerprint(model_dir: str) -> str:
