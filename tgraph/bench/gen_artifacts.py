@@ -107,7 +107,7 @@ def ensure(
     if contender not in ARTIFACTS:
         return None
     tool, precision = ARTIFACTS[contender]
-    command_python = _tool_python(contender, tool, explicit_optimum)
+    _check_runtime(contender)
     key = fingerprint(model_dir)
     root = os.path.join(cache_dir, f"{os.path.basename(os.path.normpath(model_dir))}-{key}")
     out = os.path.join(root, f"{tool}-{precision}")
@@ -117,6 +117,7 @@ def ensure(
     unsupported = _metadata(out + ".unsupported", key, "error")
     if unsupported is not None:
         raise RuntimeError(unsupported["error"])
+    command_python = _tool_python(tool, explicit_optimum)  # needed only to convert
     say(f"converting for {contender}: {tool} {precision}")
     start = time.perf_counter()
     staged = stage(model_dir, os.path.join(root, "staged"))
@@ -147,13 +148,18 @@ def ensure(
     return Artifact(out, weights, time.perf_counter() - start)
 
 
-def _tool_python(contender: str, tool: str, explicit_optimum: str | None) -> str:
-    if tool == "ort-genai":
-        if not _has("onnxruntime_genai"):
-            raise Unavailable("onnxruntime_genai is not installed (pip install onnxruntime-genai)")
-        return sys.executable
+def _check_runtime(contender: str) -> None:
+    """The package the contender runs on, in this Python (optimum-intel's is checked by its
+    own worker, in its own venv)."""
+    if contender.startswith("ort-genai") and not _has("onnxruntime_genai"):
+        raise Unavailable("onnxruntime_genai is not installed (pip install onnxruntime-genai)")
     if contender.startswith("ov-genai") and not _has("openvino_genai"):
         raise Unavailable("openvino_genai is not installed (pip install openvino-genai)")
+
+
+def _tool_python(tool: str, explicit_optimum: str | None) -> str:
+    if tool == "ort-genai":
+        return sys.executable
     python = optimum_python(explicit_optimum)
     if python is None:
         raise Unavailable("the OpenVINO IR is exported by optimum-intel: install it in its own "
