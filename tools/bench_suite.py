@@ -88,7 +88,8 @@ SUITES = {
 # contender). The fixed costs (loading, warm-up, torch.compile compiling the static-cache
 # decode step at each batch size) take about half of the run; batch-4 calls are about 2.5x
 # as long as batch-1 calls and vary less, and one 336M batch-4 round is about two minutes
-# on 2 cores: these counts keep the whole suite near 14 minutes on a quiet machine.
+# on 2 cores: with these counts the whole suite should take about 14 minutes on a quiet
+# machine (an estimate from loaded-machine runs, docs/generation.md).
 GEN_ROUNDS = {"hf-llama-58m": {1: 3, 4: 2}, "hf-gpt2": {1: 3, 4: 1}, "hf-llama-336m": {1: 2, 4: 1}}
 # What a suite runs on unless the command line says otherwise: (device, dtype, pipelines).
 SUITE_SETTINGS = {
