@@ -322,11 +322,8 @@ def _run_batch(
             _record(results[c.name], reply, batch, new_tokens)
     for c in pool:
         r = results[c.name]
-        r.load_s, r.rss_load_mb, r.note = (
-            c.info.get("load_s"),
-            c.info.get("rss_mb"),
-            c.info.get("note"),
-        )
+        r.load_s, r.rss_load_mb = c.info.get("load_s"), c.info.get("rss_mb")
+        r.note = "; ".join(n for n in (c.info.get("note"), r.note) if n) or None
         if c.converted is not None:
             r.convert_s, r.weight_bytes = c.converted.convert_s, c.converted.weight_bytes
         r.weight_bytes = c.info.get("weight_bytes", r.weight_bytes)
@@ -339,7 +336,10 @@ def _call(c: _Contender, msg: dict | None, results: dict[str, GenResult]) -> dic
     contender for the rest of the run."""
     assert c.worker is not None
     try:
-        reply = c.worker.ask(msg, CALL_TIMEOUT_S) if msg else c.worker.receive(CALL_TIMEOUT_S)
+        if msg is None:
+            reply = c.worker.receive(CALL_TIMEOUT_S)
+        else:
+            reply = c.worker.ask(msg, CALL_TIMEOUT_S)
     except WorkerError as e:
         reply = {"error": str(e)}
     if "error" not in reply:
