@@ -31,6 +31,19 @@ on torch's export in fp32 and quantized by ``onnxruntime.quantization.quantize_d
 (ort-int8), and OpenVINO in fp32 and with its bf16 precision hint (the compression issue's
 comparison).
 
+``--suite cpu-gen`` times greedy generation (prompt 128, 64 new tokens, batch 1 and 4) of
+the 58M Llama, GPT-2 and the 336M Llama (hidden 1024 x 24 layers, 16 heads, 4 KV heads, MLP
+2816) against the generation peers, each in its own process (tgraph.bench.generation;
+docs/generation.md, Benchmark, has the peers' setup):
+
+    python tools/bench_suite.py --suite cpu-gen --out gen.json \\
+        --optimum-python /work/venvs/ovpeer/bin/python
+
+Its models get a WordLevel tokenizer file (the ONNX Runtime GenAI model builder wants one;
+every contender is fed token ids). Per model, the processes load once and serve both batch
+sizes; timed rounds per model and batch size from :data:`GEN_ROUNDS` unless ``--repeats``
+says otherwise.
+
 OpenMP: unless ``OMP_WAIT_POLICY`` is already set, this script sets it to ``PASSIVE``
 before torch loads. On a machine shared with other jobs, libgomp's default spin-waiting
 threads fight the other jobs for the cores and a 1 ms eager forward can take 300 ms;
@@ -65,11 +78,19 @@ SUITES = {
         "hf-bert-base:1x128", "hf-bert-base:8x128", "hf-gpt2:1x128", "hf-gpt2:8x128",
         "hf-llama-58m:1x128", "hf-llama-58m:8x128",
     ],
+    "cpu-gen": ["hf-llama-58m", "hf-gpt2", "hf-llama-336m"],
     "cpu-lowp": [
         "hf-bert-base:1x128", "hf-bert-base:8x128", "hf-gpt2:1x128", "hf-gpt2:8x128",
         "hf-llama-58m:1x128", "hf-llama-58m:8x128",
     ],
 }  # fmt: skip
+# cpu-gen: timed rounds per model and batch size (a round is one generate call per
+# contender). The fixed costs (loading, warm-up, torch.compile compiling the static-cache
+# decode step at each batch size) take about half of the run; batch-4 calls are about 2.5x
+# as long as batch-1 calls and vary less, and one 336M batch-4 round is about two minutes
+# on 2 cores: with these counts the whole suite should take about 14 minutes on a quiet
+# machine (an estimate from loaded-machine runs, docs/generation.md).
+GEN_ROUNDS = {"hf-llama-58m": {1: 3, 4: 2}, "hf-gpt2": {1: 3, 4: 1}, "hf-llama-336m": {1: 2, 4: 1}}
 # What a suite runs on unless the command line says otherwise: (device, dtype, pipelines).
 SUITE_SETTINGS = {
     "gpu-fp16": ("cuda", "fp16", "default,fp16"),
@@ -96,7 +117,23 @@ def _hf_model(name: str):
             num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=2048,
         )  # fmt: skip
         return T.LlamaForCausalLM(config)
+    if name == "hf-llama-336m":
+        config = T.LlamaConfig(
+            vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=24,
+            num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=2048,
+        )  # fmt: skip
+        return T.LlamaForCausalLM(config)
     raise KeyError(name)
+
+
+def hf_dir(spec: str, model_dir: str) -> str:
+    """The suite model's Hugging Face directory, built (random weights, seed 0) and saved
+    once under ``model_dir``."""
+    path = os.path.join(model_dir, spec)
+    if not os.path.exists(os.path.join(path, "config.json")):
+        torch.manual_seed(0)
+        _hf_model(spec).save_pretrained(path)
+    return path
 
 
 class TorchEncoder(nn.Module):
@@ -120,10 +157,7 @@ def load_case(spec: str, batch: int, seq: int, model_dir: str) -> LoadedModel:
             spec, TorchEncoder().eval(), (torch.randn(batch, seq, 512, generator=g),)
         )
     if spec.startswith("hf-"):
-        path = os.path.join(model_dir, spec)
-        if not os.path.exists(os.path.join(path, "config.json")):
-            _hf_model(spec).save_pretrained(path)
-        loaded = load_model(path, batch=batch, seq=seq)
+        loaded = load_model(hf_dir(spec, model_dir), batch=batch, seq=seq)
         loaded.name = spec
         return loaded
     return load_model(spec, batch=batch, seq=seq)
@@ -225,21 +259,40 @@ def main() -> None:
     parser.add_argument(
         "--dtype", choices=["fp32", "fp16", "bf16"], help="default: fp32 (gpu-fp16: fp16)"
     )
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument(
+        "--repeats", type=int, help="timed rounds (default 20; cpu-gen: GEN_ROUNDS)"
+    )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--pipeline", default="default")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--model-dir", default=os.path.expanduser("~/.cache/tgraph-bench"))
     parser.add_argument("--out", help="JSON result file")
+    parser.add_argument("--optimum-python", help="cpu-gen: the Python with optimum-intel")
+    parser.add_argument("--batches", default="1,4", help="cpu-gen: batch sizes")
+    parser.add_argument("--prompt-len", type=int, default=128, help="cpu-gen")
+    parser.add_argument("--new-tokens", type=int, default=64, help="cpu-gen")
+    parser.add_argument(
+        "--prepare-only", action="store_true",
+        help="cpu-gen: build the models and convert (or find cached) the peers' models, time "
+        "nothing",
+    )  # fmt: skip
     parser.add_argument("--table", metavar="JSON", help="only print the tables of a result file")
     args = parser.parse_args()
     if args.table:
         with open(args.table) as f:
-            reports = json.load(f)["reports"]
-        print(tables(reports))
+            result = json.load(f)
+        # a cpu-gen result keeps its own summary table
+        print(result.get("summary_markdown") or tables(result["reports"]))
+        return
+    if args.suite == "cpu-gen" and args.prepare_only:
+        _prepare_generate(args)
         return
     if not args.out:
         parser.error("--out is required")
+    if args.suite == "cpu-gen":
+        _main_generate(args)
+        return
+    args.repeats = args.repeats or 20
     cases = (SUITES[args.suite] if args.suite else []) + args.cases
     if not cases:
         parser.error("give --cases or --suite")
@@ -264,6 +317,68 @@ def main() -> None:
         _write(args.out, cases, reports)  # keep what is done if a later case dies
         del loaded, report
     print(markdown(reports) if args.device == "cpu" else tables(reports))
+
+
+def _main_generate(args: argparse.Namespace) -> None:
+    """--suite cpu-gen: one generation benchmark per model, every batch size of it."""
+    from tgraph.bench import gen_artifacts, generation
+
+    contenders = (args.contenders or ",".join(generation.CONTENDERS)).split(",")
+    models = args.cases or SUITES["cpu-gen"]
+    batches = [int(b) for b in args.batches.split(",")]
+    reports: list = []
+    start = time.perf_counter()
+    for spec in models:
+        path = hf_dir(spec, args.model_dir) if spec.startswith("hf-") else spec
+        if spec.startswith("hf-"):
+            gen_artifacts.add_tokenizer(path)  # the suite's own directories: for the peers
+        rounds = {b: args.repeats or GEN_ROUNDS.get(spec, {}).get(b, 2) for b in batches}
+        reports += generation.bench_generate(
+            path, batches=batches, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
+            contenders=contenders, rounds=rounds, threads=args.threads,
+            optimum_python=args.optimum_python, name=spec,
+            progress=lambda m, c=spec: print(f"[{c} {time.perf_counter() - start:.0f}s] {m}",
+                                             flush=True),
+        )  # fmt: skip
+        for report in reports[-len(batches) :]:
+            print(generation.format_table(report), flush=True)
+        summary = generation.markdown_summary(reports)
+        generation.write_json(args.out, reports, {
+            "machine": {"cpu": _cpu_name(), "cpus": os.cpu_count(), **_versions()},
+            "date": time.strftime("%Y-%m-%d %H:%M"), "seconds": round(time.perf_counter() - start),
+            "command": "python tools/bench_suite.py " + " ".join(sys.argv[1:]),
+            "summary_markdown": summary,
+        })  # fmt: skip
+    print(summary)
+
+
+def _prepare_generate(args: argparse.Namespace) -> None:
+    from tgraph.bench import gen_artifacts, generation
+
+    contenders = (args.contenders or ",".join(generation.CONTENDERS)).split(",")
+    for spec in args.cases or SUITES["cpu-gen"]:
+        path = hf_dir(spec, args.model_dir) if spec.startswith("hf-") else spec
+        if spec.startswith("hf-"):
+            gen_artifacts.add_tokenizer(path)
+        status = generation.prepare(path, contenders, optimum_python=args.optimum_python,
+                                    progress=lambda m, c=spec: print(f"[{c}] {m}", flush=True))  # fmt: skip
+        for name, state in status.items():
+            print(f"{spec:<16}{name:<18}{state}")
+
+
+def _versions() -> dict:
+    """The installed versions of the generation peers' packages (None: not installed)."""
+    from importlib import metadata
+
+    names = ("torch", "transformers", "onnxruntime", "onnxruntime-genai", "openvino",
+             "openvino-genai")  # fmt: skip
+    out: dict = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def _fill_suite_settings(args: argparse.Namespace) -> None:

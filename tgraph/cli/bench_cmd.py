@@ -45,7 +45,7 @@ from tgraph.cli.app import (
     help="Comma-separated pipelines: one tgraph-<backend>[<pipeline>] column per pipeline "
     "and tgraph backend (default,int8,bf16 -> tgraph-ort, tgraph-ort[int8], tgraph-ort[bf16]).",
 )  # fmt: skip
-@click.option("--repeats", default=20, show_default=True, help="Timed rounds.")
+@click.option("--repeats", type=int, help="Timed rounds  [default: 20; 3 with --generate]")
 @click.option("--warmup", default=3, show_default=True, help="Untimed rounds first.")
 @click.option("--threads", type=int, help="Intra-op threads (default: torch's setting).")
 @click.option("--json", "json_path", type=click.Path(), help="Also write the results as JSON.")
@@ -54,11 +54,31 @@ from tgraph.cli.app import (
     help="Time the pipeline with each fusion pass switched off in turn, on the first "
     "tgraph-* backend of --backends.",
 )  # fmt: skip
+@click.option(
+    "--generate", is_flag=True,
+    help="Time greedy generation instead (a Hugging Face causal-LM directory): prefill ms, "
+    "decode tok/s, peak RSS and agreement with eager against the generation peers, each in "
+    "its own process (docs/generation.md, Benchmark). --backends then names generation "
+    "contenders: eager, static-compile, optimum-intel, ov-genai, ort-genai, tgraph-ort, "
+    "tgraph-torch, ort-genai[int4], ov-genai[int8], ov-genai[int4].",
+)  # fmt: skip
+@click.option("--prompt-len", default=128, show_default=True, help="--generate: prompt tokens.")
+@click.option("--new-tokens", default=64, show_default=True, help="--generate: new tokens.")
+@click.option(
+    "--optimum-python", type=click.Path(dir_okay=False),
+    help="--generate: the Python of a venv with optimum-intel (default: "
+    "$TGRAPH_OPTIMUM_PYTHON, or this one if it has optimum-intel).",
+)  # fmt: skip
+@click.option(
+    "--cache-dir", type=click.Path(file_okay=False),
+    help="--generate: converted peer models  [default: ~/.cache/tgraph-bench/converted]",
+)  # fmt: skip
 @pass_ctx
 def bench(
     ctx: CliContext, checkpoint: str, backends: str | None, device: str, dtype: str, batch: int,
-    seq_len: int, pipeline: str, pipelines: str, repeats: int, warmup: int,
-    threads: int | None, json_path: str | None, per_pass: bool,
+    seq_len: int, pipeline: str, pipelines: str, repeats: int | None, warmup: int,
+    threads: int | None, json_path: str | None, per_pass: bool, generate: bool,
+    prompt_len: int, new_tokens: int, optimum_python: str | None, cache_dir: str | None,
 ) -> None:  # fmt: skip
     """Time CHECKPOINT side by side: eager, torch.compile, ONNX Runtime, tgraph.
 
@@ -74,8 +94,19 @@ def bench(
       tgraph bench zoo:bert-base --per-pass --backends tgraph-ort
       tgraph bench ./hf-model --device cuda --dtype fp16 --pipelines default,fp16
       torchrun --nproc-per-node 2 -m tgraph bench llama2.tg --seq-len 128  (an artifact)
+      tgraph bench ./hf-llama --generate --prompt-len 128 --new-tokens 64 --batch 1
     """
     import json
+
+    if generate:
+        if device != "cpu" or dtype != "fp32" or per_pass:
+            fail("--generate runs on the CPU in fp32, without --per-pass", code=2)
+        from tgraph.cli.bench_gen import run_generate_bench
+
+        run_generate_bench(checkpoint, backends, batch, prompt_len, new_tokens, repeats or 3,
+                       threads, cache_dir, optimum_python, json_path)  # fmt: skip
+        return
+    repeats = repeats or 20
 
     from tgraph.bench import DEFAULT_CONTENDERS, GPU_DEFAULT_CONTENDERS
 

@@ -1,0 +1,85 @@
+"""Bytes of weights one decode step reads, counted in a converted peer model's files.
+
+A decode step reads every weight once, except embedding tables, of which it reads one row
+per sequence: tables whose only users are lookups (Gather) are left out; a table that the
+LM head also reads counts. Compressed weights count as stored (packed int4/int8 plus their
+scales and zero points).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+# OpenVINO ops between a compressed weight constant and its user (weight decompression).
+_OV_DECOMPRESSION = {"Convert", "Subtract", "Multiply", "Reshape", "Transpose", "Unsqueeze"}
+
+
+def onnx_weight_bytes(path: str) -> int:
+    """Stored bytes of the ONNX model's initializers (packed int4 as stored), less those
+    that only Gather-type ops (embedding lookups) read."""
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    users: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users.setdefault(name, set()).add(node.op_type)
+    total = 0
+    for init in model.graph.initializer:
+        ops = users.get(init.name, set())
+        if ops and all(op.startswith("Gather") for op in ops):
+            continue
+        total += _stored_bytes(init)
+    return total
+
+
+def _stored_bytes(init: Any) -> int:
+    import onnx
+
+    for entry in init.external_data:
+        if entry.key == "length":
+            return int(entry.value)
+    if init.raw_data:
+        return len(init.raw_data)
+    count = 1
+    for d in init.dims:
+        count *= d
+    return count * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+
+
+def ov_weight_bytes(ir_dir: str) -> int:
+    """Bytes of the OpenVINO model's constants, less the tables whose only users (past
+    their decompression ops) are Gathers: the embedding lookups."""
+    import openvino as ov
+
+    model = ov.Core().read_model(os.path.join(ir_dir, "openvino_model.xml"))
+    total = 0
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Constant":
+            continue
+        size = op.get_byte_size()
+        if size < 2**20 or not _only_gathered(op):  # small constants: not worth the walk
+            total += size
+    return total
+
+
+def _only_gathered(const: Any) -> bool:
+    todo, users = [const], set()
+    while todo:
+        node = todo.pop()
+        for out in node.outputs():
+            for target in out.get_target_inputs():
+                user = target.get_node()
+                if user.get_type_name() in _OV_DECOMPRESSION:
+                    todo.append(user)
+                else:
+                    users.add(user.get_type_name())
+    return bool(users) and users <= {"Gather"}
+
+
+def artifact_weight_bytes(tool: str, path: str) -> int:
+    """The count for a converted model of ``tool`` ("ort-genai" or "openvino") in ``path``."""
+    if tool == "ort-genai":
+        return onnx_weight_bytes(os.path.join(path, "model.onnx"))
+    return ov_weight_bytes(path)
