@@ -177,8 +177,32 @@ def compile(
             (``tgraph.accuracy``); the result is ``cm.accuracy``.
 
     Returns:
-        A :class:`CompiledModel` called like ``model``.
+        A :class:`CompiledModel` called like ``model``; for a Hugging Face causal LM a
+        :class:`tgraph.generation.Generator`, which also has ``generate``
+        (docs/generation.md).
     """
+    options = dict(backend=backend, device=device, pipeline=pipeline, dynamic=dynamic,
+                   dump_dir=dump_dir, progress=progress, verify=verify, accuracy=accuracy)  # fmt: skip
+    from tgraph.generation.compile import compile_generator, is_causal_lm
+
+    if is_causal_lm(model) and not (model.training and _trains(model)):
+        return compile_generator(model, example_inputs, **options)
+    return compile_plain(model, example_inputs, **options)
+
+
+def compile_plain(
+    model: torch.nn.Module,
+    example_inputs: Any,
+    backend: str = "ort",
+    device: str = "cpu",
+    pipeline: str | Sequence[str] = "default",
+    dynamic: bool = True,
+    dump_dir: str | None = None,
+    progress: Callable[[str], None] | None = None,
+    verify: bool = False,
+    accuracy: dict[str, float] | None = None,
+) -> CompiledModel:
+    """:func:`compile` of the model's forward alone (the same arguments)."""
     from tgraph.backends import BACKENDS, DEVICES, get_backend
 
     if backend not in BACKENDS:
