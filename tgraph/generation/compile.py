@@ -84,7 +84,7 @@ def compile_generator(model: nn.Module, example_inputs: Any, **options: Any) -> 
     """``tgraph.compile`` for a causal LM (same options); the step failing is reported lazily."""
     from tgraph.api import compile_plain, model_tensors
     from tgraph.frontend import FrontendError
-    from tgraph.passmanager import PassManager
+    from tgraph.passes.manager import PassManager
 
     with _no_cache(model):
         cm = compile_plain(model, example_inputs, **options)

@@ -60,7 +60,7 @@ class StepProgram:
         self.caches = [(v.shape[1], v.shape[3], v.dtype) for v in graph.inputs[3:]]
 
     def new_caches(self, batch: int, length: int, device: str) -> list[Tensor]:
-        from tgraph.frontend.convert import torch_dtype
+        from tgraph.tensors import torch_dtype
 
         return [torch.zeros(batch, heads, length, d, dtype=torch_dtype(dt), device=device)
                 for heads, d, dt in self.caches]  # fmt: skip
