@@ -158,3 +158,15 @@ def test_bad_generate_calls_raise_one_line(kwargs, message):
     with pytest.raises(GenerationError, match=message) as info:
         gen.generate(**kwargs)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("backend", ["torch", "ort"])
+def test_save_load_generates_the_same_without_model_code(backend, tmp_path):
+    _, gen = compiled("hf-qwen2", backend)
+    ids, mask = prompt()
+    want = gen.generate(ids, attention_mask=mask, max_new_tokens=6)
+    gen.save(str(tmp_path / "art"))
+    back = tgraph.load(str(tmp_path / "art"))
+    assert isinstance(back, Generator) and back.backend == backend
+    assert torch.equal(back.generate(ids, attention_mask=mask, max_new_tokens=6), want)
+    torch.testing.assert_close(back(input_ids=ids).logits, gen(input_ids=ids).logits)

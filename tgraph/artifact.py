@@ -119,6 +119,9 @@ def save(cm: CompiledModel, directory: str | os.PathLike[str]) -> None:
             "structure": _structure(cm.graph),
         }
         _save_backend_files(cm, tmp)
+        extra = getattr(cm, "save_extra", None)  # a Generator adds its step graph
+        if extra is not None:
+            manifest.update(extra(tmp))
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=2, sort_keys=True)
             f.write("\n")
@@ -201,4 +204,9 @@ def load(directory: str | os.PathLike[str], device: str | None = None) -> Compil
     _restore_structure(graph, manifest.get("structure", {}))
     device = device or manifest["device"]
     runner = get_backend(manifest["backend"]).lower(graph, device)
-    return CompiledModel(graph, runner, manifest["backend"], device, [], manifest["pipeline"])
+    cm = CompiledModel(graph, runner, manifest["backend"], device, [], manifest["pipeline"])
+    if "generation" in manifest:
+        from tgraph.generation.artifact import load_generator
+
+        return load_generator(cm, directory, manifest["generation"], arrays)
+    return cm

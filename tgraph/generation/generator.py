@@ -80,10 +80,11 @@ class Generator(CompiledModel):
         self.step_error = step_error
         self.last_timings: Timings | None = None
 
-    def save(self, directory: str) -> None:
-        from .artifact import save_generator
+    def save_extra(self, tmp: str) -> dict[str, Any]:
+        """Called by ``save`` (tgraph/artifact.py): write the step graph into ``tmp``."""
+        from .artifact import write_step
 
-        save_generator(self, directory)
+        return write_step(self, tmp)
 
     @torch.inference_mode()
     def generate(
