@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
-from tgraph.backends import Runner
+from tgraph.backends import LazyRunner, Runner
 from tgraph.frontend import ir_dtype, normalize_inputs, trace
 from tgraph.ir import Graph, SymDim
 from tgraph.passes.manager import PassManager
@@ -201,8 +201,10 @@ def compile_plain(
     progress: Callable[[str], None] | None = None,
     verify: bool = False,
     accuracy: dict[str, float] | None = None,
+    lazy: bool = False,
 ) -> CompiledModel:
-    """:func:`compile` of the model's forward alone (the same arguments)."""
+    """:func:`compile` of the model's forward alone (the same arguments); ``lazy`` opens an
+    ONNX Runtime session only at the first call."""
     from tgraph.backends import BACKENDS, DEVICES, get_backend
 
     if backend not in BACKENDS:
@@ -236,7 +238,11 @@ def compile_plain(
         graph, report = manager.run(graph)
     params = model_tensors(model) if isinstance(model, torch.nn.Module) else None
     say(f"lowering to {backend}")
-    runner = get_backend(backend).lower(graph, device, params=params)
+    lower = get_backend(backend).lower
+    if lazy and backend == "ort":
+        runner = LazyRunner(lower, graph, device, params=params)
+    else:
+        runner = lower(graph, device, params=params)
     cm = CompiledModel(graph, runner, backend, device, report, manager.pipeline)
     cm.accuracy = fitted
     return cm

@@ -188,7 +188,7 @@ def load(directory: str | os.PathLike[str], device: str | None = None) -> Compil
     import safetensors.torch
 
     from tgraph.api import CompiledModel
-    from tgraph.backends import get_backend
+    from tgraph.backends import LazyRunner, get_backend
     from tgraph.tensors import to_numpy
 
     directory = os.fspath(directory)
@@ -203,7 +203,11 @@ def load(directory: str | os.PathLike[str], device: str | None = None) -> Compil
     graph = from_json(doc, arrays)
     _restore_structure(graph, manifest.get("structure", {}))
     device = device or manifest["device"]
-    runner = get_backend(manifest["backend"]).lower(graph, device)
+    lower = get_backend(manifest["backend"]).lower
+    if "generation" in manifest and manifest["backend"] == "ort":  # see LazyRunner
+        runner = LazyRunner(lower, graph, device)
+    else:
+        runner = lower(graph, device)
     cm = CompiledModel(graph, runner, manifest["backend"], device, [], manifest["pipeline"])
     if "generation" in manifest:
         from tgraph.generation.artifact import load_generator

@@ -83,16 +83,17 @@ def lower_step(graph: Graph, backend: str, device: str, params: Any = None) -> S
 def compile_generator(model: nn.Module, example_inputs: Any, **options: Any) -> Generator:
     """``tgraph.compile`` for a causal LM (same options); the step failing is reported lazily."""
     from tgraph.api import compile_plain, model_tensors
-    from tgraph.frontend import FrontendError
     from tgraph.passes.manager import PassManager
 
     with _no_cache(model):
-        cm = compile_plain(model, example_inputs, **options)
+        cm = compile_plain(model, example_inputs, **options, lazy=True)
     say = options.get("progress") or (lambda _msg: None)
     say("tracing the generation step (KV cache)")
+    params = model_tensors(model) if cm.backend == "torch" else None
     try:
         graph = compile_step(model, PassManager(cm.pipeline, progress=options.get("progress")))
-    except FrontendError as e:
-        return Generator(cm, None, str(e))
-    params = model_tensors(model) if cm.backend == "torch" else None
-    return Generator(cm, lower_step(graph, cm.backend, cm.device, params))
+        step = lower_step(graph, cm.backend, cm.device, params)
+    except Exception as e:  # noqa: BLE001 - the plain forward still works; generate reports it
+        first = (str(e).strip().splitlines() or [""])[0]
+        return Generator(cm, None, f"{type(e).__name__}: {first}")
+    return Generator(cm, step)
