@@ -190,6 +190,16 @@ def compile(
     return compile_plain(model, example_inputs, **options)
 
 
+def check_target(backend: str, device: str) -> None:
+    """ValueError naming the valid choices for an unknown backend or device."""
+    from tgraph.backends import BACKENDS, DEVICES
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; valid devices: {', '.join(DEVICES)}")
+
+
 def compile_plain(
     model: torch.nn.Module,
     example_inputs: Any,
@@ -205,12 +215,9 @@ def compile_plain(
 ) -> CompiledModel:
     """:func:`compile` of the model's forward alone (the same arguments); ``lazy`` opens an
     ONNX Runtime session only at the first call."""
-    from tgraph.backends import BACKENDS, DEVICES, get_backend
+    from tgraph.backends import get_backend
 
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
-    if device not in DEVICES:
-        raise ValueError(f"unknown device {device!r}; valid devices: {', '.join(DEVICES)}")
+    check_target(backend, device)
     if pipeline == "default" and backend == "torch" and model.training and _trains(model):
         pipeline = "training"  # never bake parameters that are being trained into constants
     say = progress or (lambda _msg: None)

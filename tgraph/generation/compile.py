@@ -80,20 +80,34 @@ def lower_step(graph: Graph, backend: str, device: str, params: Any = None) -> S
     return StepProgram(graph, get_backend(backend).lower(graph, device, params=params))
 
 
+# Options that inspect the plain forward at compile time: with any of them it is compiled
+# right away, otherwise at its first use (a call, save, ``gen.graph``).
+_EAGER_OPTIONS = ("dump_dir", "verify", "accuracy")
+
+
 def compile_generator(model: nn.Module, example_inputs: Any, **options: Any) -> Generator:
-    """``tgraph.compile`` for a causal LM (same options); the step failing is reported lazily."""
-    from tgraph.api import compile_plain, model_tensors
+    """``tgraph.compile`` for a causal LM (same options); a step that fails is reported by
+    ``generate``, and the plain forward still works."""
+    from tgraph.api import check_target, compile_plain, model_tensors
+    from tgraph.frontend import normalize_inputs
     from tgraph.passes.manager import PassManager
 
-    with _no_cache(model):
-        cm = compile_plain(model, example_inputs, **options, lazy=True)
+    backend, device = options["backend"], options["device"]
+    check_target(backend, device)
+    normalize_inputs(example_inputs)  # type check with a clear message
+    manager = PassManager(options["pipeline"], progress=options.get("progress"))
+
+    def plain() -> Any:
+        with _no_cache(model):
+            return compile_plain(model, example_inputs, **options, lazy=True)
+
     say = options.get("progress") or (lambda _msg: None)
     say("tracing the generation step (KV cache)")
-    params = model_tensors(model) if cm.backend == "torch" else None
+    params = model_tensors(model) if backend == "torch" else None
     try:
-        graph = compile_step(model, PassManager(cm.pipeline, progress=options.get("progress")))
-        step = lower_step(graph, cm.backend, cm.device, params)
+        step = lower_step(compile_step(model, manager), backend, device, params)
+        error = ""
     except Exception as e:  # noqa: BLE001 - the plain forward still works; generate reports it
-        first = (str(e).strip().splitlines() or [""])[0]
-        return Generator(cm, None, f"{type(e).__name__}: {first}")
-    return Generator(cm, step)
+        step, error = None, f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+    eager = any(options.get(k) for k in _EAGER_OPTIONS)
+    return Generator(plain() if eager else plain, step, error, backend=backend, device=device)

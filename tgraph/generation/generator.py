@@ -10,6 +10,7 @@ and the cache holds no padding (the layout of ONNX Runtime's GroupQueryAttention
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +67,9 @@ class StepProgram:
                 for heads, d, dt in self.caches]  # fmt: skip
 
 
+_PLAIN_FIELDS = ("graph", "runner", "report", "pipeline", "accuracy")
+
+
 class Generator(CompiledModel):
     """A compiled causal LM: called like the model (its plain forward), plus ``generate``.
 
@@ -73,12 +77,36 @@ class Generator(CompiledModel):
     the step could not be captured; ``step_error`` says why) and ``last_timings``.
     """
 
-    def __init__(self, cm: CompiledModel, step: StepProgram | None, step_error: str = ""):
-        super().__init__(cm.graph, cm.runner, cm.backend, cm.device, cm.report, cm.pipeline)
-        self.accuracy = cm.accuracy
+    def __init__(self, plain: CompiledModel | Callable[[], CompiledModel], step: StepProgram | None,
+                 step_error: str = "", backend: str = "", device: str = ""):  # fmt: skip
+        """``plain`` is the compiled plain forward, or a function that compiles it on first use
+        of any of :data:`_PLAIN_FIELDS` (a call, ``save``, ``gen.graph``)."""
+        if isinstance(plain, CompiledModel):
+            super().__init__(plain.graph, plain.runner, plain.backend, plain.device,
+                             plain.report, plain.pipeline)  # fmt: skip
+            self.accuracy = plain.accuracy
+            self._plain = None
+        else:
+            torch.nn.Module.__init__(self)
+            self.backend, self.device = backend, device
+            self._plain = plain
         self.step = step
         self.step_error = step_error
         self.last_timings: Timings | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        plain = self.__dict__.get("_plain")
+        if name in _PLAIN_FIELDS and plain is not None:
+            self.__dict__["_plain"] = None
+            cm = plain()
+            self.graph, self.report, self.pipeline = cm.graph, cm.report, cm.pipeline
+            self.accuracy, self.runner = cm.accuracy, cm.runner
+            return getattr(self, name)
+        return super().__getattr__(name)
+
+    def extra_repr(self) -> str:
+        step = f"{len(self.step.graph.nodes)} step nodes" if self.step else "no step"
+        return f"backend={self.backend!r}, device={self.device!r}, {step}"
 
     def save_extra(self, tmp: str) -> dict[str, Any]:
         """Called by ``save`` (tgraph/artifact.py): write the step graph into ``tmp``."""
