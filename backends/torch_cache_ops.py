@@ -42,12 +42,20 @@ def cache_attention(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: T
     ends = past_len + q_len
     n = int(ends.max())
     keys, values = k_cache[:, :, :n], v_cache[:, :, :n]
-    qh = q.view(b, t, num_heads, d).transpose(1, 2)  # (B, H, T, D)
     uniform = t == 1 and window == 0 and (b == 1 or bool((ends == n).all()))
     mask = None if uniform else _visible(past_len, t, n, window)
     if softcap > 0:
+        qh = q.view(b, t, num_heads, d).transpose(1, 2)  # (B, H, T, D)
         out = _softcapped(qh, keys, values, mask, num_heads // kv_heads, scale, softcap)
+    elif t == 1:
+        # Decode: the query heads sharing a KV head become that head's rows (B, Hkv, G, D),
+        # so K/V are read as they are, never repeated per query head; the (B, 1, 1, n) mask
+        # broadcasts over them.
+        qh = q.view(b, kv_heads, num_heads // kv_heads, d)
+        out = F.scaled_dot_product_attention(qh, keys, values, attn_mask=mask, scale=scale)
+        return out.reshape(b, 1, num_heads * dv), k_cache, v_cache
     else:
+        qh = q.view(b, t, num_heads, d).transpose(1, 2)  # (B, H, T, D)
         out = F.scaled_dot_product_attention(
             qh, keys, values, attn_mask=mask, scale=scale, enable_gqa=kv_heads != num_heads
         )

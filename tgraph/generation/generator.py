@@ -217,9 +217,10 @@ class Generator(CompiledModel):
 
     def _run(self, ids: Tensor, past_len: Tensor, q_len: Tensor, caches: list[Tensor]) -> Tensor:
         """One step; ``caches`` is updated to the step's state outputs. Returns (B, V)."""
-        outs = self.step.runner([ids, past_len, q_len, *caches])
+        device = caches[0].device
+        outs = self.step.runner([t.to(device) for t in (ids, past_len, q_len)] + caches)
         caches[:] = outs[1:]
-        return outs[0][:, -1]
+        return outs[0][:, -1].cpu()
 
 
 def _prompt(input_ids: Any, attention_mask: Any, vocab: int) -> tuple[Tensor, Tensor]:
