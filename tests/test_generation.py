@@ -15,16 +15,29 @@ from tgraph.generation.generator import GenerationError, Generator
 from tgraph.ir.ops import get_op
 
 ARCHS = ["hf-gpt2", "hf-opt", "hf-gpt-neox", "hf-phi", "hf-llama", "hf-mistral", "hf-qwen2",
-         "hf-gemma"]  # fmt: skip
+         "hf-gemma", "hf-gemma2"]  # fmt: skip
 BACKENDS = ["reference", "torch", "ort"]
 PROMPT, PAD, NEW = 7, 3, 32
 
 _COMPILED: dict[tuple[str, str], tuple[torch.nn.Module, Generator]] = {}
 
 
+def _gemma2() -> torch.nn.Module:
+    """Attention-logit softcap, sliding windows on alternate layers, final-logit softcap."""
+    import transformers as T
+
+    torch.manual_seed(0)
+    config = T.Gemma2Config(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+        sliding_window=8, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+    )  # fmt: skip
+    return T.Gemma2ForCausalLM(config).eval()
+
+
 def compiled(arch: str, backend: str) -> tuple[torch.nn.Module, Generator]:
     if (arch, backend) not in _COMPILED:
-        lm = hf_case(arch).model
+        lm = _gemma2() if arch == "hf-gemma2" else hf_case(arch).model
         example = {"input_ids": torch.randint(0, 100, (2, 5))}
         _COMPILED[arch, backend] = lm, tgraph.compile(lm, example, backend=backend)
     return _COMPILED[arch, backend]
