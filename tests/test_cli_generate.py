@@ -71,11 +71,18 @@ def test_generate_ids_from_artifact(dirs):
         (["--prompt-ids", "5,7", "--max-new-tokens", "0"], "max_new_tokens must be >= 1"),
         (["--prompt-ids", "5,700"], "outside the vocabulary"),
         (["--prompt-ids", "5,x"], "want comma-separated integers"),
-        (["--prompt", "w1 w2"], "no tokenizer"),
     ],
 )
 def test_bad_generate_input_is_one_line(dirs, args, fragment):
     assert_one_line_error(tgraph("generate", dirs["art"], *args), fragment)
+
+
+def test_artifact_keeps_the_tokenizer(dirs):
+    proc = tgraph("generate", dirs["art"], "--prompt", "w5 w7 w9", "--max-new-tokens", "6")
+    assert proc.returncode == 0, proc.stderr
+    direct = tgraph("generate", str(dirs["root"] / "llama"), "--prompt", "w5 w7 w9",
+                    "--max-new-tokens", "6", "--backend", "torch")  # fmt: skip
+    assert proc.stdout.splitlines()[0] == direct.stdout.splitlines()[0]
 
 
 def test_no_tokenizer_in_directory_is_one_line(dirs):

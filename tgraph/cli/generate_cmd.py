@@ -87,13 +87,12 @@ def _model_dir(source: str) -> str:
     return source
 
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-
-
 def _tokenizer(directory: str) -> Any:
-    if not any(os.path.exists(os.path.join(directory, f)) for f in _TOKENIZER_FILES):
-        fail(f"{directory}: no tokenizer ({', '.join(_TOKENIZER_FILES)}); give --tokenizer DIR "
-             "or use --prompt-ids")  # fmt: skip
+    from tgraph.generation.artifact import TOKENIZER_FILES
+
+    if not any(os.path.exists(os.path.join(directory, f)) for f in TOKENIZER_FILES[:2]):
+        fail(f"{directory}: no tokenizer (tokenizer.json, tokenizer_config.json); give "
+             "--tokenizer DIR or use --prompt-ids")  # fmt: skip
     try:
         from transformers import AutoTokenizer
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -42,9 +43,24 @@ def write_step(gen: Generator, tmp: str) -> dict[str, Any]:
     own = {k: to_torch(np.ascontiguousarray(a)).clone() for k, a in arrays.items()
            if k not in set(shared)}  # fmt: skip
     safetensors.torch.save_file(own, os.path.join(tmp, STEP_WEIGHTS))
+    _copy_tokenizer(getattr(gen, "tokenizer_dir", None), tmp)
     with open(os.path.join(tmp, STEP_GRAPH), "w") as f:
         json.dump(doc, f)
     return {"generation": {"info": gen.step.info, "shared": shared}}
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")  # fmt: skip
+
+
+def _copy_tokenizer(source: str | None, tmp: str) -> None:
+    """The tokenizer files of the model directory compiled from, so ``tgraph generate
+    ARTIFACT --prompt`` finds them."""
+    if not source:
+        return
+    for name in TOKENIZER_FILES:
+        if os.path.isfile(os.path.join(source, name)):
+            shutil.copyfile(os.path.join(source, name), os.path.join(tmp, name))
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
