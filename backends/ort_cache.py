@@ -52,6 +52,7 @@ class StepRunner:
         logits = graph.outputs[0]
         self._logits = (torch_dtype(logits.dtype), int(logits.shape[-1]))
         self._binding = self.session.io_binding()
+        self._bound: tuple = ()  # (data_ptr, shape) of the caches bound now
 
     def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         inputs = [t if t.is_contiguous() else t.contiguous() for t in inputs]
@@ -59,11 +60,16 @@ class StepRunner:
         dtype, vocab = self._logits
         logits = torch.empty(inputs[0].shape[0], 1, vocab, dtype=dtype)
         binding = self._binding
-        for name, t in zip(self.input_names, inputs):
+        for name, t in zip(self.input_names[:3], inputs[:3]):
             _bind(binding.bind_input, name, t)
         _bind(binding.bind_output, self.output_names[0], logits)
-        for name, t in zip(self.output_names[1:], caches):  # present == past: one buffer
-            _bind(binding.bind_output, name, t)
+        bound = tuple((t.data_ptr(), tuple(t.shape)) for t in caches)
+        if bound != self._bound:  # a new generate call: bind its buffers once
+            for name, t in zip(self.input_names[3:], caches):
+                _bind(binding.bind_input, name, t)
+            for name, t in zip(self.output_names[1:], caches):  # present == past: one buffer
+                _bind(binding.bind_output, name, t)
+            self._bound = bound
         self.session.run_with_iobinding(binding)
         return [logits, *caches]
 
