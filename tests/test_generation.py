@@ -183,3 +183,12 @@ def test_save_load_generates_the_same_without_model_code(backend, tmp_path):
     assert isinstance(back, Generator) and back.backend == backend
     assert torch.equal(back.generate(ids, attention_mask=mask, max_new_tokens=6), want)
     torch.testing.assert_close(back(input_ids=ids).logits, gen(input_ids=ids).logits)
+
+
+def test_dump_dir_holds_the_step_graph_passes(tmp_path):
+    lm = hf_case("hf-llama").model
+    gen = tgraph.compile(lm, {"input_ids": torch.randint(0, 100, (2, 5))}, backend="reference",
+                         dump_dir=str(tmp_path))  # fmt: skip
+    step_dumps = sorted((tmp_path / "step").glob("*.txt"))
+    assert step_dumps and "cache_attention(" in step_dumps[-1].read_text()
+    assert gen.graph is not None and any(tmp_path.glob("*.txt"))  # the plain forward's dumps

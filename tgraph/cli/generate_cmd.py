@@ -43,12 +43,12 @@ def generate(
     """
     import torch
 
-    from tgraph.generation.generator import GenerationError, _new_tokens
+    from tgraph.generation.generator import GenerationError, new_token_count
 
     if (prompt is None) == (prompt_ids is None):
         fail("give exactly one of --prompt TEXT and --prompt-ids 1,2,3", code=2)
     try:
-        _new_tokens(max_new_tokens, None, 0)  # fail before the slow compile
+        new_token_count(max_new_tokens, None, 0)  # fail before the slow compile
     except GenerationError as e:
         fail(str(e))
     tokenizer = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -95,7 +96,9 @@ def compile_generator(model: nn.Module, example_inputs: Any, **options: Any) -> 
     backend, device = options["backend"], options["device"]
     check_target(backend, device)
     normalize_inputs(example_inputs)  # type check with a clear message
-    manager = PassManager(options["pipeline"], progress=options.get("progress"))
+    dump_dir = options.get("dump_dir")  # the step graph's dumps go to DIR/step
+    manager = PassManager(options["pipeline"], progress=options.get("progress"),
+                          dump_dir=os.path.join(dump_dir, "step") if dump_dir else None)  # fmt: skip
 
     def plain() -> Any:
         with _no_cache(model):

@@ -144,7 +144,7 @@ class Generator(CompiledModel):
             raise GenerationError(f"this model cannot generate: {self.step_error}")
         info = self.step.info
         ids, mask = _prompt(input_ids, attention_mask, info["vocab_size"])
-        new = _new_tokens(max_new_tokens, max_length, ids.shape[1])
+        new = new_token_count(max_new_tokens, max_length, ids.shape[1])
         lens = mask.sum(dim=1)
         need = int(lens.max()) + new
         if need > info["max_length"]:
@@ -248,7 +248,8 @@ def _prompt(input_ids: Any, attention_mask: Any, vocab: int) -> tuple[Tensor, Te
     return ids, mask
 
 
-def _new_tokens(max_new_tokens: int | None, max_length: int | None, prompt_len: int) -> int:
+def new_token_count(max_new_tokens: int | None, max_length: int | None, prompt_len: int) -> int:
+    """How many tokens to generate; GenerationError when that is not a positive count."""
     if max_new_tokens is None:
         if max_length is None:
             raise GenerationError("give max_new_tokens (or max_length)")
