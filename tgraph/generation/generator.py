@@ -140,18 +140,10 @@ class Generator(CompiledModel):
         follows. Sampling draws from ``generator`` (or one seeded with ``seed``).
         ``self.last_timings`` holds the :class:`Timings` of the call.
         """
-        if self.step is None:
-            raise GenerationError(f"this model cannot generate: {self.step_error}")
-        info = self.step.info
-        ids, mask = _prompt(input_ids, attention_mask, info["vocab_size"])
+        ids, mask = self._prompt(input_ids, attention_mask)
         new = new_token_count(max_new_tokens, max_length, ids.shape[1])
-        lens = mask.sum(dim=1)
-        need = int(lens.max()) + new
-        if need > info["max_length"]:
-            raise GenerationError(
-                f"prompt ({int(lens.max())} tokens) + max_new_tokens ({new}) = {need} exceeds the "
-                f"model's maximum length {info['max_length']}; shorten one of them"
-            )
+        lens, need = self._lengths(mask, new)
+        info = self.step.info
         if do_sample and generator is None and seed is not None:
             generator = torch.Generator().manual_seed(seed)
         sampling = Sampling(do_sample, temperature, top_k, top_p, generator)
@@ -171,16 +163,31 @@ class Generator(CompiledModel):
         (row 0: the prompt's prefill) predicts, run through the same cache steps as
         ``generate``.
         """
-        if self.step is None:
-            raise GenerationError(f"this model cannot generate: {self.step_error}")
-        ids, mask = _prompt(input_ids, attention_mask, self.step.info["vocab_size"])
-        lens = mask.sum(dim=1)
+        ids, mask = self._prompt(input_ids, attention_mask)
         forced = torch.as_tensor(continuation).long()
-        caches = self.step.new_caches(ids.shape[0], int(lens.max()) + forced.shape[1], self.device)
+        lens, need = self._lengths(mask, forced.shape[1])
+        caches = self.step.new_caches(ids.shape[0], need, self.device)
         logits = [self._run(_compact(ids, mask, lens), torch.zeros_like(lens), lens, caches)]
         for i in range(forced.shape[1] - 1):
             logits.append(self._run(forced[:, i : i + 1], lens + i, torch.ones_like(lens), caches))
         return torch.stack(logits, dim=1)
+
+    def _prompt(self, input_ids: Any, attention_mask: Any) -> tuple[Tensor, Tensor]:
+        if self.step is None:
+            raise GenerationError(f"this model cannot generate: {self.step_error}")
+        return _prompt(input_ids, attention_mask, self.step.info["vocab_size"])
+
+    def _lengths(self, mask: Tensor, new: int) -> tuple[Tensor, int]:
+        """Each row's real prompt length, and the cache slots the call needs (checked)."""
+        lens = mask.sum(dim=1)
+        need = int(lens.max()) + new
+        limit = self.step.info["max_length"]
+        if need > limit:
+            raise GenerationError(
+                f"prompt ({int(lens.max())} tokens) + max_new_tokens ({new}) = {need} exceeds the "
+                f"model's maximum length {limit}; shorten one of them"
+            )
+        return lens, need
 
     def _loop(self, ids, mask, lens, new, cache_len, sampling, eos, pad, streamer) -> Tensor:
         batch = ids.shape[0]
