@@ -67,3 +67,19 @@ __all__ = [
     "Runner",
     "get_backend",
 ]
+
+
+class LazyRunner:
+    """A runner that lowers its graph on the first call (``lower`` is a backend's
+    ``lower(graph, device, params=...)``): a compiled causal LM keeps its plain forward this
+    way on ONNX Runtime, so ``generate`` alone never holds a second session's weights."""
+
+    def __init__(self, lower: Callable[..., Runner], *args: Any, **kwargs: Any):
+        self._lower = (lower, args, kwargs)
+        self._runner: Runner | None = None
+
+    def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        if self._runner is None:
+            lower, args, kwargs = self._lower
+            self._runner = lower(*args, **kwargs)
+        return self._runner(inputs)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from .torch_cache_ops import cache_attention
 from .torch_collectives import COLLECTIVE_OPS
 from .torch_quant import QUANT_OPS
 
@@ -375,6 +376,7 @@ OPS: dict[str, Callable[..., Tensor | tuple[Tensor, ...]]] = {
     "arange": arange,
     "full": full,
     "pad": pad,
+    "cache_attention": cache_attention,
     **QUANT_OPS,
     **COLLECTIVE_OPS,
 }

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
-from tgraph.backends import Runner
+from tgraph.backends import LazyRunner, Runner
 from tgraph.frontend import ir_dtype, normalize_inputs, trace
 from tgraph.ir import Graph, SymDim
 from tgraph.passes.manager import PassManager
@@ -111,6 +111,7 @@ class CompiledModel(torch.nn.Module):
         self.device = device
         self.pipeline = pipeline
         self.accuracy = None  # an AccuracyReport when compiled with an accuracy budget
+        self.sharding = None  # a tgraph.sharded.Sharding when compiled with world_size > 1
         self.sharding = None  # a tgraph.sharded.Sharding for a tensor-parallel model
         self.runner = runner  # an nn.Module runner registers as a submodule
 
@@ -181,14 +182,49 @@ def compile(
             one process per rank under torchrun; ``tgraph.sharded``, docs/sharding.md).
 
     Returns:
-        A :class:`CompiledModel` called like ``model``.
+        A :class:`CompiledModel` called like ``model``; for a Hugging Face causal LM a
+        :class:`tgraph.generation.Generator`, which also has ``generate``
+        (docs/generation.md).
     """
-    from tgraph.backends import BACKENDS, DEVICES, get_backend
+    options = dict(backend=backend, device=device, pipeline=pipeline, dynamic=dynamic,
+                   dump_dir=dump_dir, progress=progress, verify=verify, accuracy=accuracy)  # fmt: skip
+    from tgraph.generation.compile import compile_generator, is_causal_lm
+
+    # A sharded causal LM compiles its forward (the decode graph is not sharded yet).
+    if world_size == 1 and is_causal_lm(model) and not (model.training and _trains(model)):
+        return compile_generator(model, example_inputs, **options)
+    return compile_plain(model, example_inputs, **options, world_size=world_size)
+
+
+def check_target(backend: str, device: str) -> None:
+    """ValueError naming the valid choices for an unknown backend or device."""
+    from tgraph.backends import BACKENDS, DEVICES
 
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; valid devices: {', '.join(DEVICES)}")
+
+
+def compile_plain(
+    model: torch.nn.Module,
+    example_inputs: Any,
+    backend: str = "ort",
+    device: str = "cpu",
+    pipeline: str | Sequence[str] = "default",
+    dynamic: bool = True,
+    dump_dir: str | None = None,
+    progress: Callable[[str], None] | None = None,
+    verify: bool = False,
+    accuracy: dict[str, float] | None = None,
+    lazy: bool = False,
+    world_size: int = 1,
+) -> CompiledModel:
+    """:func:`compile` of the model's forward alone (the same arguments); ``lazy`` opens an
+    ONNX Runtime session only at the first call."""
+    from tgraph.backends import get_backend
+
+    check_target(backend, device)
     if pipeline == "default" and backend == "torch" and model.training and _trains(model):
         pipeline = "training"  # never bake parameters that are being trained into constants
     say = progress or (lambda _msg: None)
@@ -219,7 +255,11 @@ def compile(
         graph, report = manager.run(graph)
     params = model_tensors(model) if isinstance(model, torch.nn.Module) else None
     say(f"lowering to {backend}")
-    runner = get_backend(backend).lower(graph, device, params=params)
+    lower = get_backend(backend).lower
+    if lazy and backend == "ort":
+        runner = LazyRunner(lower, graph, device, params=params)
+    else:
+        runner = lower(graph, device, params=params)
     cm = CompiledModel(graph, runner, backend, device, report, manager.pipeline)
     cm.accuracy = fitted
     cm.sharding = sharding.finish(graph) if sharding else None

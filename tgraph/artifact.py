@@ -126,6 +126,9 @@ def save(cm: CompiledModel, directory: str | os.PathLike[str]) -> None:
             "world_size": cm.sharding.world if cm.sharding else 1,
         }
         _save_backend_files(cm, tmp)
+        extra = getattr(cm, "save_extra", None)  # a Generator adds its step graph
+        if extra is not None:
+            manifest.update(extra(tmp))
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=2, sort_keys=True)
             f.write("\n")
@@ -198,7 +201,7 @@ def load(
     import safetensors.torch
 
     from tgraph.api import CompiledModel
-    from tgraph.backends import get_backend
+    from tgraph.backends import LazyRunner, get_backend
     from tgraph.sharded import Sharding, rank_files
     from tgraph.tensors import shared_view, to_numpy
 
@@ -224,7 +227,15 @@ def load(
     if world > 1:
         graph.meta["shard"] = {"world": world, "rank": rank}
         params = tensors if manifest["backend"] == "torch" else None
-    runner = get_backend(manifest["backend"]).lower(graph, device, params=params)
+    lower = get_backend(manifest["backend"]).lower
+    if "generation" in manifest and manifest["backend"] == "ort":  # see LazyRunner
+        runner = LazyRunner(lower, graph, device)
+    else:
+        runner = lower(graph, device, params=params)
     cm = CompiledModel(graph, runner, manifest["backend"], device, [], manifest["pipeline"])
     cm.sharding = Sharding(world, rank) if world > 1 else None
+    if "generation" in manifest:
+        from tgraph.generation.artifact import load_generator
+
+        return load_generator(cm, directory, manifest["generation"], arrays)
     return cm

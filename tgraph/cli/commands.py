@@ -168,6 +168,8 @@ def compile_(
             accuracy=accuracy, world_size=world_size,
         )  # fmt: skip
         say(f"saving {output}")
+        if hasattr(cm, "generate") and os.path.isdir(checkpoint):
+            cm.tokenizer_dir = checkpoint  # the artifact keeps the tokenizer for `tgraph generate`
         cm.save(output)
     nodes = cm.report[0].nodes_before if cm.report else len(cm.graph.nodes)
     click.echo(

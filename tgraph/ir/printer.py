@@ -90,6 +90,12 @@ def format_node(node, provenance: bool = False) -> str:
     return line
 
 
+def _format_output(v: Value) -> str:
+    """An output; a state update (a KV cache) names the input it replaces."""
+    text = format_operand(v)
+    return f"{text} (updates %{v.meta['updates']})" if v.meta.get("updates") else text
+
+
 def dump(graph: Graph, provenance: bool = False) -> str:
     lines = []
     ins = ", ".join(f"%{v.name}: {v.type}" for v in graph.inputs)
@@ -103,7 +109,7 @@ def dump(graph: Graph, provenance: bool = False) -> str:
         lines.append(f"  {kind} @{name}: {v.type} #{content_hash(v.const)}{note}")
     for node in graph.nodes:
         lines.append(format_node(node, provenance))
-    outs = ", ".join(format_operand(v) for v in graph.outputs)
+    outs = ", ".join(_format_output(v) for v in graph.outputs)
     lines.append(f"  return {outs}")
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -1,6 +1,7 @@
 """The op registry and every op definition (importing this package registers them all)."""
 
 from . import (  # noqa: F401  (registration side effects)
+    cache,
     collective,
     elementwise,
     fused,

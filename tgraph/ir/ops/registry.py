@@ -38,6 +38,9 @@ class OpDef:
     max_inputs: int = 1
     pure: bool = True
     commutative: bool = False
+    # output index -> input index: that output is the input with some elements replaced (a
+    # state update), so a backend may compute it in place in the input's buffer.
+    updates: Mapping[int, int] = field(default_factory=dict)
 
     def normalize_attrs(self, attrs: Mapping[str, Any] | None) -> dict[str, Any]:
         """Attributes with defaults filled in; unknown or missing ones raise IRError."""
@@ -111,6 +114,7 @@ def defop(
     inputs: int | tuple[int, int] = 1,
     pure: bool = True,
     commutative: bool = False,
+    updates: Mapping[int, int] | None = None,
     doc: str = "",
 ) -> OpDef:
     """Register an op. ``inputs`` is a count or a (min, max) range."""
@@ -126,6 +130,7 @@ def defop(
             max_inputs=hi,
             pure=pure,
             commutative=commutative,
+            updates=dict(updates or {}),
         )
     )
 

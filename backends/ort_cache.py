@@ -1,0 +1,82 @@
+"""ONNX Runtime for the generation step: ``cache_attention`` as GroupQueryAttention
+(lowered in ``onnx_ops/cache.py``), and a runner that binds each layer's past and present
+K/V to ONE buffer.
+
+Lowering. ``cache_attention`` (tgraph/ir/ops/cache.py) is exactly com.microsoft
+GroupQueryAttention in its shared-buffer form: past_key/past_value are the caches, BNSH,
+with the capacity L on axis 2; ``seqlens_k`` = past_len + q_len - 1 (the index of each
+sequence's last token after the step), ``query_seqlens`` = q_len (right-padded query
+rows: ORT appends only the real ones, at slots past_len ..), ``total_sequence_length`` = L
+(with query_seqlens it is only an upper bound), ``local_window_size`` = window (the
+same count as transformers' sliding window: the query and the window - 1 keys before it;
+window - 1 fails the Mistral test), ``softcap`` as is. GQA is causal and does all of: the cache write, causality, per-sequence
+lengths (our compacted left padding: no mask needed), GQA head sharing, sliding windows.
+RoPE stays outside (the model's own rotary ops: the graph has no cos/sin table to give GQA).
+
+GQA's present outputs only equal the op's updated caches when present and past share a
+buffer; a plain session run would allocate a present of another length. So the step graph
+runs through :class:`StepRunner` only: one ``run_with_iobinding`` per step, every input bound
+to its torch tensor's memory and each present output bound to the cache it updates, so a
+decode step copies no cache and allocates nothing but the (batch, 1, vocab) logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from tgraph.ir import Graph
+from tgraph.tensors import torch_dtype
+
+
+def lower_step(graph: Graph, device: str = "cpu") -> StepRunner:
+    """Open the step graph's session (the ort backend's own) behind a :class:`StepRunner`."""
+    from .ort import lower
+
+    if device != "cpu":
+        raise NotImplementedError("generation on the ort backend runs on cpu; use backend='torch'")
+    return StepRunner(graph, lower(graph, device))
+
+
+class StepRunner:
+    """``runner([ids, past_len, q_len, *caches]) -> [logits, *caches]``, the caches in place."""
+
+    def __init__(self, graph: Graph, runner):
+        self.graph = graph
+        self.runner = runner  # the OrtRunner: keeps the session and its weights alive
+        self.session = runner.session
+        self.input_names = runner.input_names
+        self.output_names = runner.output_names
+        logits = graph.outputs[0]
+        self._logits = (torch_dtype(logits.dtype), int(logits.shape[-1]))
+        self._binding = self.session.io_binding()
+        self._bound: tuple = ()  # (data_ptr, shape) of the caches bound now
+
+    def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        inputs = [t if t.is_contiguous() else t.contiguous() for t in inputs]
+        caches = inputs[3:]
+        dtype, vocab = self._logits
+        logits = torch.empty(inputs[0].shape[0], 1, vocab, dtype=dtype)
+        binding = self._binding
+        for name, t in zip(self.input_names[:3], inputs[:3]):
+            _bind(binding.bind_input, name, t)
+        _bind(binding.bind_output, self.output_names[0], logits)
+        bound = tuple((t.data_ptr(), tuple(t.shape)) for t in caches)
+        if bound != self._bound:  # a new generate call: bind its buffers once
+            for name, t in zip(self.input_names[3:], caches):
+                _bind(binding.bind_input, name, t)
+            for name, t in zip(self.output_names[1:], caches):  # present == past: one buffer
+                _bind(binding.bind_output, name, t)
+            self._bound = bound
+        self.session.run_with_iobinding(binding)
+        return [logits, *caches]
+
+
+def _bind(bind, name: str, t: torch.Tensor) -> None:
+    bind(name, "cpu", 0, _NUMPY[t.dtype], tuple(t.shape), t.data_ptr())
+
+
+_NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64,
+          torch.int32: np.int32}  # fmt: skip

@@ -1,0 +1,194 @@
+"""Generation with a KV cache: greedy tokens and teacher-forced logits against eager HF.
+
+Every listed architecture (tiny random configs from model_cases), batch 2 with the second
+row left-padded, on each backend; the compiled model is built once per (arch, backend).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from model_cases import hf_case
+
+import tgraph
+from tgraph.generation.generator import GenerationError, Generator
+from tgraph.ir.ops import get_op
+
+ARCHS = ["hf-gpt2", "hf-opt", "hf-gpt-neox", "hf-phi", "hf-llama", "hf-mistral", "hf-qwen2",
+         "hf-gemma", "hf-gemma2"]  # fmt: skip
+BACKENDS = ["reference", "torch", "ort"]
+PROMPT, PAD, NEW = 7, 3, 32
+
+_COMPILED: dict[tuple[str, str], tuple[torch.nn.Module, Generator]] = {}
+
+
+def _gemma2() -> torch.nn.Module:
+    """Attention-logit softcap, sliding windows on alternate layers, final-logit softcap."""
+    import transformers as T
+
+    torch.manual_seed(0)
+    config = T.Gemma2Config(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+        sliding_window=8, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+    )  # fmt: skip
+    return T.Gemma2ForCausalLM(config).eval()
+
+
+def compiled(arch: str, backend: str) -> tuple[torch.nn.Module, Generator]:
+    if (arch, backend) not in _COMPILED:
+        lm = _gemma2() if arch == "hf-gemma2" else hf_case(arch).model
+        example = {"input_ids": torch.randint(0, 100, (2, 5))}
+        _COMPILED[arch, backend] = lm, tgraph.compile(lm, example, backend=backend)
+    return _COMPILED[arch, backend]
+
+
+def prompt(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 100, (2, PROMPT), generator=g)
+    mask = torch.ones_like(ids)
+    ids[1, :PAD], mask[1, :PAD] = 0, 0  # row 1 is left-padded
+    return ids, mask
+
+
+def eager_logits(lm, ids, mask, tokens) -> torch.Tensor:
+    """Eager logits at the positions that predict ``tokens`` (positions from the mask)."""
+    full = torch.cat([ids, tokens], dim=1)
+    full_mask = torch.cat([mask, torch.ones_like(tokens)], dim=1)
+    position_ids = (full_mask.cumsum(1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = lm(input_ids=full, attention_mask=full_mask, position_ids=position_ids,
+                    use_cache=False).logits  # fmt: skip
+    return logits[:, ids.shape[1] - 1 : -1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_greedy_matches_eager(arch, backend):
+    lm, gen = compiled(arch, backend)
+    ids, mask = prompt()
+    want = lm.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False,
+                       pad_token_id=0)  # fmt: skip
+    got = gen.generate(ids, attention_mask=mask, max_new_tokens=NEW, pad_token_id=0)
+    assert got.shape == want.shape
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_teacher_forced_logits_match_eager(arch, backend):
+    lm, gen = compiled(arch, backend)
+    ids, mask = prompt(1)
+    tokens = torch.randint(3, 100, (2, 12), generator=torch.Generator().manual_seed(2))
+    want = eager_logits(lm, ids, mask, tokens)
+    got = gen.score(ids, tokens, attention_mask=mask)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_eos_stops_each_row_and_pads(backend):
+    lm, gen = compiled("hf-llama", backend)
+    ids, mask = prompt()
+    free = gen.generate(ids, attention_mask=mask, max_new_tokens=8)
+    eos = int(free[0, PROMPT + 2])  # row 0 emits it at its third new token
+    want = lm.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False,
+                       eos_token_id=eos, pad_token_id=1)  # fmt: skip
+    got = gen.generate(ids, attention_mask=mask, max_new_tokens=8, eos_token_id=eos,
+                       pad_token_id=1)  # fmt: skip
+    assert torch.equal(got, want)
+    assert (got[0, PROMPT + 3 :] == 1).all()
+
+
+def test_sampling_is_seeded_and_filtered():
+    _, gen = compiled("hf-llama", "torch")
+    ids, mask = prompt()
+    kw = dict(attention_mask=mask, max_new_tokens=10, do_sample=True, temperature=0.7)
+    a = gen.generate(ids, seed=5, top_k=5, **kw)
+    b = gen.generate(ids, seed=5, top_k=5, **kw)
+    assert torch.equal(a, b)
+    one = gen.generate(ids, seed=6, top_k=1, **kw)  # top-1 sampling is greedy
+    assert torch.equal(one, gen.generate(ids, attention_mask=mask, max_new_tokens=10))
+    nucleus = gen.generate(ids, seed=6, top_p=1e-6, **kw)  # only the most likely token is left
+    assert torch.equal(nucleus, one)
+
+
+def test_streamer_gets_prompt_then_each_token():
+    _, gen = compiled("hf-llama", "torch")
+    ids, _ = prompt()
+
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def put(self, value):
+            self.calls.append(value.clone())
+
+        def end(self):
+            self.calls.append("end")
+
+    rec = Recorder()
+    out = gen.generate(ids[:1], max_new_tokens=4, streamer=rec)
+    assert torch.equal(rec.calls[0], ids[:1]) and rec.calls[-1] == "end"
+    assert torch.equal(torch.stack(rec.calls[1:-1], dim=1), out[:, PROMPT:])
+    t = gen.last_timings
+    assert t.batch == 1 and t.new_tokens == 4 and t.prefill_s > 0 and len(t.decode_s) == 3
+
+
+def test_plain_forward_still_works_with_cache_default():
+    lm, gen = compiled("hf-llama", "torch")
+    assert lm.config.use_cache  # the config default is untouched
+    ids, _ = prompt()
+    with torch.no_grad():
+        want = lm(input_ids=ids).logits
+    torch.testing.assert_close(gen(input_ids=ids).logits, want, rtol=1e-4, atol=1e-4)
+
+
+def test_step_graph_declares_cache_state():
+    _, gen = compiled("hf-mistral", "reference")
+    graph = gen.step.graph
+    nodes = [n for n in graph.nodes if n.op == "cache_attention"]
+    assert len(nodes) == 2 and all(n.attrs["window"] == 8 for n in nodes)
+    assert get_op("cache_attention").updates == {1: 3, 2: 4}
+    for out, state in zip(graph.outputs[1:], graph.inputs[3:]):
+        assert out.meta["updates"] == state.name
+        assert out.producer.inputs[3 + graph.outputs[1:].index(out) % 2] is state
+    assert "updates %k_cache_0" in graph.dump()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(max_new_tokens=0), "max_new_tokens must be >= 1"),
+        (dict(max_new_tokens=60), "exceeds the model's maximum length 64"),
+        (dict(max_new_tokens=2, input_ids=torch.tensor([[5, 100]])), "outside the vocabulary"),
+        (dict(max_new_tokens=2, input_ids=torch.tensor([[5, -1]])), "outside the vocabulary"),
+        (dict(max_new_tokens=2, attention_mask=torch.zeros(1, 7)), "has no token"),
+    ],
+)
+def test_bad_generate_calls_raise_one_line(kwargs, message):
+    _, gen = compiled("hf-llama", "torch")
+    kwargs = {"input_ids": prompt()[0][:1], **kwargs}
+    with pytest.raises(GenerationError, match=message) as info:
+        gen.generate(**kwargs)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("backend", ["torch", "ort"])
+def test_save_load_generates_the_same_without_model_code(backend, tmp_path):
+    _, gen = compiled("hf-qwen2", backend)
+    ids, mask = prompt()
+    want = gen.generate(ids, attention_mask=mask, max_new_tokens=6)
+    gen.save(str(tmp_path / "art"))
+    back = tgraph.load(str(tmp_path / "art"))
+    assert isinstance(back, Generator) and back.backend == backend
+    assert torch.equal(back.generate(ids, attention_mask=mask, max_new_tokens=6), want)
+    torch.testing.assert_close(back(input_ids=ids).logits, gen(input_ids=ids).logits)
+
+
+def test_dump_dir_holds_the_step_graph_passes(tmp_path):
+    lm = hf_case("hf-llama").model
+    gen = tgraph.compile(lm, {"input_ids": torch.randint(0, 100, (2, 5))}, backend="reference",
+                         dump_dir=str(tmp_path))  # fmt: skip
+    step_dumps = sorted((tmp_path / "step").glob("*.txt"))
+    assert step_dumps and "cache_attention(" in step_dumps[-1].read_text()
+    assert gen.graph is not None and any(tmp_path.glob("*.txt"))  # the plain forward's dumps

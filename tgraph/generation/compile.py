@@ -1,0 +1,116 @@
+"""``tgraph.compile`` of a causal LM: the plain forward and the generation step graph."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from torch import nn
+
+from tgraph.ir import Graph
+
+from .generator import Generator, StepProgram
+
+_DEFAULT_MAX_LENGTH = 2048  # for a config that declares no position limit
+
+
+def is_causal_lm(model: Any) -> bool:
+    """Whether ``model`` is a class transformers' ``AutoModelForCausalLM`` maps to."""
+    if not isinstance(model, nn.Module):
+        return False
+    mro = {c.__name__ for c in type(model).__mro__}
+    if "PreTrainedModel" not in mro or "GenerationMixin" not in mro:
+        return False
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return type(model).__name__ in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+
+
+@contextlib.contextmanager
+def _no_cache(lm: nn.Module) -> Iterator[None]:
+    """The plain forward is traced without a KV cache (it would be a non-tensor output)."""
+    before = getattr(lm.config, "use_cache", None)
+    lm.config.use_cache = False
+    try:
+        yield
+    finally:
+        lm.config.use_cache = before
+
+
+def generation_info(lm: nn.Module) -> dict[str, Any]:
+    from tgraph.frontend.trace import _seq_limit
+
+    gen_config = getattr(lm, "generation_config", None)
+
+    def pick(name: str) -> Any:
+        value = getattr(gen_config, name, None)
+        return value if value is not None else getattr(lm.config, name, None)
+
+    eos = pick("eos_token_id")
+    return {
+        "model": type(lm).__name__,
+        "vocab_size": int(lm.get_input_embeddings().num_embeddings),
+        "max_length": int(_seq_limit(lm) or _DEFAULT_MAX_LENGTH),
+        "eos_token_id": list(eos) if isinstance(eos, (list, tuple)) else eos,
+        "pad_token_id": pick("pad_token_id"),
+    }
+
+
+def compile_step(lm: nn.Module, manager: Any) -> Graph:
+    """Trace the step graph of ``lm`` and run the pass pipeline on it."""
+    from .capture import trace_step
+
+    info = generation_info(lm)
+    graph = trace_step(lm, info["max_length"])
+    graph.meta["generation"] = info
+    graph, _report = manager.run(graph)
+    graph.meta["generation"] = info
+    return graph
+
+
+def lower_step(graph: Graph, backend: str, device: str, params: Any = None) -> StepProgram:
+    """The step graph lowered for ``backend`` (ORT: the I/O-bound cache runner)."""
+    if backend == "ort":
+        from tgraph.backends.ort_cache import lower_step as ort_lower
+
+        return StepProgram(graph, ort_lower(graph, device))
+    from tgraph.backends import get_backend
+
+    return StepProgram(graph, get_backend(backend).lower(graph, device, params=params))
+
+
+# Options that inspect the plain forward at compile time: with any of them it is compiled
+# right away, otherwise at its first use (a call, save, ``gen.graph``).
+_EAGER_OPTIONS = ("dump_dir", "verify", "accuracy")
+
+
+def compile_generator(model: nn.Module, example_inputs: Any, **options: Any) -> Generator:
+    """``tgraph.compile`` for a causal LM (same options); a step that fails is reported by
+    ``generate``, and the plain forward still works."""
+    from tgraph.api import check_target, compile_plain, model_tensors
+    from tgraph.frontend import normalize_inputs
+    from tgraph.passes.manager import PassManager
+
+    backend, device = options["backend"], options["device"]
+    check_target(backend, device)
+    normalize_inputs(example_inputs)  # type check with a clear message
+    dump_dir = options.get("dump_dir")  # the step graph's dumps go to DIR/step
+    manager = PassManager(options["pipeline"], progress=options.get("progress"),
+                          dump_dir=os.path.join(dump_dir, "step") if dump_dir else None)  # fmt: skip
+
+    def plain() -> Any:
+        with _no_cache(model):
+            return compile_plain(model, example_inputs, **options, lazy=True)
+
+    say = options.get("progress") or (lambda _msg: None)
+    say("tracing the generation step (KV cache)")
+    params = model_tensors(model) if backend == "torch" else None
+    try:
+        step = lower_step(compile_step(model, manager), backend, device, params)
+        error = ""
+    except Exception as e:  # noqa: BLE001 - the plain forward still works; generate reports it
+        step, error = None, f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+    eager = any(options.get(k) for k in _EAGER_OPTIONS)
+    return Generator(plain() if eager else plain, step, error, backend=backend, device=device)
