@@ -9,6 +9,7 @@ that ``changed`` agrees with the dump, per-pass dumps and diffs, and reproducers
 from __future__ import annotations
 
 import difflib
+import inspect
 import json
 import os
 import pickle
@@ -210,10 +211,7 @@ def parse_pipeline(pipeline: str | Sequence[str]) -> list[PassSpec]:
         if not m:
             raise PipelineError(f"malformed pipeline entry {entry!r}; want name or name{{k=v,...}}")
         name, opts = m.group(1), m.group(2)
-        if name in _PIPELINES and not opts:
-            specs.extend(parse_pipeline(_PIPELINES[name][0]))
-            continue
-        if name not in _PASSES:
+        if name not in _PASSES and name not in _PIPELINES:
             raise PipelineError(_unknown(name))
         options = []
         for item in filter(None, (opts or "").split(",")):
@@ -221,7 +219,23 @@ def parse_pipeline(pipeline: str | Sequence[str]) -> list[PassSpec]:
                 raise PipelineError(f"pass {name}: option {item!r} is not key=value")
             k, v = item.split("=", 1)
             options.append((k.strip(), _parse_option(v.strip())))
-        specs.append(PassSpec(name, tuple(options)))
+        if name in _PIPELINES:
+            specs.extend(_pipeline_with(name, parse_pipeline(_PIPELINES[name][0]), options))
+        else:
+            specs.append(PassSpec(name, tuple(options)))
+    return specs
+
+
+def _pipeline_with(name: str, specs: list[PassSpec], options: list) -> list[PassSpec]:
+    """A named pipeline's passes with ``name{k=v}`` options set on every pass that takes k."""
+    for key, value in options:
+        takes = [key in inspect.signature(_PASSES[s.name].__init__).parameters for s in specs]
+        if not any(takes):
+            raise PipelineError(f"pipeline {name}: no pass in it takes the option {key!r}")
+        specs = [
+            PassSpec(s.name, (*[o for o in s.options if o[0] != key], (key, value))) if t else s
+            for s, t in zip(specs, takes)
+        ]
     return specs
 
 

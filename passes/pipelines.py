@@ -38,9 +38,20 @@ _COMPRESSION = {
     "bf16": (_DEFAULT, "mixed-precision{dtype=bf16}", "bf16 matmuls/attention, fp32 norms"),
     "fp16": (_DEFAULT, "mixed-precision{dtype=fp16}", "fp16 matmuls/attention, fp32 norms"),
     "int8": (_NO_QKV, "quantize-int8", "dynamic int8 linear layers (per-channel weights)"),
-    "int4": (_NO_QKV, "quantize-int4", "weight-only block-wise int4 linear layers"),
 }
-for _name, (_base, _pass, _what) in _COMPRESSION.items():
+# Weight-only pipelines for decoders (docs/compression.md): int8 LM head in both, int8
+# embedding tables unless {embedding=fp32}; activations rounded to int8 per block inside
+# the matmul (compute=int8: ONNX Runtime's fast MatMulNBits path; {compute=f32} turns it off).
+_INT8W = "quantize-int8-weight{compute=int8}"
+_WEIGHT_ONLY = {
+    "int8-weight": (_NO_QKV, _INT8W, "weight-only int8 linears, LM head and embedding"),
+    "int4": (
+        _NO_QKV,
+        f"quantize-int4{{head=false,compute=int8}},{_INT8W}",
+        "weight-only int4 linears (blocks of 32), int8 LM head and embedding",
+    ),
+}
+for _name, (_base, _pass, _what) in {**_COMPRESSION, **_WEIGHT_ONLY}.items():
     register_pipeline(
         _name, ",".join([*_base, _pass, "fold-constants", "cse", "dce"]), f"default, then {_what}"
     )

@@ -12,6 +12,12 @@ patterns) leaves matching layers in full precision: the accuracy budget
 (``tgraph/accuracy.py``) uses it to fall back layer by layer. Every layer left in fp32 is
 recorded with its reason in the pass's "why not fused" table (``stats["rejected"]``), and
 ``stats["converted"]`` lists the layers converted.
+
+``head=false`` leaves the LM head (a linear whose output is a graph output, through
+reshapes at most) for a later pass: the ``int4`` pipeline gives it int8 weights
+(``quantize-int8-weight``, ``passes/quantize_weight.py``). ``compute=int8`` (int4) lets the
+backend round activations to int8 per block (see ``linear_int4`` in
+``tgraph/ir/ops/quant.py``): ONNX Runtime's fast ``MatMulNBits`` path.
 """
 
 from __future__ import annotations
@@ -20,8 +26,8 @@ import fnmatch
 
 import numpy as np
 
-from tgraph.ir import DType, Value
-from tgraph.ir.ops.quant import INT8_MAX, int8_linear_reference, unpack_int4
+from tgraph.ir import DType, Graph, Node, Value
+from tgraph.ir.ops.quant import COMPUTE, INT8_MAX, int8_linear_reference, unpack_int4
 from tgraph.passes.manager import PassResult, PipelineError, register
 from tgraph.passes.rewrite import Builder, Match, P, RewritePass, Rule
 
@@ -58,17 +64,44 @@ def quantize_int4(w: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
     return packed.astype(np.uint8), scale
 
 
+# Ops between an LM head's linear and the graph output (logits reshaped or squeezed).
+_LAYOUT_ONLY = {"reshape", "squeeze", "unsqueeze", "cast"}
+
+
+def is_head(graph: Graph, node: Node) -> bool:
+    """True when ``node``'s output reaches a graph output through layout-only ops."""
+    v = node.outputs[0]
+    while not any(o is v for o in graph.outputs):
+        users = v.users()
+        if len(users) != 1 or users[0].op not in _LAYOUT_ONLY:
+            return False
+        v = users[0].outputs[0]
+    return True
+
+
+def check_compute(pass_name: str, compute: str) -> str:
+    if compute not in COMPUTE:
+        raise PipelineError(f"{pass_name}: compute={compute}; want one of {', '.join(COMPUTE)}")
+    return compute
+
+
 class _QuantizeLinear(RewritePass):
     """Shared matching: which linear layers may be compressed, and why not."""
 
     lossy = True
 
     def __init__(
-        self, max_matches: int | None = None, keep: str = "", keep_trainable: bool = False
+        self,
+        max_matches: int | None = None,
+        keep: str = "",
+        keep_trainable: bool = False,
+        head: bool = True,
     ):
         super().__init__(max_matches)
         self.keep = tuple(p for p in str(keep).split("|") if p)
         self.keep_trainable = bool(keep_trainable)
+        self.head = bool(head)
+        self._graph: Graph | None = None
         self.rules = (
             Rule(
                 name=self.rule_name,
@@ -100,14 +133,29 @@ class _QuantizeLinear(RewritePass):
             return "bias is not an f32 constant"
         if any(fnmatch.fnmatchcase(layer, p) for p in self.keep):
             return f"layer {layer} kept in full precision (keep option / accuracy budget)"
+        if not self.head and self._graph is not None and is_head(self._graph, m.root):
+            return f"layer {layer} is the LM head (head=false): left to a later pass"
         return None
 
     def _replace(self, b: Builder, m: Match, bias: Value | None) -> Value:  # pragma: no cover
         raise NotImplementedError
 
+    def _record(self, b: Builder, m: Match) -> str:
+        """Note the converted layer (and whether it is the LM head); return its name."""
+        layer = layer_name(m["w"])
+        self.applied[-1]["layer"] = layer
+        if self._graph is not None and is_head(self._graph, m.root):
+            self.applied[-1]["head"] = layer
+        return layer
+
     def run(self, graph) -> PassResult:
-        result = super().run(graph)
-        result.stats["converted"] = [site["layer"] for site in self.applied]
+        self._graph = graph
+        try:
+            result = super().run(graph)
+        finally:
+            self._graph = None
+        result.stats["converted"] = [site["layer"] for site in self.applied if "layer" in site]
+        result.stats["head"] = [site["head"] for site in self.applied if "head" in site]
         result.stats["layers"] = result.stats["converted"]  # what every compression pass reports
         return result
 
@@ -119,6 +167,7 @@ class QuantizeInt8(_QuantizeLinear):
     Options:
         keep: ``|``-separated layer name patterns to leave in fp32.
         keep_trainable: leave trainable weights alone.
+        head: convert the LM head too (default true).
     """
 
     rule_name = "int8-linear"
@@ -128,11 +177,10 @@ class QuantizeInt8(_QuantizeLinear):
         return int8_linear_reference(x, q, scale, None)
 
     def _replace(self, b: Builder, m: Match, bias: Value | None) -> Value:
-        w = m["w"]
-        q, scale = quantize_int8(np.asarray(w.const))
-        self.applied[-1]["layer"] = layer_name(w)
-        wq = b.const(q, DType.int8, hint=f"{layer_name(w)}.weight_int8")
-        ws = b.const(scale, DType.float32, hint=f"{layer_name(w)}.weight_scale")
+        layer = self._record(b, m)
+        q, scale = quantize_int8(np.asarray(m["w"].const))
+        wq = b.const(q, DType.int8, hint=f"{layer}.weight_int8")
+        ws = b.const(scale, DType.float32, hint=f"{layer}.weight_scale")
         return b.op("linear_int8", m["x"], wq, ws, bias)
 
 
@@ -142,8 +190,10 @@ class QuantizeInt4(_QuantizeLinear):
 
     Options:
         block: input features per scale (a power of two >= 16; default 32).
+        compute: ``f32`` (default) or ``int8`` (activations rounded to int8 per block).
         keep: ``|``-separated layer name patterns to leave in fp32.
         keep_trainable: leave trainable weights alone.
+        head: convert the LM head too (default true; the int4 pipeline gives it int8).
     """
 
     rule_name = "int4-linear"
@@ -153,13 +203,16 @@ class QuantizeInt4(_QuantizeLinear):
         max_matches: int | None = None,
         keep: str = "",
         keep_trainable: bool = False,
+        head: bool = True,
         block: int = 32,
+        compute: str = "f32",
     ):
         block = int(block)
         if block < 16 or block & (block - 1):
             raise PipelineError(f"quantize-int4: block={block}; want a power of two >= 16")
-        super().__init__(max_matches, keep, keep_trainable)
+        super().__init__(max_matches, keep, keep_trainable, head)
         self.block = block
+        self.compute = check_compute("quantize-int4", str(compute))
 
     def approximate_linear(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
         packed, scale = quantize_int4(w, self.block)
@@ -167,10 +220,11 @@ class QuantizeInt4(_QuantizeLinear):
 
     def _replace(self, b: Builder, m: Match, bias: Value | None) -> Value:
         w = m["w"]
+        layer = self._record(b, m)
         packed, scale = quantize_int4(np.asarray(w.const), self.block)
-        self.applied[-1]["layer"] = layer_name(w)
-        wq = b.const(packed, DType.uint8, hint=f"{layer_name(w)}.weight_int4")
-        ws = b.const(scale, DType.float32, hint=f"{layer_name(w)}.weight_scale")
+        wq = b.const(packed, DType.uint8, hint=f"{layer}.weight_int4")
+        ws = b.const(scale, DType.float32, hint=f"{layer}.weight_scale")
         return b.op(
-            "linear_int4", m["x"], wq, ws, bias, block_size=self.block, in_features=w.shape[1]
-        )
+            "linear_int4", m["x"], wq, ws, bias,
+            block_size=self.block, in_features=w.shape[1], compute=self.compute,
+        )  # fmt: skip

@@ -29,7 +29,8 @@ A fused kernel is not always the fast one: ``backends/policy.py`` lists, per dev
 kernels that lose to their fallback there, measured as the note next to each says.
 
 One module per op family, mirroring tgraph/ir/ops/: ``elementwise``, ``nn``, ``reduce``,
-``shape_ops``, ``attention``, ``cache`` (the KV-cache attention of generation) and ``quant``; ``base`` holds the table and shared helpers.
+``shape_ops``, ``attention``, ``cache`` (the KV-cache attention of generation), ``quant`` and
+``nbits`` (weight-only ops on MatMulNBits); ``base`` holds the table and shared helpers.
 """
 
 from __future__ import annotations
@@ -37,6 +38,6 @@ from __future__ import annotations
 from tgraph.backends.onnx_ops.base import LOWERINGS, LoweringFn, lowers
 
 # Importing the family modules fills the table.
-from . import attention, cache, elementwise, nn, quant, reduce, shape_ops  # noqa: F401
+from . import attention, cache, elementwise, nbits, nn, quant, reduce, shape_ops  # noqa: F401
 
 __all__ = ["LOWERINGS", "LoweringFn", "lowers"]

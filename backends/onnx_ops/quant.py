@@ -10,8 +10,8 @@ and ORT's own ``DynamicQuantizeMatMul`` (per-tensor u8 activations), which was a
 accurate on activations with outlier channels. The integer product is exact, so the ONNX
 model computes the reference kernel's arithmetic step for step.
 
-``linear_int4`` -> ``com.microsoft.MatMulNBits`` (bits=4, default zero point 8) with
-``accuracy_level=0``: dequantize to fp32 and multiply in fp32, exactly the IR semantics.
+The weight-only ops (``linear_int4``, ``linear_int8w``, ``embedding_int8``) lower in
+``nbits.py``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 
 from tgraph.backends.onnx_lowering import MS_DOMAIN, Lowering, LoweringError
 from tgraph.backends.onnx_ops.base import lowers
-from tgraph.ir import DType, Node
+from tgraph.ir import Node
 from tgraph.ir.ops.quant import INT8_MAX, TINY_SCALE
 
 
@@ -53,22 +53,3 @@ def _linear_int8(ctx: Lowering, node: Node, x: str, w: str, w_scale: str, b: str
     if b:
         y = ctx.op("Add", [y, b])
     return y if len(lead) == 1 else ctx.op("Reshape", [y, ctx.shape((*lead, n))])
-
-
-@lowers("linear_int4")
-def _linear_int4(ctx: Lowering, node: Node, x: str, w: str, scales: str, b: str = "") -> str:
-    packed = _const_input(node, 1)
-    n, blocks, _ = packed.shape
-    if node.inputs[0].dtype != DType.float32:
-        raise LoweringError(f"linear_int4 %{node.name}: input must be f32")
-    scale_flat = ctx.const(_const_input(node, 2).reshape(n * blocks).astype(np.float32))
-    return ctx.op(
-        "MatMulNBits",
-        [x, w, scale_flat, "", "", b] if b else [x, w, scale_flat],
-        domain=MS_DOMAIN,
-        K=node.attrs["in_features"],
-        N=n,
-        bits=4,
-        block_size=node.attrs["block_size"],
-        accuracy_level=0,
-    )

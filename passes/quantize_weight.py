@@ -1,0 +1,115 @@
+"""Weight-only int8 for decoders: linear layers, the LM head and (optionally) embeddings.
+
+``quantize-int8-weight`` turns ``linear(x, W, b)`` with a constant fp32 ``W`` into
+``linear_int8w(x, Wq, w_scale, b)`` (symmetric int8 per output channel, fp32 activations
+or, with ``compute=int8``, activations rounded to int8 per block; ``tgraph/ir/ops/quant.py``)
+and, with ``embedding=int8``, an embedding lookup ``gather(T, ids, axis=0)`` in a constant
+fp32 table into ``embedding_int8(Tq, row_scale, ids)`` (one scale per row).
+
+Decode reads every weight once per token, so bytes of weights set its speed: int8 weights
+read a quarter of fp32's. In the ``int4`` pipeline this pass runs after ``quantize-int4
+{head=false}`` and gives the LM head (the layer whose output is the logits) int8 weights:
+4 bits on the head cost more accuracy than on any other layer (docs/compression.md).
+``stats["head"]`` names the LM head(s) converted and ``stats["embedding"]`` the tables, so
+the dump and ``tgraph dump --why-not-fused`` show the choice.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+import numpy as np
+
+from tgraph.ir import DType, Value
+from tgraph.passes.manager import PassResult, PipelineError, register
+from tgraph.passes.rewrite import Builder, Match, P, Rule
+
+from .quantize import _QuantizeLinear, check_compute, layer_name, quantize_int8
+
+EMBEDDING = ("fp32", "int8")
+
+
+@register("quantize-int8-weight")
+class QuantizeInt8Weight(_QuantizeLinear):
+    """Weight-only int8 linear layers (per-channel) and, with embedding=int8, embeddings.
+
+    Options:
+        embedding: ``int8`` (default) or ``fp32``: the embedding tables' precision.
+        compute: ``f32`` (default) or ``int8`` (activations rounded to int8 per block).
+        block: the activation block of ``compute=int8`` (a power of two >= 16; default 128).
+        keep: ``|``-separated layer name patterns to leave in fp32.
+        keep_trainable: leave trainable weights alone.
+        head: convert the LM head too (default true).
+    """
+
+    rule_name = "int8w-linear"
+
+    def __init__(
+        self,
+        max_matches: int | None = None,
+        keep: str = "",
+        keep_trainable: bool = False,
+        head: bool = True,
+        embedding: str = "int8",
+        compute: str = "f32",
+        block: int = 128,
+    ):
+        super().__init__(max_matches, keep, keep_trainable, head)
+        if str(embedding) not in EMBEDDING:
+            raise PipelineError(
+                f"quantize-int8-weight: embedding={embedding}; want one of {', '.join(EMBEDDING)}"
+            )
+        block = int(block)
+        if block < 16 or block & (block - 1):
+            raise PipelineError(f"quantize-int8-weight: block={block}; want a power of two >= 16")
+        self.embedding = str(embedding)
+        self.compute = check_compute("quantize-int8-weight", str(compute))
+        self.block = block
+        if self.embedding == "int8":
+            self.rules = (
+                *self.rules,
+                Rule(
+                    name="int8-embedding",
+                    pattern=P.op("gather", P.const("table"), P.var("ids"), axis=0),
+                    check=self._table_reason,
+                    replace=self._replace_table,
+                ),
+            )
+
+    def _replace(self, b: Builder, m: Match, bias: Value | None) -> Value:
+        layer = self._record(b, m)
+        q, scale = quantize_int8(np.asarray(m["w"].const))
+        wq = b.const(q, DType.int8, hint=f"{layer}.weight_int8")
+        ws = b.const(scale, DType.float32, hint=f"{layer}.weight_scale")
+        return b.op(
+            "linear_int8w", m["x"], wq, ws, bias, compute=self.compute, block_size=self.block
+        )
+
+    def _table_reason(self, m: Match) -> str | None:
+        table = m["table"]
+        name = layer_name(table)
+        if table.dtype != DType.float32 or table.rank != 2:
+            return f"table @{table.name} is {table.dtype} of rank {table.rank}, want f32 (V, C)"
+        if not m["ids"].dtype.is_int:
+            return f"ids %{m['ids'].name} are {m['ids'].dtype}, not integers"
+        if self.keep_trainable and table.trainable:
+            return f"table @{table.name} is a trainable parameter (keep_trainable)"
+        if any(fnmatch.fnmatchcase(name, p) for p in self.keep):
+            return f"embedding {name} kept in full precision (keep option / accuracy budget)"
+        return None
+
+    def _replace_table(self, b: Builder, m: Match) -> Value:
+        name = layer_name(m["table"])
+        self.applied[-1]["embedding"] = name
+        q, scale = quantize_int8(np.asarray(m["table"].const))  # one scale per row (token)
+        tq = b.const(q, DType.int8, hint=f"{name}.weight_int8")
+        ts = b.const(scale, DType.float32, hint=f"{name}.row_scale")
+        ids = m["ids"]
+        if ids.dtype not in (DType.int64, DType.int32):
+            ids = b.op("cast", ids, dtype=DType.int64)
+        return b.op("embedding_int8", tq, ts, ids)
+
+    def run(self, graph) -> PassResult:
+        result = super().run(graph)
+        result.stats["embedding"] = [s["embedding"] for s in self.applied if "embedding" in s]
+        return result
