@@ -56,6 +56,7 @@ from tgraph.tensors import torch_dtype
 
 from .errors import LoweringError
 from .torch_ops import ALIAS_OPS, CREATION_OPS, ops_for
+from .torch_quant import emit_packed, shared
 
 
 def lower(
@@ -391,6 +392,8 @@ class _ProgramBuilder:
         return self.fx.call_function(fn, args, kwargs)
 
     def emit(self, node: Any) -> None:
+        if emit_packed(self, node):  # a compressed linear on a packed CPU kernel
+            return
         fn = self.ops.get(node.op)
         if fn is None:
             module = node.meta.get("module")
@@ -422,7 +425,13 @@ class _ProgramBuilder:
 
 
 def _from_numpy(array: np.ndarray) -> torch.Tensor:
-    """A torch copy of a constant, keeping 0-d arrays 0-d (bf16 through its int16 bits)."""
+    """A torch copy of a constant, keeping 0-d arrays 0-d (bf16 through its int16 bits).
+
+    Integer arrays of at least 4 KiB (quantized weight codes, which no kernel writes) are
+    shared with the graph instead, so a compressed model holds its codes once.
+    """
+    if array.dtype.kind in "iu" and array.nbytes >= 4096:
+        return shared(array)
     array = np.array(array, copy=True)  # writable and contiguous, any rank
     if array.dtype.name == "bfloat16":
         return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
