@@ -5,6 +5,10 @@ weights (docs/passes.md): int8 (per-channel weights, per-token activations) stay
 5e-2 relative L2 error of fp32 eager; int4 weight-only with blocks of 32 within 0.4 (random
 weights are the worst case for 4 bits; trained weights do better). The backends must agree
 with the reference kernels much more tightly (1e-4): they run the same integer arithmetic.
+The int4 pipeline rounds activations to int8 per block inside the matmul (compute=int8):
+a one-ulp difference upstream can move a value across a rounding step, so whole models
+agree to 1e-2 there (one step in a few codes), and tests/test_lowbit.py checks the single
+ops to 1e-5 on identical inputs.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from tgraph.passes.manager import format_pipeline, optimize, parse_pipeline
 from tgraph.passes.quantize import quantize_int4, quantize_int8
 
 TOLERANCE = {"int8": 5e-2, "int4": 0.4}
+BACKEND_TOLERANCE = {"int8": 1e-4, "int4": 1e-2}
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -81,7 +86,7 @@ def test_compressed_zoo_model_within_tolerance_on_every_backend(name, pipeline):
         outs[backend] = first_tensor(cm(**run))
         assert _rel(outs[backend], want) <= TOLERANCE[pipeline], backend
     for backend in ("ort", "torch"):  # same integer arithmetic as the reference kernels
-        assert _rel(outs[backend], outs["reference"]) <= 1e-4, backend
+        assert _rel(outs[backend], outs["reference"]) <= BACKEND_TOLERANCE[pipeline], backend
 
 
 def test_pass_records_converted_and_kept_layers(traced_case):
@@ -187,6 +192,8 @@ def test_budget_errors_are_clear():
     with pytest.raises(AccuracyError, match="max_rel_error"):
         check_budget({"rel": 1e-2})
     with pytest.raises(AccuracyError, match="unknown accuracy key"):
+        check_budget({"min_cosine": 0.99, "cos": 0.9})
+    with pytest.raises(AccuracyError, match="unknown accuracy key"):
         check_budget({"max_rel_error": 1e-2, "top5": 0.9})
     with pytest.raises(AccuracyError, match="compression pipeline"):
         split_pipeline(parse_pipeline("default"))
@@ -234,15 +241,15 @@ def test_budget_works_for_bf16_too():
 
 
 @pytest.mark.parametrize("pipeline", ["int8", "int4"])
-def test_torch_backend_weight_cache_works_across_calls_and_modes(pipeline):
+def test_torch_backend_packed_kernels_work_across_calls_and_modes(pipeline):
     case = get_case("bert-tiny")
     example = case.make(2, 8, 0)
     cm = tgraph.compile(case.model, example, backend="torch", pipeline=pipeline)
-    with torch.inference_mode():  # the cache is filled here ...
+    with torch.inference_mode():
         first = first_tensor(cm(**example)).clone()
         again = first_tensor(cm(**example))
     torch.testing.assert_close(again, first)
-    torch.testing.assert_close(first_tensor(cm(**example)).detach(), first)  # ... used here
+    torch.testing.assert_close(first_tensor(cm(**example)).detach(), first)
 
 
 def test_lossy_passes_say_what_they_make_of_a_layer():
