@@ -49,8 +49,13 @@ def quantize_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
-def quantize_int4(w: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """Block-wise int4 of a (N, K) weight: packed codes (N, blocks, block/2) u8, scales (N, blocks)."""
+def quantize_int4(w: np.ndarray, block: int, search: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Block-wise int4 of a (N, K) weight: packed codes (N, blocks, block/2) u8, scales (N, blocks).
+
+    ``search=False``: scale ``max|w| / 7`` (codes -7..7). ``search=True``: per block, the
+    scale of :data:`_CANDIDATES` with the least squared error, among them the signed
+    extreme mapped to -8 (all 16 codes used) and clipped ones (outliers give way to the rest).
+    """
     n, k = w.shape
     blocks = -(-k // block)
     padded = np.zeros((n, blocks * block), np.float32)
@@ -58,10 +63,36 @@ def quantize_int4(w: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
     grouped = padded.reshape(n, blocks, block)
     amax = np.abs(grouped).max(axis=-1)
     scale = np.where(amax > 0, amax / INT4_MAX, 1.0).astype(np.float32)
+    if search:
+        scale = _best_scales(grouped, scale)
     codes = np.clip(np.round(grouped / scale[..., None]), -8, INT4_MAX).astype(np.int16) + 8
     codes = codes.astype(np.uint8)
     packed = codes[..., 0::2] | (codes[..., 1::2] << 4)
     return packed.astype(np.uint8), scale
+
+
+# Scale candidates of the search: (base, factor); "absmax" is max|w| / 7, "signed" maps the
+# block's largest-magnitude weight to code -8 (scale = -w_extreme / 8).
+_CANDIDATES = [("absmax", f) for f in (1.0, 0.9, 0.8)] + [
+    ("signed", f) for f in (1.0, 0.95, 0.9, 0.85, 0.8)
+]
+
+
+def _best_scales(grouped: np.ndarray, absmax_scale: np.ndarray) -> np.ndarray:
+    """Per block (N, blocks, B), the candidate scale with the least squared error."""
+    pick = np.abs(grouped).argmax(axis=-1)[..., None]
+    extreme = np.take_along_axis(grouped, pick, axis=-1)[..., 0]
+    signed = np.where(extreme != 0, -extreme / 8, 1.0).astype(np.float32)
+    best, best_err = absmax_scale, None
+    for base, f in _CANDIDATES:
+        s = ((absmax_scale if base == "absmax" else signed) * np.float32(f))[..., None]
+        err = np.square(np.clip(np.round(grouped / s), -8, INT4_MAX) * s - grouped).sum(-1)
+        if best_err is None:
+            best, best_err = s[..., 0], err
+        else:
+            better = err < best_err
+            best, best_err = np.where(better, s[..., 0], best), np.minimum(err, best_err)
+    return best.astype(np.float32)
 
 
 # Ops between an LM head's linear and the graph output (logits reshaped or squeezed).
@@ -190,6 +221,8 @@ class QuantizeInt4(_QuantizeLinear):
 
     Options:
         block: input features per scale (a power of two >= 16; default 32).
+        scales: ``mse`` (default: per block the least-squares scale of a few candidates)
+            or ``absmax`` (``max|w| / 7``).
         compute: ``f32`` (default) or ``int8`` (activations rounded to int8 per block).
         keep: ``|``-separated layer name patterns to leave in fp32.
         keep_trainable: leave trainable weights alone.
@@ -206,6 +239,7 @@ class QuantizeInt4(_QuantizeLinear):
         head: bool = True,
         block: int = 32,
         compute: str = "f32",
+        scales: str = "mse",
     ):
         block = int(block)
         if block < 16 or block & (block - 1):
@@ -213,6 +247,9 @@ class QuantizeInt4(_QuantizeLinear):
         super().__init__(max_matches, keep, keep_trainable, head)
         self.block = block
         self.compute = check_compute("quantize-int4", str(compute))
+        if str(scales) not in ("mse", "absmax"):
+            raise PipelineError(f"quantize-int4: scales={scales}; want mse or absmax")
+        self.search = str(scales) == "mse"
 
     def approximate_linear(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
         packed, scale = quantize_int4(w, self.block)
@@ -221,7 +258,7 @@ class QuantizeInt4(_QuantizeLinear):
     def _replace(self, b: Builder, m: Match, bias: Value | None) -> Value:
         w = m["w"]
         layer = self._record(b, m)
-        packed, scale = quantize_int4(np.asarray(w.const), self.block)
+        packed, scale = quantize_int4(np.asarray(w.const), self.block, self.search)
         wq = b.const(packed, DType.uint8, hint=f"{layer}.weight_int4")
         ws = b.const(scale, DType.float32, hint=f"{layer}.weight_scale")
         return b.op(

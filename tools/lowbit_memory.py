@@ -1,0 +1,115 @@
+"""Held memory after compile: fp32 against the weight-only pipelines, one process each.
+
+    python tools/lowbit_memory.py --config llama-336m --pipelines default,int8-weight,int4 \\
+        --backends ort,torch
+
+Each measurement runs in a fresh process: import everything, read the resident set size
+(RSS), build the model with random weights, compile it, drop the model (``del``, garbage
+collection, ``malloc_trim`` so freed heap goes back to the OS), and read RSS again. "Held"
+is the difference: what the compiled model keeps alive (its graph's constants, the
+backend's weights, ONNX Runtime's prepacked copies). The fp32 weights a compressed layer
+replaced must not be part of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import subprocess
+import sys
+import time
+
+CONFIGS = {
+    # The generation issue's ~336M Llama: 24 layers of hidden 1024, GQA 16/4, vocab 32000.
+    "llama-336m": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                       num_key_value_heads=4, intermediate_size=2816, vocab_size=32000),
+    # Small enough for a test: about 4.5M parameters.
+    "llama-tiny": dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, intermediate_size=704, vocab_size=4096),
+}  # fmt: skip
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 1e6
+
+
+def _trim() -> None:
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass
+
+
+def measure_one(config: str, pipeline: str, backend: str) -> dict:
+    import torch
+    import transformers as T
+
+    import tgraph
+
+    torch.set_num_threads(1)
+    ids = torch.randint(0, CONFIGS[config]["vocab_size"], (1, 8))
+    # Warm up on a 1-layer model: the code that compile loads (torch.export, the backend's
+    # libraries, transformers' modeling modules) is not what the compiled model holds.
+    warm = T.LlamaForCausalLM(T.LlamaConfig(hidden_size=64, num_hidden_layers=1,
+        num_attention_heads=4, intermediate_size=128, vocab_size=256)).eval()  # fmt: skip
+    warm = tgraph.compile(warm, {"input_ids": ids % 256, "use_cache": False}, backend=backend,
+                          pipeline=pipeline)  # fmt: skip
+    with torch.no_grad():
+        warm(input_ids=ids % 256, use_cache=False)
+    del warm
+    _trim()
+    base = rss_mb()
+    torch.manual_seed(0)
+    cfg = T.LlamaConfig(max_position_embeddings=256, tie_word_embeddings=False, **CONFIGS[config])
+    model = T.LlamaForCausalLM(cfg).eval()
+    params = sum(p.numel() for p in model.parameters())
+    start = time.perf_counter()
+    cm = tgraph.compile(model, {"input_ids": ids, "use_cache": False}, backend=backend,
+                        pipeline=pipeline)  # fmt: skip
+    seconds = time.perf_counter() - start
+    del model
+    _trim()
+    held = rss_mb() - base
+    with torch.no_grad():
+        cm(input_ids=ids, use_cache=False)  # still runs without the model
+    consts = sum(v.const.nbytes for v in cm.graph.initializers.values() if v.const is not None)
+    return {"config": config, "params": params, "pipeline": pipeline, "backend": backend,
+            "held_mb": round(held, 1), "graph_consts_mb": round(consts / 1e6, 1),
+            "compile_s": round(seconds, 1)}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="llama-336m", choices=sorted(CONFIGS))
+    ap.add_argument("--pipelines", default="default,int8-weight,int4")
+    ap.add_argument("--backends", default="ort,torch")
+    ap.add_argument("--one", action="store_true", help="measure one pipeline/backend here")
+    ap.add_argument("--json", help="write the rows here")
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(measure_one(args.config, args.pipelines, args.backends)))
+        return
+    rows = []
+    for backend in args.backends.split(","):
+        for pipeline in args.pipelines.split(","):
+            cmd = [sys.executable, __file__, "--one", "--config", args.config,
+                   "--pipelines", pipeline, "--backends", backend]  # fmt: skip
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            row = json.loads(out.strip().splitlines()[-1])
+            fp32 = next(
+                (r for r in rows if r["backend"] == backend and r["pipeline"] == "default"), None
+            )
+            row["vs_fp32"] = round(row["held_mb"] / fp32["held_mb"], 3) if fp32 else None
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
