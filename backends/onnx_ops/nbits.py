@@ -2,7 +2,7 @@
 
 ``com.microsoft.MatMulNBits`` computes ``A @ dequant(B).T (+ bias)`` with ``B`` uint8 of
 shape (N, k_blocks, block_size * bits / 8), codes packed low bits first along K, one fp32
-scale per (column, block) given flat as (N * k_blocks,), and the default zero point
+scale per (column, block) as (N, k_blocks), and the default zero point
 ``2 ** (bits - 1)`` (8 for 4 bits, 128 for 8 bits) when none is given. A last block that
 K does not fill is padded; the kernel never reads past K in A.
 
@@ -46,14 +46,14 @@ def _const(node: Node, i: int) -> np.ndarray:
 
 
 def _matmul_nbits(
-    ctx: Lowering, node: Node, x: str, b_u8: str, scales: np.ndarray, bias: str, **attrs
+    ctx: Lowering, node: Node, x: str, b_u8: str, scales: str, bias: str, **attrs
 ) -> str:
+    """``scales``: an f32 (N, k_blocks) initializer (ORT 1.32 takes it 2-D: no flat copy)."""
     if node.inputs[0].dtype != DType.float32:
         raise LoweringError(f"{node.op} %{node.name}: input must be f32")
-    flat = ctx.const(np.ascontiguousarray(scales, np.float32).reshape(-1))
     return ctx.op(
         "MatMulNBits",
-        [x, b_u8, flat, "", "", bias] if bias else [x, b_u8, flat],
+        [x, b_u8, scales, "", "", bias] if bias else [x, b_u8, scales],
         domain=MS_DOMAIN,
         accuracy_level=ACCURACY_LEVEL[node.attrs["compute"]],
         **attrs,
@@ -64,7 +64,7 @@ def _matmul_nbits(
 def _linear_int4(ctx: Lowering, node: Node, x: str, w: str, scales: str, b: str = "") -> str:
     n, blocks, _ = _const(node, 1).shape
     return _matmul_nbits(
-        ctx, node, x, w, _const(node, 2), b,
+        ctx, node, x, w, scales, b,
         K=node.attrs["in_features"], N=n, bits=4, block_size=node.attrs["block_size"],
     )  # fmt: skip
 
@@ -75,7 +75,7 @@ def _linear_int8w(ctx: Lowering, node: Node, x: str, w: str, w_scale: str, b: st
     n, k = codes.shape
     block = node.attrs["block_size"]
     blocks = -(-k // block)
-    scales = np.repeat(_const(node, 2).astype(np.float32)[:, None], blocks, axis=1)
+    scales = ctx.const(np.repeat(_const(node, 2).astype(np.float32)[:, None], blocks, axis=1))
     if ctx.external is not None and ctx.fold_at_load and codes.nbytes >= 4096:
         wide = ctx.op("Cast", [w], to=ONNX_DTYPE[DType.int16])
         shifted = ctx.op("Add", [wide, ctx.const(np.int16(128))])
