@@ -1,27 +1,28 @@
-"""Torch lowerings of the compressed ops (``tgraph/ir/ops/quant.py``) on packed kernels.
+"""Torch lowerings of the compressed ops (``tgraph/ir/ops/quant.py``); nothing keeps an
+fp32 copy of a compressed weight.
 
-On the CPU every compressed linear runs an ATen kernel that reads the packed weights;
-nothing keeps an fp32 copy of them:
+Kernels, chosen per call by the number of rows M (tools/lowbit_matmul_bench.py and
+docs/compression.md have the measurements; torch 2.13 on this CPU):
 
-- ``linear_int8w`` and ``linear_int8``: ``aten._weight_int8pack_mm(x, w_int8, scale)``
-  computes ``x @ (w * scale[:, None]).T`` from the (N, K) int8 codes, the graph's own array
-  (no copy). ``linear_int8`` first rounds ``x`` per token (``round(x / s)``, exact integers
-  in fp32) and multiplies by ``s`` after, so it is the reference's integer arithmetic
-  (integer-valued fp32 products are exact while a dot product stays below 2**24).
-- ``linear_int4``: ``aten._weight_int4pack_mm_for_cpu(x, w_packed, block, scales_zeros)``.
-  Its weight layout is not the IR's (two codes per byte, low nibble first), so the codes
-  are converted once at lowering by ``aten._convert_weight_to_int4pack_for_cpu`` (N padded
-  to a multiple of 16, K to whole blocks; zero points 0, so ``(q - 8) * scale``). The kernel
-  takes blocks of 32..256; other block sizes fall back to dequantizing per call.
-- ``compute="int8"`` rounds the activations per block first, as the IR defines it, so both
-  backends compute the same numbers (the torch kernels themselves multiply in fp32).
+- ``linear_int4``: ``aten._weight_int4pack_mm_for_cpu`` on torch's packed layout, made once
+  at lowering by ``aten._convert_weight_to_int4pack_for_cpu`` (N padded to 16, K to whole
+  blocks, zero points 0 so ``(q - 8) * scale``). Its fast CPU path takes bf16 activations
+  (1024 x 2816: 0.20 ms at M=1 against 0.42 for fp32 ``F.linear``; 20.7 against 16.9 ms at
+  M=128; its fp32 path took 5-40 ms at M=1), so activations and scales enter in bf16 and
+  the result leaves in fp32: about 3e-3 relative error on top of the IR's arithmetic.
+  Blocks other than 32..256 dequantize per call instead.
+- ``linear_int8w``: at M <= :data:`DECODE_ROWS` (and K a multiple of 16: for other K the
+  bf16 kernel of torch 2.13 returned wrong numbers or crashed), ``aten._weight_int8pack_mm`` on the (N, K)
+  int8 codes (the graph's own array, shared), bf16 activations again (0.18 ms at M=1).
+  Above, the weight is dequantized per call into a temporary and ``F.linear`` runs in fp32
+  (the packed kernel took 40 ms at M=128 in bf16 and seconds in fp32).
+- ``linear_int8`` (dynamic, encoders): the per-token codes times the int8 weight codes
+  dequantized per call, exactly the reference's integer arithmetic in fp32 (integer-valued
+  products are exact while a dot product stays below 2**24).
+- ``compute="int8"`` rounds the activations per block first, as the IR defines it.
 
-Why these and not torchao: they ship with torch 2.13 (torchao would be another dependency
-whose CPU int4 path calls the same ATen kernel), and tools/int8_matmul_bench.py --packed
-measured them against fp32 ``F.linear`` at M=1 and M=128 (docs/compression.md).
-
-Off the CPU (CUDA), the same op functions dequantize the weight per call (a temporary, not
-a cache).
+Why not torchao: its CPU int4 weight-only path calls the same ATen kernel, and it would be
+another dependency. Off the CPU the ops dequantize per call (a temporary, not a cache).
 """
 
 from __future__ import annotations
@@ -59,17 +60,24 @@ def _act(x: Tensor, compute: str, block: int) -> Tensor:
     return quantize_activations(x, block) if compute == "int8" else x
 
 
+DECODE_ROWS = 16  # at most this many rows: the bf16 packed int8 kernel; more: dequantize
+
+
 def _int8pack(x: Tensor, w: Tensor, scale: Tensor) -> Tensor:
-    """(..., K) @ int8 (N, K) * scale (N,) on the packed kernel (CPU) or dequantized."""
-    if x.device.type == "cpu" and x.dtype == torch.float32:
-        y = torch.ops.aten._weight_int8pack_mm(_rows(x).contiguous(), w, scale)
-        return y.reshape(*x.shape[:-1], w.shape[0])
-    return F.linear(x, w.to(x.dtype) * scale[:, None].to(x.dtype))
+    """(..., K) @ int8 (N, K) * scale (N,): packed kernel at decode sizes, else dequantized."""
+    rows = _rows(x)
+    # K % 16: torch 2.13's bf16 kernel returns wrong numbers or crashes for other K
+    if x.device.type == "cpu" and rows.shape[0] <= DECODE_ROWS and w.shape[1] % 16 == 0:
+        bf16 = rows.to(torch.bfloat16).contiguous()
+        y = torch.ops.aten._weight_int8pack_mm(bf16, w, scale.to(torch.bfloat16)).to(x.dtype)
+    else:
+        y = F.linear(rows, w.to(x.dtype) * scale[:, None].to(x.dtype))
+    return y.reshape(*x.shape[:-1], w.shape[0])
 
 
 def linear_int8(x: Tensor, w: Tensor, w_scale: Tensor, b: Tensor | None) -> Tensor:
     s = (x.abs().amax(dim=-1, keepdim=True) / INT8_MAX).clamp_min(TINY_SCALE)
-    y = _int8pack(torch.round(x / s), w, w_scale) * s
+    y = F.linear(torch.round(x / s), w.to(x.dtype)) * w_scale * s
     return y + b if b is not None else y
 
 
@@ -107,8 +115,9 @@ def linear_int4_packed(
     rows = _rows(x)
     if padded_k != in_features:
         rows = F.pad(rows, (0, padded_k - in_features))
-    y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows.contiguous(), w, block_size, scales_zeros)
-    y = y[:, :n].reshape(*x.shape[:-1], n)
+    bf16 = rows.to(torch.bfloat16).contiguous()  # the kernel's fast path (see the docstring)
+    y = torch.ops.aten._weight_int4pack_mm_for_cpu(bf16, w, block_size, scales_zeros)
+    y = y[:, :n].to(x.dtype).reshape(*x.shape[:-1], n)
     return y + b if b is not None else y
 
 
@@ -119,8 +128,8 @@ def embedding_int8(table: Tensor, scale: Tensor, ids: Tensor) -> Tensor:
 def pack_int4(packed: np.ndarray, scales: np.ndarray) -> tuple[Tensor, Tensor]:
     """The IR's int4 codes (N, blocks, block/2) and scales (N, blocks) in torch's CPU layout.
 
-    Returns the converted weight (N', K'/2) uint8 and the (blocks, N', 2) scales and zero
-    points, N' = N rounded up to 16 (zero rows), K' = blocks * block.
+    Returns the converted weight (N', K'/2) uint8 and the (blocks, N', 2) bf16 scales and
+    zero points, N' = N rounded up to 16 (zero rows), K' = blocks * block.
     """
     n, blocks, half = packed.shape
     codes = np.empty((n, blocks, half * 2), np.int32)
@@ -131,7 +140,7 @@ def pack_int4(packed: np.ndarray, scales: np.ndarray) -> tuple[Tensor, Tensor]:
     weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(torch.from_numpy(codes), 1)
     s = np.pad(scales.astype(np.float32), ((0, n_pad), (0, 0)), constant_values=1.0)
     scales_zeros = np.stack([s.T, np.zeros_like(s.T)], axis=-1)  # (blocks, N', 2)
-    return weight, torch.from_numpy(np.ascontiguousarray(scales_zeros))
+    return weight, torch.from_numpy(np.ascontiguousarray(scales_zeros)).to(torch.bfloat16)
 
 
 def shared(array: Any) -> Tensor:

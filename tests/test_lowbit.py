@@ -119,7 +119,11 @@ def test_weight_only_linear_matches_reference_kernels(pipeline, k, n, bias):
         for r, w in zip(runs, want):
             with torch.no_grad():
                 got = runner([r])[0]
-            assert _rel(got, w) <= 1e-5, (name, r.shape)
+            # torch's fast packed kernels take bf16 activations (backends/torch_quant.py)
+            decode = r.shape[:-1].numel() <= 16 and k % 16 == 0
+            bf16 = name == "torch" and ("int4" in pipeline or decode)
+            bf16 = bf16 and "block=16" not in pipeline
+            assert _rel(got, w) <= (1e-2 if bf16 else 1e-5), (name, r.shape)
     assert _rel(want[0], model(runs[0])) <= (0.2 if "int4" in pipeline else 2e-2)
 
 
