@@ -27,7 +27,12 @@ import fnmatch
 import numpy as np
 
 from tgraph.ir import DType, Graph, Node, Value
-from tgraph.ir.ops.quant import COMPUTE, INT8_MAX, int8_linear_reference, unpack_int4
+from tgraph.ir.ops.quant import (
+    COMPUTE,
+    INT8_MAX,
+    int4_linear_reference,
+    int8_linear_reference,
+)
 from tgraph.passes.manager import PassResult, PipelineError, register
 from tgraph.passes.rewrite import Builder, Match, P, RewritePass, Rule
 
@@ -252,8 +257,8 @@ class QuantizeInt4(_QuantizeLinear):
         self.search = str(scales) == "mse"
 
     def approximate_linear(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
-        packed, scale = quantize_int4(w, self.block)
-        return np.matmul(x, unpack_int4(packed, scale, w.shape[1]).T)
+        packed, scale = quantize_int4(w, self.block, self.search)
+        return int4_linear_reference(x, packed, scale, None, self.block, w.shape[1], self.compute)
 
     def _replace(self, b: Builder, m: Match, bias: Value | None) -> Value:
         w = m["w"]

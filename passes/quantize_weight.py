@@ -21,6 +21,7 @@ import fnmatch
 import numpy as np
 
 from tgraph.ir import DType, Value
+from tgraph.ir.ops.quant import int8w_linear_reference
 from tgraph.passes.manager import PassResult, PipelineError, register
 from tgraph.passes.rewrite import Builder, Match, P, Rule
 
@@ -75,6 +76,10 @@ class QuantizeInt8Weight(_QuantizeLinear):
                     replace=self._replace_table,
                 ),
             )
+
+    def approximate_linear(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        q, scale = quantize_int8(w)
+        return int8w_linear_reference(x, q, scale, None, self.compute, self.block)
 
     def _replace(self, b: Builder, m: Match, bias: Value | None) -> Value:
         layer = self._record(b, m)

@@ -6,9 +6,9 @@ weights (docs/passes.md): int8 (per-channel weights, per-token activations) stay
 weights are the worst case for 4 bits; trained weights do better). The backends must agree
 with the reference kernels much more tightly (1e-4): they run the same integer arithmetic.
 The int4 pipeline rounds activations to int8 per block inside the matmul (compute=int8):
-a one-ulp difference upstream can move a value across a rounding step, so whole models
-agree to 1e-2 there (one step in a few codes), and tests/test_lowbit.py checks the single
-ops to 1e-5 on identical inputs.
+a one-ulp difference upstream can move a value across a rounding step, and torch's fast
+int4 kernel takes bf16 activations (backends/torch_quant.py), so whole models agree to
+3e-2 there; tests/test_lowbit.py checks the single ops on identical inputs (ORT to 1e-5).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from tgraph.passes.manager import format_pipeline, optimize, parse_pipeline
 from tgraph.passes.quantize import quantize_int4, quantize_int8
 
 TOLERANCE = {"int8": 5e-2, "int4": 0.4}
-BACKEND_TOLERANCE = {"int8": 1e-4, "int4": 1e-2}
+BACKEND_TOLERANCE = {"int8": 1e-4, "int4": 3e-2}
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -158,14 +158,14 @@ def unpack_int4(w: np.ndarray, scales: np.ndarray, in_features: int) -> np.ndarr
     return deq.reshape(w.shape[0], -1)[:, :in_features]
 
 
-def _int4_kernel(x, w, scales, b, block_size, in_features, compute="f32") -> np.ndarray:
+def int4_linear_reference(x, w, scales, b, block_size, in_features, compute="f32") -> np.ndarray:
     return _weight_only(x, unpack_int4(w, scales, in_features), b, compute, block_size)
 
 
 defop(
     "linear_int4",
     infer=_int4_infer,
-    kernel=_int4_kernel,
+    kernel=int4_linear_reference,
     attrs={"block_size": REQUIRED, "in_features": REQUIRED, "compute": "f32"},
     inputs=(3, 4),
     doc="Weight-only int4 linear: block-wise symmetric 4-bit weights, fp32 or int8 compute.",
@@ -186,7 +186,7 @@ def _int8w_infer(x, w, w_scale, b, compute="f32", block_size=128) -> TensorType:
     return TensorType(DType.float32, tuple(x.shape[:-1]) + (n,))
 
 
-def _int8w_kernel(x, w, w_scale, b, compute="f32", block_size=128) -> np.ndarray:
+def int8w_linear_reference(x, w, w_scale, b, compute="f32", block_size=128) -> np.ndarray:
     deq = w.astype(np.float32) * w_scale.astype(np.float32)[:, None]
     return _weight_only(x, deq, b, compute, block_size)
 
@@ -194,7 +194,7 @@ def _int8w_kernel(x, w, w_scale, b, compute="f32", block_size=128) -> np.ndarray
 defop(
     "linear_int8w",
     infer=_int8w_infer,
-    kernel=_int8w_kernel,
+    kernel=int8w_linear_reference,
     attrs={"compute": "f32", "block_size": 128},
     inputs=(3, 4),
     doc="Weight-only int8 linear: int8 weights per output channel, fp32 or int8 compute.",
