@@ -9,6 +9,10 @@ collection, ``malloc_trim`` so freed heap goes back to the OS), and read RSS aga
 is the difference: what the compiled model keeps alive (its graph's constants, the
 backend's weights, ONNX Runtime's prepacked copies). The fp32 weights a compressed layer
 replaced must not be part of it.
+
+The model's forward is compiled with ``tgraph.api.compile_plain`` (what ``tgraph.compile``
+did for every model before causal LMs became generators): a ``Generator`` compiles its
+plain forward lazily and holds the model until then (docs/compression.md).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ def measure_one(config: str, pipeline: str, backend: str) -> dict:
     import torch
     import transformers as T
 
-    import tgraph
+    from tgraph.api import compile_plain
 
     torch.set_num_threads(1)
     ids = torch.randint(0, CONFIGS[config]["vocab_size"], (1, 8))
@@ -56,7 +60,7 @@ def measure_one(config: str, pipeline: str, backend: str) -> dict:
     # libraries, transformers' modeling modules) is not what the compiled model holds.
     warm = T.LlamaForCausalLM(T.LlamaConfig(hidden_size=64, num_hidden_layers=1,
         num_attention_heads=4, intermediate_size=128, vocab_size=256)).eval()  # fmt: skip
-    warm = tgraph.compile(warm, {"input_ids": ids % 256, "use_cache": False}, backend=backend,
+    warm = compile_plain(warm, {"input_ids": ids % 256, "use_cache": False}, backend=backend,
                           pipeline=pipeline)  # fmt: skip
     with torch.no_grad():
         warm(input_ids=ids % 256, use_cache=False)
@@ -68,7 +72,7 @@ def measure_one(config: str, pipeline: str, backend: str) -> dict:
     model = T.LlamaForCausalLM(cfg).eval()
     params = sum(p.numel() for p in model.parameters())
     start = time.perf_counter()
-    cm = tgraph.compile(model, {"input_ids": ids, "use_cache": False}, backend=backend,
+    cm = compile_plain(model, {"input_ids": ids, "use_cache": False}, backend=backend,
                         pipeline=pipeline)  # fmt: skip
     seconds = time.perf_counter() - start
     del model
