@@ -33,6 +33,7 @@ def flatten_call(graph: Graph, args: tuple, kwargs: dict) -> list[torch.Tensor]:
                 raise InputError(f"input {k!r} given twice")
             named[k] = v
         extra = sorted(set(named) - set(traced))
+        _fill_defaults(graph, named)
         missing = [n for n in traced if n not in named]
         if missing or extra:
             want = ", ".join(traced)
@@ -48,6 +49,27 @@ def flatten_call(graph: Graph, args: tuple, kwargs: dict) -> list[torch.Tensor]:
         raise InputError(f"expected {len(graph.inputs)} tensor inputs, got {len(tensors)}")
     check_inputs(graph, tensors)
     return tensors
+
+
+def _fill_defaults(graph: Graph, named: dict[str, Any]) -> None:
+    """Add the model's own value for each omitted optional input (attention_mask: ones)."""
+    from tgraph.frontend.convert import to_torch
+    from tgraph.frontend.defaults import default_arrays
+
+    table = graph.meta.get("input_defaults") or {}
+    omitted = [n for n in graph.meta["traced_names"] if n not in named and n in table]
+    if not omitted:
+        return
+    index = graph.meta.get("input_index", {})
+    given = {index[n]: tuple(v.shape) for n, v in named.items()
+             if n in index and isinstance(v, torch.Tensor)}  # fmt: skip
+    device = next((v.device for v in named.values() if isinstance(v, torch.Tensor)), None)
+    try:
+        arrays = default_arrays(graph, given, omitted)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    for n, a in arrays.items():
+        named[n] = to_torch(a).to(device) if device is not None else to_torch(a)
 
 
 def check_inputs(graph: Graph, tensors: Sequence[torch.Tensor]) -> None:

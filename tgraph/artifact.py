@@ -34,11 +34,18 @@ class ArtifactError(ValueError):
     """A directory is not a readable tgraph artifact."""
 
 
+# graph.meta entries that are plain JSON (see tgraph.frontend.trace and .defaults).
+_PLAIN_KEYS = (
+    "signature", "traced_names", "n_args", "input_names", "output_names", "input_index",
+    "input_defaults", "example_sizes",
+)  # fmt: skip
+
+
 def _structure(graph: Graph) -> dict[str, Any]:
     """How calls map onto graph inputs and outputs back onto the model's structure."""
     meta = graph.meta
     out: dict[str, Any] = {}
-    for key in ("signature", "traced_names", "n_args", "input_names", "output_names"):
+    for key in _PLAIN_KEYS:
         if key in meta:
             out[key] = meta[key]
     out["output_leaves"] = encode([list(x) for x in meta.get("output_leaves", [])])
@@ -54,7 +61,7 @@ def _structure(graph: Graph) -> dict[str, Any]:
 
 
 def _restore_structure(graph: Graph, structure: dict[str, Any]) -> None:
-    for key in ("signature", "traced_names", "n_args", "input_names", "output_names"):
+    for key in _PLAIN_KEYS:
         if key in structure:
             graph.meta[key] = structure[key]
     graph.meta["output_leaves"] = [tuple(x) for x in decode(structure.get("output_leaves", []))]

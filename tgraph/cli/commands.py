@@ -186,7 +186,7 @@ def compile_(
 @click.option("--random", "random_inputs", is_flag=True, help="Use seeded random inputs.")
 @click.option("--batch", default=1, show_default=True, help="Batch size for --random.")
 @click.option("--seq-len", default=8, show_default=True, help="Sequence length for --random.")
-@click.option("--seed", default=0, show_default=True, help="Seed for --random.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--output", "output_path", type=click.Path(), help="Write outputs to this .npz.")
 @pass_ctx
 def run(
@@ -195,26 +195,43 @@ def run(
 ) -> None:  # fmt: skip
     """Run a compiled ARTIFACT on inputs from an .npz (by input name) or random ones.
 
+    Without --inputs or --random it runs on seeded random inputs of the sizes the model
+    was traced with. An input the .npz leaves out that the model's forward can omit
+    (attention_mask, token_type_ids, ...) gets the model's own default.
+
     \b
     Examples:
+      tgraph run gpt.tg
       tgraph run gpt.tg --random --batch 2 --seq-len 16
       tgraph run bert.tg --inputs inputs.npz --output outputs.npz
       torchrun --nproc-per-node 2 -m tgraph run llama2.tg --random   (a sharded artifact)
     """
-    from tgraph.cli.npz_io import read_inputs, run_flat, summarize, write_outputs
+    from tgraph.cli.npz_io import random_run_inputs, read_inputs, run_flat, summarize, write_outputs
     from tgraph.distributed import end_launch
     from tgraph.sharded import is_main, load_launched, memory_line
 
-    if bool(inputs_path) == random_inputs:
-        fail("give exactly one of --inputs FILE.npz or --random", code=2)
+    if inputs_path and random_inputs:
+        fail("give one of --inputs FILE.npz or --random, not both", code=2)
     cm = load_launched(artifact)  # a sharded artifact: this torchrun rank's weights
-    arrays = read_inputs(cm.graph, inputs_path, random_inputs, batch, seq_len, seed)
-    outputs = run_flat(cm, arrays)
+    if inputs_path:
+        given = read_inputs(cm.graph, inputs_path)
+    else:
+        sizes = {s: (batch if s == "batch" else seq_len) for s in cm.graph.symbols()}
+        if not random_inputs:
+            sizes = cm.graph.meta.get("example_sizes") or {}
+        given = random_run_inputs(cm.graph, sizes, seed)
+        if not random_inputs:
+            shown = ", ".join(f"{k}={v}" for k, v in sorted(sizes.items())) or "static shapes"
+            given.notes.append(f"no --inputs: random inputs of the traced sizes ({shown}), "
+                               f"seed {seed}")  # fmt: skip
+    outputs = run_flat(cm, given.arrays)
     if cm.sharding is not None:
         click.echo(memory_line(cm), err=True)
         end_launch()
     if not is_main(cm):
         return
+    for note in given.notes:  # after the run: a failure stays one line
+        click.echo(note, err=True)
     if output_path:
         write_outputs(output_path, outputs)
     click.echo(summarize(outputs), nl=False)

@@ -23,6 +23,7 @@ from tgraph.ir import DType, Graph, TensorType, Value
 
 from .aten import TRANSLATORS, Translator
 from .convert import SymbolTable, UnsupportedError, ir_dtype, shared_view
+from .defaults import bind_sizes, input_indices, probe_defaults
 
 # FX call_function targets that carry no computation once shapes are known.
 _IGNORED = {
@@ -152,6 +153,8 @@ def export(
             ],
             traced_names=names,
             n_args=len(args),
+            input_index=input_indices(bound.arguments),
+            input_defaults=probe_defaults(model, sig, bound.arguments, len(args)),
         )
     values = {n: pytree.tree_map(_widen, v) if dynamic else v for n, v in bound.arguments.items()}
     wargs = tuple(values[n] for n in names[: len(args)])
@@ -456,9 +459,22 @@ def trace(
     graph.meta["out_spec"] = ep.call_spec.out_spec
     graph.meta["input_names"] = [v.name for v in graph.inputs]
     graph.meta.update(call_info)
+    graph.meta["example_sizes"] = _example_sizes(graph, ep, example_inputs)
     graph.remove_unused_initializers()
     graph.verify()
     return graph
+
+
+def _example_sizes(graph: Graph, ep: ExportedProgram, example_inputs: Any) -> dict[str, int]:
+    """The symbol values of the example inputs (what ``tgraph run`` uses without inputs)."""
+    if example_inputs is None:
+        example_inputs = getattr(ep, "example_inputs", None)
+    else:
+        example_inputs = normalize_inputs(example_inputs)
+    leaves = [x for x in pytree.tree_leaves(example_inputs) if isinstance(x, torch.Tensor)]
+    if len(leaves) != len(graph.inputs):
+        return {}
+    return bind_sizes(graph, {i: tuple(t.shape) for i, t in enumerate(leaves)})
 
 
 def _translate_program(ep: ExportedProgram, name: str) -> tuple[Graph, list[Any]]:
