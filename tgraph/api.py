@@ -10,6 +10,7 @@ import torch.utils._pytree as pytree
 
 from tgraph.backends import LazyRunner, Runner
 from tgraph.frontend import ir_dtype, normalize_inputs, trace
+from tgraph.frontend.limits import LimitError, check_limits
 from tgraph.ir import Graph, SymDim
 from tgraph.passes.manager import PassManager
 
@@ -73,7 +74,8 @@ def _fill_defaults(graph: Graph, named: dict[str, Any]) -> None:
 
 
 def check_inputs(graph: Graph, tensors: Sequence[torch.Tensor]) -> None:
-    """Rank, dtype and static dims of each input, and consistent symbol values."""
+    """Rank, dtype and static dims of each input, consistent symbol values, and the
+    model's limits: embedding indices in range, dims within their bounds."""
     bindings: dict[str, int] = {}
     for v, t in zip(graph.inputs, tensors):
         expected = f"expected {v.dtype.name}[{', '.join(str(d) for d in v.shape)}]"
@@ -89,6 +91,10 @@ def check_inputs(graph: Graph, tensors: Sequence[torch.Tensor]) -> None:
                     )
             elif want != have:
                 raise InputError(f"input {v.name}: {expected}, {got}")
+    try:
+        check_limits(graph, tensors, bindings)
+    except LimitError as e:
+        raise InputError(str(e)) from None
 
 
 def unflatten_outputs(graph: Graph, outputs: Sequence[torch.Tensor]) -> Any:

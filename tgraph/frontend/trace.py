@@ -24,6 +24,7 @@ from tgraph.ir import DType, Graph, TensorType, Value
 from .aten import TRANSLATORS, Translator
 from .convert import SymbolTable, UnsupportedError, ir_dtype, shared_view
 from .defaults import bind_sizes, input_indices, probe_defaults
+from .limits import dim_limits, index_ranges
 
 # FX call_function targets that carry no computation once shapes are known.
 _IGNORED = {
@@ -460,9 +461,28 @@ def trace(
     graph.meta["input_names"] = [v.name for v in graph.inputs]
     graph.meta.update(call_info)
     graph.meta["example_sizes"] = _example_sizes(graph, ep, example_inputs)
+    graph.meta["index_ranges"] = index_ranges(graph)
+    graph.meta["dim_limits"] = _dim_limits(ep, model)
     graph.remove_unused_initializers()
     graph.verify()
     return graph
+
+
+def _dim_limits(ep: ExportedProgram, model: Any) -> dict[str, dict[str, Any]]:
+    """Upper bounds export proved for the named symbols (a position table bounds seq)."""
+    names = _name_symbols(ep).names
+    uppers = {
+        names[s]: int(r.upper)
+        for s, r in ep.range_constraints.items()
+        if s in names and getattr(r.upper, "is_Integer", False)
+    }  # int_oo is not
+    config = getattr(model, "config", None)
+    sources = {}
+    for field in reversed(_SEQ_LIMIT_FIELDS):  # the first field wins
+        value = getattr(config, field, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            sources[value] = field
+    return dim_limits(uppers, sources)
 
 
 def _example_sizes(graph: Graph, ep: ExportedProgram, example_inputs: Any) -> dict[str, int]:
