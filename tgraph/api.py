@@ -54,8 +54,8 @@ def flatten_call(graph: Graph, args: tuple, kwargs: dict) -> list[torch.Tensor]:
 
 def _fill_defaults(graph: Graph, named: dict[str, Any]) -> None:
     """Add the model's own value for each omitted optional input (attention_mask: ones)."""
-    from tgraph.frontend.convert import to_torch
     from tgraph.frontend.defaults import default_arrays
+    from tgraph.tensors import to_torch
 
     table = graph.meta.get("input_defaults") or {}
     omitted = [n for n in graph.meta["traced_names"] if n not in named and n in table]
