@@ -1,5 +1,7 @@
 """The CLI does what shared/ARCHITECTURE.md shows: optional flags stay optional."""
 
+import numpy as np
+import torch
 from test_cli import assert_one_line_error, tgraph
 
 
@@ -12,3 +14,31 @@ def test_run_without_inputs_uses_random_inputs_of_the_traced_sizes(tmp_path):
     assert "random inputs of the traced sizes (batch=3, seq=5)" in proc.stderr
     assert "[3, 5, " in proc.stdout  # logits of the traced size
     assert_one_line_error(tgraph("run", art, "--random", "--inputs", "x.npz"), "not both", code=2)
+
+
+def test_bench_takes_the_contracts_backend_names():
+    from tgraph.bench.contenders import expand_contenders
+
+    assert expand_contenders(("eager", "torch", "ort"), ()) == (
+        "eager", "tgraph-torch", "tgraph-ort"
+    )  # fmt: skip
+    assert "tgraph-ort (or ort)" in " ".join(tgraph("bench", "--help").stdout.split())
+
+
+def test_a_pt2_program_compiles_on_the_torch_backend(tmp_path):
+    from tgraph.models import build, example_inputs
+
+    model = build("gpt-tiny")
+    inputs = example_inputs(model, batch=2, seq=8)
+    torch.export.save(torch.export.export(model, (), inputs), tmp_path / "g.pt2")
+    art = str(tmp_path / "g.tg")
+    proc = tgraph("compile", str(tmp_path / "g.pt2"), "-o", art, "--backend", "torch")
+    assert proc.returncode == 0, proc.stderr
+    np.savez(tmp_path / "x.npz", input_ids=inputs["input_ids"].numpy())
+    proc = tgraph("run", art, "--inputs", str(tmp_path / "x.npz"), "--output",
+                  str(tmp_path / "o.npz"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    with torch.no_grad():
+        want = model(**inputs)
+    got = torch.from_numpy(np.load(tmp_path / "o.npz")["output"])
+    assert torch.allclose(got, want, atol=1e-4)

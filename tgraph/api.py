@@ -169,7 +169,11 @@ def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _trains(model: torch.nn.Module) -> bool:
+def _trains(model: Any) -> bool:
+    """A module in training mode with parameters that require grad (an ExportedProgram
+    is not trained)."""
+    if not isinstance(model, torch.nn.Module) or not model.training:
+        return False
     return any(p.requires_grad for p in model.parameters())
 
 
@@ -253,7 +257,7 @@ def compile_plain(
     from tgraph.backends import get_backend
 
     check_target(backend, device)
-    if pipeline == "default" and backend == "torch" and model.training and _trains(model):
+    if pipeline == "default" and backend == "torch" and _trains(model):
         pipeline = "training"  # never bake parameters that are being trained into constants
     say = progress or (lambda _msg: None)
     # Parse the pipeline first: a typo fails before the slow trace.

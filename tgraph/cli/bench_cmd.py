@@ -21,7 +21,8 @@ from tgraph.cli.app import (
 @click.option(
     "--backends",
     help="Comma-separated contenders: eager, torch.compile, ort-plain, ort-optimizer, "
-    "ort-int8, openvino, openvino-bf16, tgraph-ort, tgraph-torch, tgraph-ort[int8], ... and on "
+    "ort-int8, openvino, openvino-bf16, tgraph-ort (or ort), tgraph-torch (or torch), "
+    "tgraph-ort[int8], ... and on "
     "CUDA torch.compile[reduce-overhead]  [default: eager,torch.compile,ort-optimizer,"
     "tgraph-ort,tgraph-torch; with --device cuda: eager,torch.compile,"
     "torch.compile[reduce-overhead],tgraph-torch]",
