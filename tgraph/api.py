@@ -280,8 +280,11 @@ def compile_plain(
             example_inputs))]]  # fmt: skip
         traced = graph
         graph, report, text, fitted = fit_budget(graph, manager.pipeline, accuracy, samples, say)
-        manager = PassManager(text, dump_dir=dump_dir, progress=progress)
-        if dump_dir:  # the trials ran without dumps; write the chosen pipeline's
+        manager = PassManager(
+            text, dump_dir=dump_dir, progress=progress, instruments=manager.instruments
+        )
+        if dump_dir or manager.instruments:
+            # the trials ran without dumps and verification: run the chosen pipeline with them
             graph, report = manager.run(traced)
     else:
         graph, report = manager.run(graph)
