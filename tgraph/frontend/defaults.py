@@ -126,6 +126,14 @@ def bind_sizes(graph: Graph, shapes: Mapping[int, Sequence[int]]) -> dict[str, i
     return bindings
 
 
+def example_sizes(graph: Graph, example_inputs: Any) -> dict[str, int]:
+    """The symbol values of the example inputs (what ``tgraph run`` uses without inputs)."""
+    leaves = [x for x in pytree.tree_leaves(example_inputs) if isinstance(x, torch.Tensor)]
+    if len(leaves) != len(graph.inputs):
+        return {}
+    return bind_sizes(graph, {i: tuple(t.shape) for i, t in enumerate(leaves)})
+
+
 def default_arrays(
     graph: Graph, given: Mapping[int, Sequence[int]], names: Iterable[str]
 ) -> dict[str, np.ndarray]:

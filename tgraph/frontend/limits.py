@@ -58,17 +58,28 @@ def index_ranges(graph: Graph) -> dict[str, list[int]]:
     return out
 
 
-def dim_limits(uppers: Mapping[str, int], sources: Mapping[int, str]) -> dict[str, dict[str, Any]]:
-    """Finite upper bounds by symbol name, each with the config field that sets it.
+def dim_limits(
+    range_constraints: Mapping[Any, Any], names: Mapping[Any, str],
+    config_fields: Sequence[tuple[str, Any]],
+) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Finite upper bounds export proved, by symbol name, each with the config field that
+    sets it (a position table bounds ``seq`` by ``max_position_embeddings``).
 
     Args:
-        uppers: the upper bound export proved for each named symbol.
-        sources: config values by value -> the field name (``{64: "max_position_embeddings"}``).
+        range_constraints: ``ExportedProgram.range_constraints`` (sympy symbol -> range).
+        names: the IR's name of each sympy symbol.
+        config_fields: ``(field, value)`` pairs from the model's config, first wins.
     """
+    sources: dict[int, str] = {}
+    for field, value in config_fields:
+        if isinstance(value, int) and not isinstance(value, bool):
+            sources.setdefault(value, field)
     out = {}
-    for name, upper in uppers.items():
-        if upper < _UNBOUNDED:
-            out[name] = {"max": upper, "source": sources.get(upper)}
+    for sym, bounds in range_constraints.items():
+        upper = bounds.upper
+        # int_oo (no bound) is not an Integer; a huge int is no bound either
+        if sym in names and getattr(upper, "is_Integer", False) and int(upper) < _UNBOUNDED:
+            out[names[sym]] = {"max": int(upper), "source": sources.get(int(upper))}
     return out
 
 

@@ -23,7 +23,7 @@ from tgraph.ir import DType, Graph, TensorType, Value
 
 from .aten import TRANSLATORS, Translator
 from .convert import SymbolTable, UnsupportedError, ir_dtype, shared_view
-from .defaults import bind_sizes, input_indices, probe_defaults
+from .defaults import example_sizes, input_indices, probe_defaults
 from .limits import dim_limits, index_ranges
 
 # FX call_function targets that carry no computation once shapes are known.
@@ -460,41 +460,14 @@ def trace(
     graph.meta["out_spec"] = ep.call_spec.out_spec
     graph.meta["input_names"] = [v.name for v in graph.inputs]
     graph.meta.update(call_info)
-    graph.meta["example_sizes"] = _example_sizes(graph, ep, example_inputs)
+    examples = getattr(ep, "example_inputs", None) if example_inputs is None else example_inputs
+    graph.meta["example_sizes"] = example_sizes(graph, examples)
     graph.meta["index_ranges"] = index_ranges(graph)
-    graph.meta["dim_limits"] = _dim_limits(ep, model)
+    fields = [(f, getattr(getattr(model, "config", None), f, None)) for f in _SEQ_LIMIT_FIELDS]
+    graph.meta["dim_limits"] = dim_limits(ep.range_constraints, _name_symbols(ep).names, fields)
     graph.remove_unused_initializers()
     graph.verify()
     return graph
-
-
-def _dim_limits(ep: ExportedProgram, model: Any) -> dict[str, dict[str, Any]]:
-    """Upper bounds export proved for the named symbols (a position table bounds seq)."""
-    names = _name_symbols(ep).names
-    uppers = {
-        names[s]: int(r.upper)
-        for s, r in ep.range_constraints.items()
-        if s in names and getattr(r.upper, "is_Integer", False)
-    }  # int_oo is not
-    config = getattr(model, "config", None)
-    sources = {}
-    for field in reversed(_SEQ_LIMIT_FIELDS):  # the first field wins
-        value = getattr(config, field, None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            sources[value] = field
-    return dim_limits(uppers, sources)
-
-
-def _example_sizes(graph: Graph, ep: ExportedProgram, example_inputs: Any) -> dict[str, int]:
-    """The symbol values of the example inputs (what ``tgraph run`` uses without inputs)."""
-    if example_inputs is None:
-        example_inputs = getattr(ep, "example_inputs", None)
-    else:
-        example_inputs = normalize_inputs(example_inputs)
-    leaves = [x for x in pytree.tree_leaves(example_inputs) if isinstance(x, torch.Tensor)]
-    if len(leaves) != len(graph.inputs):
-        return {}
-    return bind_sizes(graph, {i: tuple(t.shape) for i, t in enumerate(leaves)})
 
 
 def _translate_program(ep: ExportedProgram, name: str) -> tuple[Graph, list[Any]]:
