@@ -104,3 +104,13 @@ def test_broadcasts_into_catches_only_ir_errors(monkeypatch):
     monkeypatch.setattr(_mask_forms, "broadcast_shapes", broken)
     with pytest.raises(TypeError, match="a bug"):
         _mask_forms.broadcasts_into((1, 3), (2, 3))
+
+
+@pytest.mark.parametrize("start, end", [(-2, 3), (1, 99), (-9, -1), (0, 0), (4, 2)])
+def test_slice_inference_agrees_with_its_kernel(start, end):
+    g = Graph("g")
+    x = g.add_input("x", DType.float32, (2, 3, 4))
+    out = g.create_node("slice", [x], {"axis": 1, "start": start, "end": end}).output
+    g.outputs.append(out)
+    (got,) = run_graph(g, [np.ones((2, 3, 4), np.float32)])  # the oracle checks the shape
+    assert got.shape == tuple(out.shape) == np.ones((2, 3, 4))[:, start:end].shape
