@@ -28,6 +28,7 @@ TINY = (
     (128, ("max_position_embeddings", "n_positions", "max_source_positions",
            "max_target_positions")),
     (8, ("head_dim", "d_kv", "kv_channels", "patch_size")),
+    (4, ("rotary_dim",)),  # GPT-J rotates the first rotary_dim of each 8-wide head
 )  # fmt: skip
 KV_HEADS = ("num_key_value_heads", "multi_query_group_num")
 # Special token ids must stay inside the tiny vocabulary.
@@ -35,19 +36,26 @@ TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_toke
              "sep_token_id", "cls_token_id", "mask_token_id", "unk_token_id")  # fmt: skip
 
 
+def _set(config: Any, field: str, value: Any) -> None:
+    """Set ``field`` when the config has it as an int (a derived property is left alone)."""
+    if isinstance(getattr(config, field, None), int):
+        try:
+            setattr(config, field, value)
+        except AttributeError:  # a read-only property computed from other fields
+            pass
+
+
 def shrink(config: Any, depth: int = 0) -> Any:
     """Set the tiny value of every size field ``config`` has, recursively."""
     for value, fields in TINY:
         for field in fields:
-            if isinstance(getattr(config, field, None), int):
-                setattr(config, field, value)
+            _set(config, field, value)
     for field in KV_HEADS:
-        if isinstance(getattr(config, field, None), int):
-            setattr(config, field, 2)
+        _set(config, field, 2)
     for i, field in enumerate(TOKEN_IDS):
         value = getattr(config, field, None)
         if isinstance(value, int) and value >= 1000:
-            setattr(config, field, i)
+            _set(config, field, i)
     if isinstance(getattr(config, "image_size", None), int):
         config.image_size = 32
     if hasattr(config, "use_cache"):
