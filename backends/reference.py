@@ -15,35 +15,35 @@ from tgraph.ir.dims import format_shape
 from tgraph.ir.ops import get_op, resolve_attrs
 
 
-class ReferenceError(RuntimeError):
+class ReferenceRunError(RuntimeError):
     """An input does not fit the graph, or a kernel failed."""
 
 
 def bind_symbols(graph: Graph, arrays: Sequence[np.ndarray]) -> dict[str, int]:
     """Values of the graph's symbolic dims, read off the input arrays' shapes.
 
-    Raises ReferenceError naming the input when ranks, static dims or the same symbol
+    Raises ReferenceRunError naming the input when ranks, static dims or the same symbol
     in two places disagree.
     """
     if len(arrays) != len(graph.inputs):
-        raise ReferenceError(
+        raise ReferenceRunError(
             f"graph {graph.name} takes {len(graph.inputs)} inputs, got {len(arrays)}"
         )
     bindings: dict[str, int] = {}
     for v, a in zip(graph.inputs, arrays):
         if a.ndim != v.rank:
-            raise ReferenceError(
+            raise ReferenceRunError(
                 f"input {v.name}: rank {a.ndim}, expected shape {format_shape(v.shape)}"
             )
         for axis, (want, have) in enumerate(zip(v.shape, a.shape)):
             if isinstance(want, SymDim):
                 seen = bindings.setdefault(want.name, int(have))
                 if seen != have:
-                    raise ReferenceError(
+                    raise ReferenceRunError(
                         f"input {v.name}: dim {axis} is {have}, but {want.name} is {seen} elsewhere"
                     )
             elif want != have:
-                raise ReferenceError(
+                raise ReferenceRunError(
                     f"input {v.name}: dim {axis} is {have}, expected shape {format_shape(v.shape)}"
                 )
     return bindings
@@ -51,7 +51,7 @@ def bind_symbols(graph: Graph, arrays: Sequence[np.ndarray]) -> dict[str, int]:
 
 def _check_dtype(v: Value, a: np.ndarray) -> np.ndarray:
     if a.dtype != v.dtype.numpy:
-        raise ReferenceError(f"input {v.name}: dtype {a.dtype}, expected {v.dtype.name}")
+        raise ReferenceRunError(f"input {v.name}: dtype {a.dtype}, expected {v.dtype.name}")
     return a
 
 
@@ -80,7 +80,7 @@ def run_graph(
         args = [None if v is None else env[id(v)] for v in node.inputs]
         attrs = resolve_attrs(node.attrs, bindings)
         for v, r in zip(node.outputs, _guarded(node, get_op(node.op).run, args, attrs)):
-            env[id(v)] = r = _typed(v, r)
+            env[id(v)] = r = _typed(node, v, r, bindings)
             if keep_all or v.name in keep:
                 kept[v.name] = r
     outputs = [env[id(v)] for v in graph.outputs]
@@ -96,12 +96,28 @@ def _guarded(node, fn, *args, **kwargs) -> list[np.ndarray]:
     except Exception as e:  # a kernel bug or a bad shape: say where
         module = node.meta.get("module")
         where = f" (from {module})" if module else ""
-        raise ReferenceError(f"{node.op} node %{node.name}{where} failed: {e}") from e
+        raise ReferenceRunError(f"{node.op} node %{node.name}{where} failed: {e}") from e
 
 
-def _typed(v: Value, r: np.ndarray) -> np.ndarray:
+def _typed(node, v: Value, r: np.ndarray, bindings: Mapping[str, int]) -> np.ndarray:
+    """A kernel's result, held to the type the IR inferred: the oracle is the strictest
+    backend, so a kernel that disagrees with shape inference is a bug, not something to
+    cast away."""
+    from tgraph.ir import evaluate
+
     r = np.asarray(r)
-    return r if r.dtype == v.dtype.numpy else r.astype(v.dtype.numpy)
+    try:
+        want = tuple(evaluate(d, bindings) for d in v.shape)
+    except KeyError:  # a dim of a symbol no input binds: nothing to compare with
+        want = None
+    if r.dtype != v.dtype.numpy or (want is not None and r.shape != want):
+        module = node.meta.get("module")
+        where = f" (from {module})" if module else ""
+        raise ReferenceRunError(
+            f"{node.op} node %{node.name}{where}: kernel returned {r.dtype}{list(r.shape)} "
+            f"for %{v.name}, inferred {v.dtype.name}{list(want) if want else list(v.shape)}"
+        )
+    return r
 
 
 def run_ranks(graphs: Sequence[Graph], inputs: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
@@ -124,7 +140,7 @@ def run_ranks(graphs: Sequence[Graph], inputs: Sequence[np.ndarray]) -> list[lis
     for nodes in zip(*(g.nodes for g in graphs)):
         first = nodes[0]
         if len({n.op for n in nodes}) != 1:
-            raise ReferenceError(f"ranks disagree at %{first.name}: not one sharded model")
+            raise ReferenceRunError(f"ranks disagree at %{first.name}: not one sharded model")
         attrs = resolve_attrs(first.attrs, bindings)
         args = [
             [None if v is None else env[id(v)] for v in n.inputs] for n, env in zip(nodes, envs)
@@ -136,7 +152,7 @@ def run_ranks(graphs: Sequence[Graph], inputs: Sequence[np.ndarray]) -> list[lis
             per_rank = [_guarded(n, get_op(n.op).run, a, attrs) for n, a in zip(nodes, args)]
         for n, env, results in zip(nodes, envs, per_rank):
             for v, r in zip(n.outputs, results):
-                env[id(v)] = _typed(v, r)
+                env[id(v)] = _typed(n, v, r, bindings)
     return [[env[id(v)] for v in g.outputs] for g, env in zip(graphs, envs)]
 
 

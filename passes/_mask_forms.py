@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from tgraph.ir import DType, Node, Value
+from tgraph.ir import DType, IRError, Node, Value
 from tgraph.ir.ops.shapes import broadcast_shapes
 
 KIND_LOWER, KIND_UPPER, KIND_ALL, KIND_NONE = "lower", "upper", "all", "none"
@@ -291,5 +291,5 @@ def fill_kind(fill: float, dtype: DType) -> str | None:
 def broadcasts_into(shape: Sequence, target: Sequence) -> bool:
     try:
         return len(shape) <= len(target) and broadcast_shapes(shape, target) == tuple(target)
-    except Exception:  # noqa: BLE001 - IRError: the shapes do not broadcast
+    except IRError:  # the shapes do not broadcast
         return False

@@ -1,4 +1,4 @@
-"""The pass registry, textual pipelines and the pass manager.
+"""Textual pipelines and the pass manager (the registries are in ``registry``).
 
 A pass is a class registered with ``@register("kebab-name")`` whose ``run(graph)``
 edits the graph in place and returns a :class:`PassResult`. The manager, not the
@@ -20,6 +20,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tgraph.ir import Graph, IRError
+from tgraph.passes.registry import (  # noqa: F401  (re-exported: the passes import them here)
+    PipelineError,
+    get_pass,
+    is_pass,
+    list_passes,
+    list_pipelines,
+    lossy_passes,
+    pipeline_text,
+    register,
+    register_pipeline,
+    unknown_name,
+)
 
 
 @dataclass
@@ -59,10 +71,6 @@ class Pass:
         return doc.splitlines()[0] if doc else ""
 
 
-class PipelineError(ValueError):
-    """A pipeline string names an unknown pass or has a malformed option."""
-
-
 class PassError(RuntimeError):
     """A pass failed (raised, broke the graph, or misreported ``changed``).
 
@@ -92,64 +100,6 @@ class PassInstrument:
 
     def after_pass(self, graph: Graph, spec: PassSpec, index: int, changed: bool) -> None:
         """Called after the pass ran and ``verify()`` passed."""
-
-
-_PASSES: dict[str, type[Pass]] = {}
-_PIPELINES: dict[str, tuple[str, str]] = {}  # name -> (pipeline text, description)
-
-
-def register(name: str) -> Callable[[type[Pass]], type[Pass]]:
-    """Class decorator: register a pass under a kebab-case name."""
-    if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", name):
-        raise ValueError(f"pass name {name!r} is not kebab-case")
-
-    def deco(cls: type[Pass]) -> type[Pass]:
-        if name in _PASSES or name in _PIPELINES:
-            raise ValueError(f"pass {name!r} is registered twice")
-        cls.name = name
-        _PASSES[name] = cls
-        return cls
-
-    return deco
-
-
-def register_pipeline(name: str, text: str, description: str) -> None:
-    """Register a named pipeline (``default``, ``training``, ...) that expands to ``text``."""
-    if name in _PASSES or name in _PIPELINES:
-        raise ValueError(f"pipeline {name!r} is registered twice")
-    _PIPELINES[name] = (text, description)
-
-
-def _load_passes() -> None:
-    import tgraph.passes  # noqa: F401  (registers every pass and named pipeline)
-
-
-def list_passes() -> dict[str, str]:
-    """Every registered pass and named pipeline, with its one-line description."""
-    _load_passes()
-    out = {name: cls.description() for name, cls in _PASSES.items()}
-    out.update({name: f"pipeline: {desc}" for name, (_, desc) in _PIPELINES.items()})
-    return dict(sorted(out.items()))
-
-
-def lossy_passes() -> list[str]:
-    """The registered passes that change outputs by design (compression), sorted."""
-    _load_passes()
-    return sorted(name for name, cls in _PASSES.items() if cls.lossy)
-
-
-def get_pass(name: str) -> type[Pass]:
-    _load_passes()
-    if name not in _PASSES:
-        raise PipelineError(_unknown(name))
-    return _PASSES[name]
-
-
-def _unknown(name: str) -> str:
-    known = sorted(_PASSES) + sorted(_PIPELINES)
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(known)}"
-    return f"unknown pass {name!r}{hint}"
 
 
 # -- pipelines -------------------------------------------------------------------------------------
@@ -200,27 +150,31 @@ def parse_pipeline(pipeline: str | Sequence[str]) -> list[PassSpec]:
 
     ``format_pipeline(parse_pipeline(text)) == text`` for text without named pipelines.
     """
-    _load_passes()
     entries = _split_entries(pipeline) if isinstance(pipeline, str) else list(pipeline)
+    if len(entries) == 1 and not entries[0].strip():
+        return []  # "" is the empty pipeline (``none``)
     specs: list[PassSpec] = []
-    for entry in entries:
+    for i, entry in enumerate(entries):
         entry = entry.strip()
-        if not entry or entry == "none":
-            continue
+        if not entry:
+            raise PipelineError(
+                f"pipeline {_shown(pipeline)}: entry {i + 1} is empty; remove the extra comma"
+            )
         m = re.fullmatch(r"([a-z0-9-]+)(?:\{(.*)\})?", entry)
         if not m:
             raise PipelineError(f"malformed pipeline entry {entry!r}; want name or name{{k=v,...}}")
         name, opts = m.group(1), m.group(2)
-        if name not in _PASSES and name not in _PIPELINES:
-            raise PipelineError(_unknown(name))
+        if pipeline_text(name) is None and not is_pass(name):
+            raise PipelineError(unknown_name(name))
         options = []
         for item in filter(None, (opts or "").split(",")):
             if "=" not in item:
                 raise PipelineError(f"pass {name}: option {item!r} is not key=value")
             k, v = item.split("=", 1)
             options.append((k.strip(), _parse_option(v.strip())))
-        if name in _PIPELINES:
-            specs.extend(_pipeline_with(name, parse_pipeline(_PIPELINES[name][0]), options))
+        expansion = pipeline_text(name)
+        if expansion is not None:  # a named pipeline; options reach the passes that take them
+            specs.extend(_pipeline_with(name, parse_pipeline(expansion), options))
         else:
             specs.append(PassSpec(name, tuple(options)))
     return specs
@@ -229,7 +183,7 @@ def parse_pipeline(pipeline: str | Sequence[str]) -> list[PassSpec]:
 def _pipeline_with(name: str, specs: list[PassSpec], options: list) -> list[PassSpec]:
     """A named pipeline's passes with ``name{k=v}`` options set on every pass that takes k."""
     for key, value in options:
-        takes = [key in inspect.signature(_PASSES[s.name].__init__).parameters for s in specs]
+        takes = [key in inspect.signature(get_pass(s.name).__init__).parameters for s in specs]
         if not any(takes):
             raise PipelineError(f"pipeline {name}: no pass in it takes the option {key!r}")
         specs = [
@@ -237,6 +191,10 @@ def _pipeline_with(name: str, specs: list[PassSpec], options: list) -> list[Pass
             for s, t in zip(specs, takes)
         ]
     return specs
+
+
+def _shown(pipeline: str | Sequence[str]) -> str:
+    return repr(pipeline if isinstance(pipeline, str) else ",".join(pipeline))
 
 
 def _split_entries(text: str) -> list[str]:

@@ -189,7 +189,8 @@ def test_bad_run_inputs(tmp_path):
             tgraph("run", str(art), "--inputs", str(tmp_path / f"{name}.npz")), fragment
         )
     assert_one_line_error(tgraph("run", str(tmp_path), "--random"), "not a tgraph artifact")
-    assert_one_line_error(tgraph("run", str(art)), "exactly one of", code=2)
+    proc = tgraph("run", str(art), "--random", "--inputs", str(tmp_path / "missing.npz"))
+    assert_one_line_error(proc, "not both", code=2)
 
 
 def test_failed_compile_keeps_the_previous_artifact(tmp_path):

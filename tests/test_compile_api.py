@@ -61,8 +61,8 @@ def test_wrong_dtype_and_inconsistent_sizes(bert):
 def test_missing_and_unexpected_inputs(bert):
     case, cm = bert
     inputs = case.make(2, 6, 1)
-    with pytest.raises(tgraph.InputError, match=r"missing \['token_type_ids'\]"):
-        cm(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    with pytest.raises(tgraph.InputError, match=r"missing \['input_ids'\]"):
+        cm(attention_mask=inputs["attention_mask"], token_type_ids=inputs["token_type_ids"])
     with pytest.raises(tgraph.InputError, match=r"unexpected \['labels'\]"):
         cm(**inputs, labels=inputs["input_ids"])
 

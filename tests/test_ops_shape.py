@@ -21,7 +21,7 @@ from op_helpers import (
     t,
 )  # fmt: skip
 
-from tgraph.backends.reference import ReferenceError, run_graph
+from tgraph.backends.reference import ReferenceRunError, run_graph
 from tgraph.ir import DType, Graph, IRError, evaluate
 
 # -- indexing -------------------------------------------------------------------------------------------
@@ -372,15 +372,15 @@ def test_run_graph_checks_inputs():
     x = g.add_input("x", F32, [BATCH, SEQ])
     y = g.add_input("y", F32, [SEQ, 4])
     g.outputs = [g.create_node("matmul", [x, y]).output]
-    with pytest.raises(ReferenceError, match="input y: dim 0 is 5, but seq is 3 elsewhere"):
+    with pytest.raises(ReferenceRunError, match="input y: dim 0 is 5, but seq is 3 elsewhere"):
         run_graph(g, [randn(2, 3), randn(5, 4)])
-    with pytest.raises(ReferenceError, match="input y: dim 1 is 6, expected shape"):
+    with pytest.raises(ReferenceRunError, match="input y: dim 1 is 6, expected shape"):
         run_graph(g, [randn(2, 3), randn(3, 6)])
-    with pytest.raises(ReferenceError, match="input x: rank 3"):
+    with pytest.raises(ReferenceRunError, match="input x: rank 3"):
         run_graph(g, [randn(2, 3, 1), randn(3, 4)])
-    with pytest.raises(ReferenceError, match="input x: dtype float64, expected float32"):
+    with pytest.raises(ReferenceRunError, match="input x: dtype float64, expected float32"):
         run_graph(g, [randn(2, 3).astype(np.float64), randn(3, 4)])
-    with pytest.raises(ReferenceError, match="takes 2 inputs, got 1"):
+    with pytest.raises(ReferenceRunError, match="takes 2 inputs, got 1"):
         run_graph(g, [randn(2, 3)])
 
 
@@ -401,7 +401,7 @@ def test_kernel_failure_names_the_node():
     node = g.create_node("div", [x, x], meta={"module": "blocks.0"})
     g.outputs = [node.output]
     with pytest.raises(
-        ReferenceError, match=r"div node %div \(from blocks.0\) failed: div on integers"
+        ReferenceRunError, match=r"div node %div \(from blocks.0\) failed: div on integers"
     ):
         run_graph(g, [rng().integers(1, 5, 3)])
 

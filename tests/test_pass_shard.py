@@ -9,7 +9,7 @@ import pytest
 import torch
 from pass_helpers import bindings_for, trace_module
 
-from tgraph.backends.reference import ReferenceError, random_inputs, run_graph, run_ranks
+from tgraph.backends.reference import ReferenceRunError, random_inputs, run_graph, run_ranks
 from tgraph.ir import Graph
 from tgraph.ir.sharding import spec_of
 from tgraph.passes.manager import optimize, why_not_fused
@@ -186,7 +186,7 @@ def test_one_process_refuses_a_collective(traced_case):
     graph = _default(traced)
     rank0 = shard_all(graph, 2)[0]
     inputs = random_inputs(graph, bindings_for(graph, 1, 4))
-    with pytest.raises(ReferenceError, match="run_ranks"):
+    with pytest.raises(ReferenceRunError, match="run_ranks"):
         run_graph(rank0, inputs)
 
 

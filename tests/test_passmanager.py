@@ -162,7 +162,7 @@ def test_diff_is_a_unified_diff(graph):
 def test_list_passes_has_descriptions():
     passes = tgraph.list_passes()
     assert passes["dce"].startswith("Remove pure nodes")
-    assert "default" in passes
+    assert "default" not in passes and "default" in tgraph.list_pipelines()
 
 
 def test_compile_reports_the_pipeline(graph):

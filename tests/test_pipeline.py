@@ -8,7 +8,8 @@ from model_cases import ZOO_CASES
 from pass_helpers import assert_same_outputs
 
 import tgraph
-from tgraph.passes.manager import _PASSES, optimize
+from tgraph.passes.manager import optimize
+from tgraph.passes.registry import _PASSES
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 UPDATE = os.environ.get("TGRAPH_UPDATE_GOLDEN") == "1"

@@ -1,19 +1,16 @@
 """Provenance: every node keeps its module and source line through every pass, fused nodes
 list the input nodes they replaced, and the HTML report links nodes to their origins."""
 
-import os
 import re
-import subprocess
 
 import pytest
+from browser import run_chromium
 from click.testing import CliRunner
 from model_cases import ZOO_CASES
 
 from tgraph.cli import main
 from tgraph.debug.report import html_report, write_text_atomic
 from tgraph.passes.manager import PassInstrument, optimize
-
-CHROMIUM = "/usr/bin/chromium"
 
 
 class ProvenanceCheck(PassInstrument):
@@ -85,15 +82,11 @@ def test_html_links_every_node_to_its_origin(report):
             assert re.search(r'href="#pass-\d\d"', row), row  # the pass that made it
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no headless browser at {CHROMIUM}")
 def test_report_with_provenance_renders_in_chromium(report, tmp_path):
     *_, page = report
     path = tmp_path / "report.html"
     write_text_atomic(str(path), page)
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", path.as_uri()]  # fmt: skip
-    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
+    dom = run_chromium(tmp_path, "--dump-dom", path.as_uri()).stdout
     assert 'data-js="on"' in dom and '<table id="provenance-table">' in dom
 
 

@@ -3,14 +3,12 @@
 import dataclasses
 import os
 import struct
-import subprocess
 
 import pytest
+from browser import run_chromium
 
 from tgraph.debug.report import html_report, write_text_atomic
 from tgraph.passes.manager import optimize
-
-CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture
@@ -107,27 +105,13 @@ def test_cli_dump_html(tmp_path):
     assert os.listdir(tmp_path) == ["report.html"]
 
 
-def _chromium(tmp_path, *args):
-    profile = tmp_path / "profile"
-    cmd = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", f"--user-data-dir={profile}", *args,
-    ]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True)
-
-
-@pytest.mark.skipif(
-    not os.path.exists(CHROMIUM),
-    reason=f"no headless browser: {CHROMIUM} is missing (apt-get install chromium)",
-)
 def test_report_renders_in_chromium(run, tmp_path):
     graph, optimized, records = run
     report = tmp_path / "report.html"
     write_text_atomic(str(report), html_report(graph, optimized, records))
     url = report.as_uri()
 
-    dom = _chromium(tmp_path, "--dump-dom", url).stdout
+    dom = run_chromium(tmp_path, "--dump-dom", url).stdout
     assert 'data-js="on"' in dom  # the inline script ran
     assert dom.count('class="tl-row ') == len(records)
     assert '<table id="rejected">' in dom
@@ -135,7 +119,7 @@ def test_report_renders_in_chromium(run, tmp_path):
     assert f"{n} of {n} rows" in dom  # the script filled in the filter's row count
 
     png = tmp_path / "report.png"
-    _chromium(tmp_path, f"--screenshot={png}", "--window-size=1400,2000", url)
+    run_chromium(tmp_path, f"--screenshot={png}", "--window-size=1400,2000", url)
     header = png.read_bytes()[:24]
     assert header[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">II", header[16:24]) == (1400, 2000)

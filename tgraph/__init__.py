@@ -36,7 +36,8 @@ _EXPORTS = {
     "PassError": "tgraph.passes.manager",
     "PipelineError": "tgraph.passes.manager",
     "diff": "tgraph.passes.manager",
-    "list_passes": "tgraph.passes.manager",
+    "list_passes": "tgraph.passes.registry",
+    "list_pipelines": "tgraph.passes.registry",
     "optimize": "tgraph.passes.manager",
 }
 
@@ -58,6 +59,7 @@ __all__ = [
     "compile",
     "diff",
     "list_passes",
+    "list_pipelines",
     "load",
     "optimize",
     "trace",
@@ -82,4 +84,5 @@ if TYPE_CHECKING:
     from tgraph.artifact import ArtifactError, load
     from tgraph.frontend import FrontendError, trace
     from tgraph.ir import DType, Graph, IRError, Node, SymDim, TensorType, Value
-    from tgraph.passes.manager import PassError, PipelineError, diff, list_passes, optimize
+    from tgraph.passes.manager import PassError, PipelineError, diff, optimize
+    from tgraph.passes.registry import list_passes, list_pipelines

@@ -10,6 +10,7 @@ import torch.utils._pytree as pytree
 
 from tgraph.backends import LazyRunner, Runner
 from tgraph.frontend import ir_dtype, normalize_inputs, trace
+from tgraph.frontend.limits import LimitError, check_limits
 from tgraph.ir import Graph, SymDim
 from tgraph.passes.manager import PassManager
 
@@ -33,6 +34,7 @@ def flatten_call(graph: Graph, args: tuple, kwargs: dict) -> list[torch.Tensor]:
                 raise InputError(f"input {k!r} given twice")
             named[k] = v
         extra = sorted(set(named) - set(traced))
+        _fill_defaults(graph, named)
         missing = [n for n in traced if n not in named]
         if missing or extra:
             want = ", ".join(traced)
@@ -50,8 +52,30 @@ def flatten_call(graph: Graph, args: tuple, kwargs: dict) -> list[torch.Tensor]:
     return tensors
 
 
+def _fill_defaults(graph: Graph, named: dict[str, Any]) -> None:
+    """Add the model's own value for each omitted optional input (attention_mask: ones)."""
+    from tgraph.frontend.defaults import default_arrays
+    from tgraph.tensors import to_torch
+
+    table = graph.meta.get("input_defaults") or {}
+    omitted = [n for n in graph.meta["traced_names"] if n not in named and n in table]
+    if not omitted:
+        return
+    index = graph.meta.get("input_index", {})
+    given = {index[n]: tuple(v.shape) for n, v in named.items()
+             if n in index and isinstance(v, torch.Tensor)}  # fmt: skip
+    device = next((v.device for v in named.values() if isinstance(v, torch.Tensor)), None)
+    try:
+        arrays = default_arrays(graph, given, omitted)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    for n, a in arrays.items():
+        named[n] = to_torch(a).to(device) if device is not None else to_torch(a)
+
+
 def check_inputs(graph: Graph, tensors: Sequence[torch.Tensor]) -> None:
-    """Rank, dtype and static dims of each input, and consistent symbol values."""
+    """Rank, dtype and static dims of each input, consistent symbol values, and the
+    model's limits: embedding indices in range, dims within their bounds."""
     bindings: dict[str, int] = {}
     for v, t in zip(graph.inputs, tensors):
         expected = f"expected {v.dtype.name}[{', '.join(str(d) for d in v.shape)}]"
@@ -67,6 +91,10 @@ def check_inputs(graph: Graph, tensors: Sequence[torch.Tensor]) -> None:
                     )
             elif want != have:
                 raise InputError(f"input {v.name}: {expected}, {got}")
+    try:
+        check_limits(graph, tensors, bindings)
+    except LimitError as e:
+        raise InputError(str(e)) from None
 
 
 def unflatten_outputs(graph: Graph, outputs: Sequence[torch.Tensor]) -> Any:
@@ -141,7 +169,11 @@ def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _trains(model: torch.nn.Module) -> bool:
+def _trains(model: Any) -> bool:
+    """A module in training mode with parameters that require grad (an ExportedProgram
+    is not trained)."""
+    if not isinstance(model, torch.nn.Module) or not model.training:
+        return False
     return any(p.requires_grad for p in model.parameters())
 
 
@@ -225,7 +257,7 @@ def compile_plain(
     from tgraph.backends import get_backend
 
     check_target(backend, device)
-    if pipeline == "default" and backend == "torch" and model.training and _trains(model):
+    if pipeline == "default" and backend == "torch" and _trains(model):
         pipeline = "training"  # never bake parameters that are being trained into constants
     say = progress or (lambda _msg: None)
     # Parse the pipeline first: a typo fails before the slow trace.
@@ -248,8 +280,11 @@ def compile_plain(
             example_inputs))]]  # fmt: skip
         traced = graph
         graph, report, text, fitted = fit_budget(graph, manager.pipeline, accuracy, samples, say)
-        manager = PassManager(text, dump_dir=dump_dir, progress=progress)
-        if dump_dir:  # the trials ran without dumps; write the chosen pipeline's
+        manager = PassManager(
+            text, dump_dir=dump_dir, progress=progress, instruments=manager.instruments
+        )
+        if dump_dir or manager.instruments:
+            # the trials ran without dumps and verification: run the chosen pipeline with them
             graph, report = manager.run(traced)
     else:
         graph, report = manager.run(graph)

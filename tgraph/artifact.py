@@ -34,11 +34,22 @@ class ArtifactError(ValueError):
     """A directory is not a readable tgraph artifact."""
 
 
-def _structure(graph: Graph) -> dict[str, Any]:
-    """How calls map onto graph inputs and outputs back onto the model's structure."""
+# graph.meta entries that are plain JSON (see tgraph.frontend.trace and .defaults).
+_PLAIN_KEYS = (
+    "signature", "traced_names", "n_args", "input_names", "output_names", "input_index",
+    "input_defaults", "example_sizes", "index_ranges", "dim_limits",
+)  # fmt: skip
+
+
+def _structure(graph: Graph, directory: str) -> dict[str, Any]:
+    """How calls map onto graph inputs and outputs back onto the model's structure.
+
+    Raises ArtifactError when the input or output structure cannot be written: a loaded
+    model that answered with flat outputs instead would silently change its interface.
+    """
     meta = graph.meta
     out: dict[str, Any] = {}
-    for key in ("signature", "traced_names", "n_args", "input_names", "output_names"):
+    for key in _PLAIN_KEYS:
         if key in meta:
             out[key] = meta[key]
     out["output_leaves"] = encode([list(x) for x in meta.get("output_leaves", [])])
@@ -48,24 +59,38 @@ def _structure(graph: Graph) -> dict[str, Any]:
             continue
         try:
             out[key] = pytree.treespec_dumps(spec)
-        except Exception:  # noqa: BLE001 - a custom container: fall back to flat outputs
-            out[key] = None
+        except Exception as e:  # noqa: BLE001 - pytree raises several kinds for this
+            what = "inputs" if key == "in_spec" else "outputs"
+            raise ArtifactError(
+                f"{directory}: cannot save the structure of the model's {what} "
+                f"({_first_line(e)}); return tensors, tuples, dicts or a ModelOutput, or "
+                "register the container with a serialized_type_name"
+            ) from None
     return out
 
 
-def _restore_structure(graph: Graph, structure: dict[str, Any]) -> None:
-    for key in ("signature", "traced_names", "n_args", "input_names", "output_names"):
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _restore_structure(graph: Graph, structure: dict[str, Any], directory: str) -> None:
+    for key in _PLAIN_KEYS:
         if key in structure:
             graph.meta[key] = structure[key]
     graph.meta["output_leaves"] = [tuple(x) for x in decode(structure.get("output_leaves", []))]
     for key in ("in_spec", "out_spec"):
         text = structure.get(key)
-        graph.meta[key] = _load_spec(text) if text else None
+        graph.meta[key] = _load_spec(text, directory) if text else None
 
 
-def _load_spec(text: str) -> Any:
-    """A pytree spec; containers from libraries (ModelOutput) need their module imported."""
-    for type_name in _type_names(json.loads(text)):
+def _load_spec(text: str, directory: str) -> Any:
+    """A pytree spec; containers from libraries (ModelOutput) need their module imported.
+
+    Raises ArtifactError naming the container types when the spec cannot be rebuilt.
+    """
+    names = _type_names(json.loads(text))
+    for type_name in names:
         module = type_name.rsplit(".", 1)[0]
         try:
             importlib.import_module(module)
@@ -73,8 +98,12 @@ def _load_spec(text: str) -> Any:
             pass
     try:
         return pytree.treespec_loads(text)
-    except Exception:  # noqa: BLE001 - unknown container type: outputs come back flat
-        return None
+    except Exception as e:  # noqa: BLE001 - pytree raises several kinds for this
+        types = ", ".join(sorted(set(names))) or "a container"
+        raise ArtifactError(
+            f"{directory}: cannot rebuild the model's input/output structure ({types}: "
+            f"{_first_line(e)}); install the package that defines it"
+        ) from None
 
 
 def _type_names(doc: Any) -> list[str]:
@@ -122,7 +151,7 @@ def save(cm: CompiledModel, directory: str | os.PathLike[str]) -> None:
             "pipeline": cm.pipeline,
             "inputs": [{"name": v.name, "type": str(v.type)} for v in cm.graph.inputs],
             "outputs": [{"name": v.name, "type": str(v.type)} for v in cm.graph.outputs],
-            "structure": _structure(cm.graph),
+            "structure": _structure(cm.graph, directory),
             "world_size": cm.sharding.world if cm.sharding else 1,
         }
         _save_backend_files(cm, tmp)
@@ -221,7 +250,7 @@ def load(
     # program runs on those very tensors (sharded models are inference only).
     arrays = {k: (shared_view if world > 1 else to_numpy)(t) for k, t in tensors.items()}
     graph = from_json(doc, arrays)
-    _restore_structure(graph, manifest.get("structure", {}))
+    _restore_structure(graph, manifest.get("structure", {}), directory)
     device = device or manifest["device"]
     params = None
     if world > 1:

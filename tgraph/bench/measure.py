@@ -268,8 +268,10 @@ def _build_one(
     r.rel_error = r.max_abs_error / scale if scale else None
     del out
     peak, after = _peak_rss_mb(), _rss_mb()
+    # A peak below the start means the mark was not reset (no /proc/self/clear_refs):
+    # unknown, not zero.
     if rss_before is not None and peak is not None and after is not None:
-        r.rss_peak_mb = round(max(peak - rss_before, 0.0), 1)
+        r.rss_peak_mb = round(peak - rss_before, 1) if peak >= rss_before else None
         r.rss_held_mb = round(after - rss_before, 1)
     if gpu_before is not None:
         r.cuda_peak_mb = round(torch.cuda.max_memory_allocated() / 2**20 - gpu_before, 1)

@@ -49,7 +49,7 @@ def bench_artifact(
 ) -> dict[str, Any] | None:
     """Time an artifact on this rank with random inputs; rank 0 gets the report, the
     other ranks None. A sharded artifact starts torchrun's process group."""
-    from tgraph.cli.npz_io import read_inputs
+    from tgraph.cli.npz_io import random_run_inputs
     from tgraph.distributed import end_launch, peak_rss_mb
     from tgraph.sharded import collective_traffic, is_main, load_launched, weight_bytes
     from tgraph.tensors import to_torch
@@ -57,7 +57,8 @@ def bench_artifact(
     if threads:
         torch.set_num_threads(threads)
     cm = load_launched(directory)
-    inputs = [to_torch(a) for a in read_inputs(cm.graph, None, True, batch, seq, 0)]
+    sizes = {s: (batch if s == "batch" else seq) for s in cm.graph.symbols()}
+    inputs = [to_torch(a) for a in random_run_inputs(cm.graph, sizes, 0).arrays]
     sharded = cm.sharding is not None
     times = time_rounds({"run": lambda: cm.runner(inputs)}, repeats, warmup, sharded)["run"]
     world = cm.sharding.world if sharded else 1

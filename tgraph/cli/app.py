@@ -62,12 +62,36 @@ class _Group(click.Group):
             sys.exit(1)
 
 
+# Sizes, counts and tolerances: out-of-range values are usage errors before any work.
+POSITIVE = click.IntRange(min=1)
+NON_NEGATIVE = click.IntRange(min=0)
+FRACTION = click.FloatRange(min=0.0, max=1.0)
+POSITIVE_FLOAT = click.FloatRange(min=0.0, min_open=True)
+
+
+def name_list(option: str, text: str) -> tuple[str, ...]:
+    """``"a,b,c"`` as names; an empty entry (``"a,,b"``, a trailing comma) is a usage error."""
+    names = tuple(n.strip() for n in text.split(","))
+    if text and not all(names):
+        fail(f"{option} {text!r}: entry {names.index('') + 1} is empty; remove the extra comma",
+             code=2)  # fmt: skip
+    return names if text else ()
+
+
 def size_options(fn):
     fn = click.option(
-        "--seq-len", default=16, show_default=True, help="Example sequence length for tracing."
+        "--seq-len",
+        default=16,
+        show_default=True,
+        type=POSITIVE,
+        help="Example sequence length for tracing.",
     )(fn)
     return click.option(
-        "--batch", default=2, show_default=True, help="Example batch size for tracing."
+        "--batch",
+        default=2,
+        show_default=True,
+        type=POSITIVE,
+        help="Example batch size for tracing.",
     )(fn)
 
 

@@ -7,10 +7,13 @@ import os
 import click
 
 from tgraph.cli.app import (
+    NON_NEGATIVE,
+    POSITIVE,
     CliContext,
     fail,
     load_checkpoint,
     main,
+    name_list,
     pass_ctx,
     progress,
 )
@@ -21,7 +24,8 @@ from tgraph.cli.app import (
 @click.option(
     "--backends",
     help="Comma-separated contenders: eager, torch.compile, ort-plain, ort-optimizer, "
-    "ort-int8, openvino, openvino-bf16, tgraph-ort, tgraph-torch, tgraph-ort[int8], ... and on "
+    "ort-int8, openvino, openvino-bf16, tgraph-ort (or ort), tgraph-torch (or torch), "
+    "tgraph-ort[int8], ... and on "
     "CUDA torch.compile[reduce-overhead]  [default: eager,torch.compile,ort-optimizer,"
     "tgraph-ort,tgraph-torch; with --device cuda: eager,torch.compile,"
     "torch.compile[reduce-overhead],tgraph-torch]",
@@ -34,9 +38,9 @@ from tgraph.cli.app import (
     "--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
     help="The model's dtype for the contenders; errors are against eager fp32.",
 )  # fmt: skip
-@click.option("--batch", default=1, show_default=True, help="Batch size.")
+@click.option("--batch", default=1, show_default=True, type=POSITIVE, help="Batch size.")
 @click.option(
-    "--seq-len", type=int,
+    "--seq-len", type=POSITIVE,
     help="Sequence length  [default: 128, or a zoo model's longest if shorter]",
 )  # fmt: skip
 @click.option("--pipeline", default="default", show_default=True, help="tgraph pipeline.")
@@ -45,9 +49,11 @@ from tgraph.cli.app import (
     help="Comma-separated pipelines: one tgraph-<backend>[<pipeline>] column per pipeline "
     "and tgraph backend (default,int8,bf16 -> tgraph-ort, tgraph-ort[int8], tgraph-ort[bf16]).",
 )  # fmt: skip
-@click.option("--repeats", type=int, help="Timed rounds  [default: 20; 3 with --generate]")
-@click.option("--warmup", default=3, show_default=True, help="Untimed rounds first.")
-@click.option("--threads", type=int, help="Intra-op threads (default: torch's setting).")
+@click.option("--repeats", type=POSITIVE, help="Timed rounds  [default: 20; 3 with --generate]")
+@click.option(
+    "--warmup", default=3, show_default=True, type=NON_NEGATIVE, help="Untimed rounds first."
+)
+@click.option("--threads", type=POSITIVE, help="Intra-op threads (default: torch's setting).")
 @click.option("--json", "json_path", type=click.Path(), help="Also write the results as JSON.")
 @click.option(
     "--per-pass", is_flag=True,
@@ -62,8 +68,12 @@ from tgraph.cli.app import (
     "contenders: eager, static-compile, optimum-intel, ov-genai, ort-genai, tgraph-ort, "
     "tgraph-torch, ort-genai[int4], ov-genai[int8], ov-genai[int4].",
 )  # fmt: skip
-@click.option("--prompt-len", default=128, show_default=True, help="--generate: prompt tokens.")
-@click.option("--new-tokens", default=64, show_default=True, help="--generate: new tokens.")
+@click.option(
+    "--prompt-len", default=128, show_default=True, type=POSITIVE, help="--generate: prompt tokens."
+)
+@click.option(
+    "--new-tokens", default=64, show_default=True, type=POSITIVE, help="--generate: new tokens."
+)
 @click.option(
     "--optimum-python", type=click.Path(dir_okay=False),
     help="--generate: the Python of a venv with optimum-intel (default: "
@@ -127,14 +137,19 @@ def bench(
 
     from tgraph.bench import bench as run_bench
     from tgraph.bench import format_table
+    from tgraph.bench.contenders import check_names, expand_contenders
+    from tgraph.passes.manager import parse_pipeline
 
-    contenders = tuple(b.strip() for b in backends.split(",") if b.strip())
+    contenders = name_list("--backends", backends)
+    columns = name_list("--pipelines", pipelines)
+    for text in (pipeline, *columns):  # every name checked before the model loads
+        parse_pipeline(text)
+    check_names(expand_contenders(contenders, columns))
     loaded = load_checkpoint(checkpoint, batch, seq_len)
     with progress() as say:
         report = run_bench(loaded.model, loaded.example_inputs, name=loaded.name,
             contenders=contenders, repeats=repeats, warmup=warmup, pipeline=pipeline,
-            pipelines=[p.strip() for p in pipelines.split(",") if p.strip()],
-            threads=threads, device=device, dtype=dtype, progress=say,
+            pipelines=list(columns), threads=threads, device=device, dtype=dtype, progress=say,
         )  # fmt: skip
     _print_table(report, format_table)
     if json_path:
@@ -195,10 +210,13 @@ def _bench_per_pass(
 ) -> None:  # fmt: skip
     import json
 
+    from tgraph.bench.contenders import ALIASES
     from tgraph.debug.perpass import format_report, per_pass_bench
+    from tgraph.passes.manager import parse_pipeline
 
-    chosen = [b.strip()[len("tgraph-") :] for b in backends.split(",")
-              if b.strip().startswith("tgraph-")]  # fmt: skip
+    parse_pipeline(pipeline)
+    names = [ALIASES.get(b, b) for b in name_list("--backends", backends)]
+    chosen = [b[len("tgraph-") :] for b in names if b.startswith("tgraph-")]
     if not chosen:
         fail("--per-pass needs a tgraph-* backend in --backends (e.g. tgraph-ort)", code=2)
     loaded = load_checkpoint(checkpoint, batch, seq_len)

@@ -124,12 +124,46 @@ def _load_hf_dir(path: str, batch: int, seq: int) -> LoadedModel:
         config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=False)
         if hasattr(config, "use_cache"):
             config.use_cache = False  # a KV cache in the outputs is not a tensor structure
-        model = cls.from_pretrained(path, config=config, trust_remote_code=False)
+        model, info = cls.from_pretrained(
+            path, config=config, trust_remote_code=False, output_loading_info=True,
+            ignore_mismatched_sizes=True,  # reported below, naming the tensor
+        )  # fmt: skip
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds
         raise CheckpointLoadError(
             f"{path}: transformers could not load it ({_first_line(e)})"
         ) from None
+    _check_loading_info(_weights_name(path), info)
     return LoadedModel(path, model.eval(), _hf_inputs(config, batch, seq))
+
+
+def _weights_name(path: str) -> str:
+    """The weight file, for messages; the directory when the weights are sharded."""
+    files = [f for f in sorted(os.listdir(path)) if f.endswith((".safetensors", ".bin"))]
+    return os.path.join(path, files[0]) if len(files) == 1 else path
+
+
+def _check_loading_info(where: str, info: dict[str, Any], shown: int = 3) -> None:
+    """Refuse weights that do not fill the model config.json describes.
+
+    transformers initializes a missing or mis-shaped tensor at random and goes on; a
+    compiler that then runs the model would return confident nonsense.
+    """
+    mismatched = sorted(info.get("mismatched_keys") or [], key=lambda m: m[0])
+    if mismatched:
+        key, have, want = mismatched[0]
+        more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
+        raise CheckpointLoadError(
+            f"{where}: tensor {key} has shape {list(have)}, config.json needs {list(want)}"
+            f"{more}; the weights and config.json are of different models"
+        )
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        names = ", ".join(missing[:shown])
+        more = f" and {len(missing) - shown} more" if len(missing) > shown else ""
+        raise CheckpointLoadError(
+            f"{where}: {len(missing)} tensors the model needs are missing: {names}{more}; "
+            "the weights are incomplete (re-save them with save_pretrained)"
+        )
 
 
 def _read_json(path: str) -> dict[str, Any]:

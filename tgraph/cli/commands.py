@@ -8,6 +8,9 @@ import click
 
 from tgraph.backends import BACKENDS
 from tgraph.cli.app import (
+    FRACTION,
+    POSITIVE,
+    POSITIVE_FLOAT,
     CliContext,
     fail,
     load_checkpoint,
@@ -22,7 +25,11 @@ from tgraph.cli.app import (
 @main.command()
 @click.argument("checkpoint")
 @size_options
-@click.option("--pipeline", default="none", show_default=True, help="Passes to run first.")
+@click.option(
+    "--pipeline",
+    help="Passes to run first  [default: none; with --dump-dir, --html or --why-not-fused: "
+    "default]",
+)
 @click.option(
     "--format", "fmt", type=click.Choice(["text", "json", "dot"]), default="text",
     show_default=True, help="Output format of the final graph.",
@@ -39,8 +46,8 @@ from tgraph.cli.app import (
 )  # fmt: skip
 @pass_ctx
 def dump(
-    ctx: CliContext, checkpoint: str, batch: int, seq_len: int, pipeline: str, fmt: str,
-    provenance: bool, dump_dir: str | None, html_path: str | None, why_not: bool,
+    ctx: CliContext, checkpoint: str, batch: int, seq_len: int, pipeline: str | None,
+    fmt: str, provenance: bool, dump_dir: str | None, html_path: str | None, why_not: bool,
 ) -> None:  # fmt: skip
     """Print the graph of CHECKPOINT, traced and optionally optimized.
 
@@ -61,9 +68,15 @@ def dump(
     --html writes one HTML file (no network needed to view it): the pipeline as a
     timeline, op histograms, a side-by-side diff per pass and the "why not fused"
     table. The graph is still printed.
+
+    \b
+    Asking for per-pass output (--dump-dir, --html, --why-not-fused) without --pipeline
+    runs the default pipeline: there is nothing per pass to show without one.
     """
     from tgraph.passes.manager import optimize, parse_pipeline
 
+    if pipeline is None:
+        pipeline = "default" if (dump_dir or html_path or why_not) else "none"
     parse_pipeline(pipeline)
     traced = trace_checkpoint(checkpoint, batch, seq_len)
     keep = html_path is not None
@@ -115,11 +128,11 @@ def _graph_json(graph) -> str:
     help="Check every pass numerically (reference interpreter, several sizes); fail on drift.",
 )  # fmt: skip
 @click.option(
-    "--max-rel-error", type=float, default=None,
+    "--max-rel-error", type=POSITIVE_FLOAT, default=None,
     help="Accuracy budget for int8/int4/bf16/fp16: keep layers in fp32 until met.",
 )  # fmt: skip
 @click.option(
-    "--min-top1", type=float, default=None,
+    "--min-top1", type=FRACTION, default=None,
     help="With --max-rel-error: also require this top-1 agreement with fp32 (0..1).",
 )  # fmt: skip
 @click.option(
@@ -184,9 +197,13 @@ def compile_(
 @click.argument("artifact", type=click.Path())
 @click.option("--inputs", "inputs_path", type=click.Path(), help=".npz with one array per input.")
 @click.option("--random", "random_inputs", is_flag=True, help="Use seeded random inputs.")
-@click.option("--batch", default=1, show_default=True, help="Batch size for --random.")
-@click.option("--seq-len", default=8, show_default=True, help="Sequence length for --random.")
-@click.option("--seed", default=0, show_default=True, help="Seed for --random.")
+@click.option(
+    "--batch", default=1, show_default=True, type=POSITIVE, help="Batch size for --random."
+)
+@click.option(
+    "--seq-len", default=8, show_default=True, type=POSITIVE, help="Sequence length for --random."
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--output", "output_path", type=click.Path(), help="Write outputs to this .npz.")
 @pass_ctx
 def run(
@@ -195,26 +212,43 @@ def run(
 ) -> None:  # fmt: skip
     """Run a compiled ARTIFACT on inputs from an .npz (by input name) or random ones.
 
+    Without --inputs or --random it runs on seeded random inputs of the sizes the model
+    was traced with. An input the .npz leaves out that the model's forward can omit
+    (attention_mask, token_type_ids, ...) gets the model's own default.
+
     \b
     Examples:
+      tgraph run gpt.tg
       tgraph run gpt.tg --random --batch 2 --seq-len 16
       tgraph run bert.tg --inputs inputs.npz --output outputs.npz
       torchrun --nproc-per-node 2 -m tgraph run llama2.tg --random   (a sharded artifact)
     """
-    from tgraph.cli.npz_io import read_inputs, run_flat, summarize, write_outputs
+    from tgraph.cli.npz_io import random_run_inputs, read_inputs, run_flat, summarize, write_outputs
     from tgraph.distributed import end_launch
     from tgraph.sharded import is_main, load_launched, memory_line
 
-    if bool(inputs_path) == random_inputs:
-        fail("give exactly one of --inputs FILE.npz or --random", code=2)
+    if inputs_path and random_inputs:
+        fail("give one of --inputs FILE.npz or --random, not both", code=2)
     cm = load_launched(artifact)  # a sharded artifact: this torchrun rank's weights
-    arrays = read_inputs(cm.graph, inputs_path, random_inputs, batch, seq_len, seed)
-    outputs = run_flat(cm, arrays)
+    if inputs_path:
+        given = read_inputs(cm.graph, inputs_path)
+    else:
+        sizes = {s: (batch if s == "batch" else seq_len) for s in cm.graph.symbols()}
+        if not random_inputs:
+            sizes = cm.graph.meta.get("example_sizes") or {}
+        given = random_run_inputs(cm.graph, sizes, seed)
+        if not random_inputs:
+            shown = ", ".join(f"{k}={v}" for k, v in sorted(sizes.items())) or "static shapes"
+            given.notes.append(f"no --inputs: random inputs of the traced sizes ({shown}), "
+                               f"seed {seed}")  # fmt: skip
+    outputs = run_flat(cm, given.arrays)
     if cm.sharding is not None:
         click.echo(memory_line(cm), err=True)
         end_launch()
     if not is_main(cm):
         return
+    for note in given.notes:  # after the run: a failure stays one line
+        click.echo(note, err=True)
     if output_path:
         write_outputs(output_path, outputs)
     click.echo(summarize(outputs), nl=False)
@@ -255,15 +289,19 @@ def _read_text(path: str) -> str:
 
 @main.command()
 def passes() -> None:
-    """List the registered passes and named pipelines, one line each.
+    """List the registered passes, then the named pipelines, one line each.
 
     \b
     Example:
       tgraph passes
     """
-    from tgraph.passes.manager import list_passes
+    from tgraph.passes.registry import list_passes, list_pipelines
 
-    entries = list_passes()
-    width = max(len(n) for n in entries)
-    for name, desc in entries.items():
-        click.echo(f"{name:<{width}}  {desc}")
+    passes_, pipelines = list_passes(), list_pipelines()
+    width = max(len(n) for n in [*passes_, *pipelines])
+    click.echo("passes:")
+    for name, desc in passes_.items():
+        click.echo(f"  {name:<{width}}  {desc}")
+    click.echo("\npipelines:")
+    for name, entry in pipelines.items():
+        click.echo(f"  {name:<{width}}  {entry['description']}")

@@ -8,6 +8,7 @@ import click
 
 from tgraph.backends import BACKENDS
 from tgraph.cli.app import (
+    POSITIVE_FLOAT,
     CliContext,
     load_checkpoint,
     main,
@@ -24,7 +25,13 @@ from tgraph.cli.app import (
     "--backend", type=click.Choice(BACKENDS), default="reference",
     show_default=True, help="Whose outputs to check (on CPU) against the reference oracle.",
 )  # fmt: skip
-@click.option("--tol", default=1e-4, show_default=True, help="rtol and atol of the check.")
+@click.option(
+    "--tol",
+    default=1e-4,
+    show_default=True,
+    type=POSITIVE_FLOAT,
+    help="rtol and atol of the check.",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
 @click.option(
     "--out", "out_dir", default="bisect-repro", show_default=True,

@@ -23,6 +23,8 @@ from tgraph.ir import DType, Graph, TensorType, Value
 
 from .aten import TRANSLATORS, Translator
 from .convert import SymbolTable, UnsupportedError, ir_dtype, shared_view
+from .defaults import example_sizes, input_indices, probe_defaults
+from .limits import dim_limits, index_ranges
 
 # FX call_function targets that carry no computation once shapes are known.
 _IGNORED = {
@@ -152,6 +154,8 @@ def export(
             ],
             traced_names=names,
             n_args=len(args),
+            input_index=input_indices(bound.arguments),
+            input_defaults=probe_defaults(model, sig, bound.arguments, len(args)),
         )
     values = {n: pytree.tree_map(_widen, v) if dynamic else v for n, v in bound.arguments.items()}
     wargs = tuple(values[n] for n in names[: len(args)])
@@ -456,6 +460,11 @@ def trace(
     graph.meta["out_spec"] = ep.call_spec.out_spec
     graph.meta["input_names"] = [v.name for v in graph.inputs]
     graph.meta.update(call_info)
+    examples = getattr(ep, "example_inputs", None) if example_inputs is None else example_inputs
+    graph.meta["example_sizes"] = example_sizes(graph, examples)
+    graph.meta["index_ranges"] = index_ranges(graph)
+    fields = [(f, getattr(getattr(model, "config", None), f, None)) for f in _SEQ_LIMIT_FIELDS]
+    graph.meta["dim_limits"] = dim_limits(ep.range_constraints, _name_symbols(ep).names, fields)
     graph.remove_unused_initializers()
     graph.verify()
     return graph

@@ -11,7 +11,7 @@ from tgraph.ir.dims import SymDim, simplify
 from tgraph.ir.dtypes import DType
 
 from .registry import REQUIRED, defop
-from .shapes import broadcast_dim, norm_axes, norm_axis, numel, slice_len
+from .shapes import broadcast_dim, norm_axes, norm_axis, numel, slice_bound, slice_len
 
 
 def _reshape_infer(x: TensorType, shape) -> TensorType:
@@ -71,7 +71,9 @@ defop(
 def _slice_infer(x: TensorType, axis, start, end, step) -> TensorType:
     axis = norm_axis(axis, x.rank, "slice")
     shape = list(x.shape)
-    shape[axis] = slice_len(x.shape[axis], start, end, step)
+    size = x.shape[axis]
+    # Python's rules for negative / out-of-range ints, as the kernels slice
+    shape[axis] = slice_len(size, slice_bound(start, size), slice_bound(end, size), step)
     return TensorType(x.dtype, tuple(shape))
 
 

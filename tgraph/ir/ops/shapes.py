@@ -50,6 +50,18 @@ def numel(shape: Sequence[DimLike]) -> DimLike:
     return simplify(n)
 
 
+def slice_bound(i: DimLike, size: DimLike) -> DimLike:
+    """A start or end as Python's slicing reads it: negative ints count from the end, and
+    on a static dim both clamp into [0, size] (the kernels slice the same way)."""
+    if isinstance(i, int) and i < 0:
+        i = size + i
+        if isinstance(i, int):
+            i = max(i, 0)
+    if isinstance(i, int) and isinstance(size, int):
+        i = min(i, size)
+    return i
+
+
 def slice_len(size: DimLike, start: DimLike, end: DimLike, step: int) -> DimLike:
     """Length of ``x[start:end:step]`` along a dim of ``size``; start/end already clamped."""
     if step <= 0:
