@@ -44,13 +44,18 @@ def error_line(e: BaseException) -> str:
 
 class _Group(click.Group):
     """The command group that turns every error into one line on stderr, once for all
-    commands: exit 1 for a failure, 2 for a usage error; ``--debug`` re-raises instead."""
+    commands: exit 1 for a failure or a bad value (``--batch 0``: bad input, as a missing
+    file is), 2 for a malformed command line (an unknown option, a missing argument, options
+    that do not go together); ``--debug`` re-raises instead."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, KeyboardInterrupt, SystemExit):
             raise
+        except click.BadParameter as e:
+            click.echo(f"tgraph: error: {e.format_message()}", err=True)
+            sys.exit(1)
         except click.UsageError as e:
             click.echo(f"tgraph: error: {e.format_message()}", err=True)
             sys.exit(e.exit_code)
@@ -62,7 +67,7 @@ class _Group(click.Group):
             sys.exit(1)
 
 
-# Sizes, counts and tolerances: out-of-range values are usage errors before any work.
+# Sizes, counts and tolerances: an out-of-range value fails (exit 1) before any work.
 POSITIVE = click.IntRange(min=1)
 NON_NEGATIVE = click.IntRange(min=0)
 FRACTION = click.FloatRange(min=0.0, max=1.0)
@@ -70,11 +75,10 @@ POSITIVE_FLOAT = click.FloatRange(min=0.0, min_open=True)
 
 
 def name_list(option: str, text: str) -> tuple[str, ...]:
-    """``"a,b,c"`` as names; an empty entry (``"a,,b"``, a trailing comma) is a usage error."""
+    """``"a,b,c"`` as names; an empty entry (``"a,,b"``, a trailing comma) fails (exit 1)."""
     names = tuple(n.strip() for n in text.split(","))
     if text and not all(names):
-        fail(f"{option} {text!r}: entry {names.index('') + 1} is empty; remove the extra comma",
-             code=2)  # fmt: skip
+        fail(f"{option} {text!r}: entry {names.index('') + 1} is empty; remove the extra comma")
     return names if text else ()
 
 
