@@ -38,7 +38,8 @@ import torch
 from tgraph.ir import Graph, SymDim, evaluate
 from tgraph.tensors import torch_dtype
 
-from .onnx_lowering import LoweringError, to_onnx
+from .errors import LoweringError
+from .onnx_model import to_onnx
 from .policy import ORT_OPTIMIZERS_OFF
 
 __all__ = ["EXTERNAL_DATA_BYTES", "LoweringError", "OrtRunner", "lower", "save_files", "to_onnx"]

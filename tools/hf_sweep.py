@@ -5,7 +5,7 @@
 
 For each ``model_type -> ModelClass`` of ``MODEL_MAPPING_NAMES`` it builds a tiny random
 model (``tools/hf_tiny.py``), exports it with dynamic batch and sequence the way tgraph
-does (``tgraph.frontend.trace.export``), then compiles it on the reference, ort and torch
+does (``tgraph.frontend.export.export``), then compiles it on the reference, ort and torch
 backends at batch 2, sequence 16 and compares every output with eager PyTorch at batch 3,
 sequence 5 and batch 1, sequence 11 (max abs error <= 1e-4 of the largest |output|, at
 least 1e-4). Each architecture runs in its own process under ``--timeout``; the first
@@ -56,7 +56,7 @@ def check_one(model_type: str, class_name: str) -> dict:
     from hf_tiny import example_inputs, tiny_model
 
     import tgraph
-    from tgraph.frontend.trace import export
+    from tgraph.frontend.export import export
 
     row = {"type": model_type, "class": class_name, "exports": None, "failure": None}
     try:

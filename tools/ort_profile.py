@@ -35,7 +35,7 @@ from bench_suite import load_case  # noqa: E402
 
 from tgraph import bench as tb  # noqa: E402
 from tgraph.backends import ort as ort_backend  # noqa: E402
-from tgraph.backends.onnx_lowering import to_onnx  # noqa: E402
+from tgraph.backends.onnx_model import to_onnx  # noqa: E402
 from tgraph.backends.policy import ORT_OPTIMIZERS_OFF  # noqa: E402
 
 

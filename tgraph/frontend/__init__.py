@@ -2,7 +2,8 @@
 
 from .aten import TRANSLATORS
 from .convert import UnsupportedError, ir_dtype, to_numpy, to_torch, torch_dtype
-from .trace import FrontendError, normalize_inputs, trace
+from .export import FrontendError, normalize_inputs
+from .trace import trace
 
 __all__ = [
     "TRANSLATORS",

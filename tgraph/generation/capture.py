@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from tgraph.frontend.aten import TRANSLATORS
-from tgraph.frontend.trace import FrontendError
+from tgraph.frontend.export import FrontendError
 from tgraph.ir import Graph
 
 ATTENTION_NAME = "tgraph_cache"

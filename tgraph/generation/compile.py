@@ -40,7 +40,7 @@ def _no_cache(lm: nn.Module) -> Iterator[None]:
 
 
 def generation_info(lm: nn.Module) -> dict[str, Any]:
-    from tgraph.frontend.trace import _seq_limit
+    from tgraph.frontend.export import seq_limit
 
     gen_config = getattr(lm, "generation_config", None)
 
@@ -52,7 +52,7 @@ def generation_info(lm: nn.Module) -> dict[str, Any]:
     return {
         "model": type(lm).__name__,
         "vocab_size": int(lm.get_input_embeddings().num_embeddings),
-        "max_length": int(_seq_limit(lm) or _DEFAULT_MAX_LENGTH),
+        "max_length": int(seq_limit(lm) or _DEFAULT_MAX_LENGTH),
         "eos_token_id": list(eos) if isinstance(eos, (list, tuple)) else eos,
         "pad_token_id": pick("pad_token_id"),
     }
