@@ -18,64 +18,19 @@ import numpy as np
 import pytest
 import torch
 from model_cases import ALL_CASES, all_tensors
+from torch_helpers import Tiny, assert_matches_reference, one_node, randn, rng, run_torch
 
 import tgraph
 from tgraph.api import CompiledModel, model_tensors
 from tgraph.backends import torch_ops
-from tgraph.backends.reference import random_inputs, run_graph
+from tgraph.backends.reference import random_inputs
 from tgraph.backends.torch_backend import LoweringError, TorchRunner, lower
 from tgraph.ir import DType, Graph, SymDim
 from tgraph.ir.ops import all_ops
-from tgraph.tensors import to_torch
 
 F32, I64, BOOL = DType.float32, DType.int64, DType.bool
 BATCH, SEQ = SymDim.symbol("batch"), SymDim.symbol("seq")
 SIZES = ((2, 5), (3, 8))
-
-
-def rng(seed: int = 0) -> np.random.Generator:
-    return np.random.default_rng(seed)
-
-
-def randn(*shape: int, seed: int = 0) -> np.ndarray:
-    return rng(seed).standard_normal(shape).astype(np.float32)
-
-
-def run_torch(graph: Graph, arrays: list[np.ndarray], runner=None) -> list[np.ndarray]:
-    runner = runner or lower(graph, "cpu")
-    with torch.no_grad():
-        outs = runner([to_torch(np.array(a, copy=True)) for a in arrays])
-    return [o.detach().numpy() for o in outs]
-
-
-def assert_matches_reference(graph: Graph, arrays: list[np.ndarray], runner=None, tol=1e-5):
-    want = run_graph(graph, arrays)
-    got = run_torch(graph, arrays, runner)
-    assert len(got) == len(want)
-    for w, g in zip(want, got):
-        assert g.shape == w.shape and g.dtype == w.dtype, (g.shape, g.dtype, w.shape, w.dtype)
-        if w.dtype.kind == "f":
-            np.testing.assert_allclose(g, w, rtol=tol, atol=tol)
-        else:
-            np.testing.assert_array_equal(g, w)
-
-
-def one_node(op: str, inputs: list, attrs=None, consts: tuple[int, ...] = ()):
-    """A graph of one ``op`` node; inputs listed in ``consts`` become initializers."""
-    g = Graph(op)
-    values, feeds = [], []
-    for i, a in enumerate(inputs):
-        if a is None:
-            values.append(None)
-        elif i in consts:
-            values.append(g.add_const(a, DType.from_numpy(a.dtype), f"c{i}"))
-        else:
-            values.append(g.add_input(f"in{i}", DType.from_numpy(a.dtype), a.shape))
-            feeds.append(a)
-    node = g.create_node(op, values, attrs)
-    g.outputs = list(node.outputs)
-    g.verify()
-    return g, feeds
 
 
 def test_every_ir_op_has_a_lowering():
@@ -220,81 +175,6 @@ def test_unknown_op_names_the_node(monkeypatch):
         lower(graph)
 
 
-# -- attention ---------------------------------------------------------------------------------
-
-
-def _attention_graph(layout, num_heads, kv_heads, mask, causal, scale=0.25, kv_seq=None):
-    """q over (batch, seq); k and v over (batch, kv_seq); mask broadcast to (B, 1, Tq, Tk)."""
-    g = Graph("attention")
-    kv_seq = kv_seq or SEQ
-    if layout == "bhsd":
-        q = g.add_input("q", F32, (BATCH, num_heads, SEQ, 8))
-        k = g.add_input("k", F32, (BATCH, kv_heads, kv_seq, 8))
-        v = g.add_input("v", F32, (BATCH, kv_heads, kv_seq, 6))
-    else:
-        q = g.add_input("q", F32, (BATCH, SEQ, num_heads * 8))
-        k = g.add_input("k", F32, (BATCH, kv_seq, kv_heads * 8))
-        v = g.add_input("v", F32, (BATCH, kv_seq, kv_heads * 6))
-    m = None if mask is None else g.add_input("mask", mask, (BATCH, 1, SEQ, kv_seq))
-    attrs = dict(num_heads=num_heads, kv_heads=kv_heads, scale=scale, causal=causal, layout=layout)
-    g.outputs = [g.create_node("attention", [q, k, v, m], attrs).output]
-    g.verify()
-    return g
-
-
-def _attention_inputs(graph: Graph, bindings: dict, seed: int) -> list[np.ndarray]:
-    arrays = random_inputs(graph, bindings, seed)
-    for i, v in enumerate(graph.inputs):
-        if v.name == "mask" and v.dtype is BOOL:
-            arrays[i][..., 0] = True  # every query sees a key even under the causal mask
-    return arrays
-
-
-@pytest.mark.parametrize("layout", ["bhsd", "bsd"])
-@pytest.mark.parametrize(
-    "heads,mask,causal",
-    [
-        ((4, 4), None, False),
-        ((4, 2), None, True),
-        ((4, 1), BOOL, False),
-        ((4, 2), BOOL, True),
-        ((2, 2), F32, False),
-        ((4, 2), F32, True),
-    ],
-)
-def test_attention(layout, heads, mask, causal):
-    graph = _attention_graph(layout, *heads, mask=mask, causal=causal)
-    runner = lower(graph)
-    for batch, seq in SIZES:
-        inputs = _attention_inputs(graph, {"batch": batch, "seq": seq}, seed=batch)
-        assert_matches_reference(graph, inputs, runner)
-
-
-@pytest.mark.parametrize("causal", [False, True])
-def test_attention_with_more_keys_than_queries(causal):
-    kv = SymDim.symbol("kv_seq")
-    graph = _attention_graph("bsd", 4, 2, mask=BOOL, causal=causal, kv_seq=kv)
-    runner = lower(graph)
-    for batch, seq in SIZES:
-        inputs = _attention_inputs(graph, {"batch": batch, "seq": seq, "kv_seq": seq + 3}, seed=1)
-        assert_matches_reference(graph, inputs, runner)
-
-
-def test_attention_calls_sdpa(monkeypatch):
-    graph = _attention_graph("bsd", 4, 2, mask=None, causal=True)
-    calls = []
-    original = torch.nn.functional.scaled_dot_product_attention
-
-    def spy(*args, **kwargs):
-        calls.append(kwargs)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
-    run_torch(graph, random_inputs(graph, {"batch": 2, "seq": 5}))
-    assert len(calls) == 1
-    assert calls[0]["is_causal"] and calls[0]["enable_gqa"] and calls[0]["attn_mask"] is None
-
-
 # -- symbolic attributes -------------------------------------------------------------------------
 
 
@@ -374,28 +254,17 @@ def test_program_exports_and_compiles_with_dynamic_shapes():
 # -- parameters -------------------------------------------------------------------------------
 
 
-class _Tiny(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.proj = torch.nn.Linear(4, 6)
-        self.norm = torch.nn.LayerNorm(6)
-        self.register_buffer("offset", torch.randn(6))
-
-    def forward(self, x):
-        return self.norm(self.proj(x)) * 2.0 + self.offset
-
-
 @functools.cache
-def _tiny_traced() -> tuple[_Tiny, Graph]:
-    """A shared _Tiny and its graph, for tests that do not change the model."""
+def _tiny_traced() -> tuple[Tiny, Graph]:
+    """A shared Tiny and its graph, for tests that do not change the model."""
     torch.manual_seed(1)
-    model = _Tiny().eval()
+    model = Tiny().eval()
     return model, tgraph.trace(model, (torch.randn(2, 3, 4),))
 
 
 def test_parameters_are_the_models_own_objects():
     torch.manual_seed(0)
-    model = _Tiny().eval()
+    model = Tiny().eval()
     graph = tgraph.trace(model, (torch.randn(2, 3, 4),))
     runner = lower(graph, "cpu", params=model_tensors(model))
     assert isinstance(runner, TorchRunner)
@@ -443,7 +312,7 @@ def test_runner_deepcopies_and_pickles():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_follows_the_graph_dtype(dtype):
     torch.manual_seed(0)
-    model = _Tiny().eval().to(dtype)
+    model = Tiny().eval().to(dtype)
     graph = tgraph.trace(model, (torch.randn(2, 3, 4, dtype=dtype),))
     runner = lower(graph, "cpu", params=model_tensors(model))
     x = torch.randn(3, 5, 4, dtype=dtype)
@@ -491,115 +360,3 @@ def test_model_matches_eager(traced_case, name, pipeline):
         for w, g in zip(want, got):
             assert g.shape == w.shape and g.dtype == w.dtype
             torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
-
-
-# -- CUDA ----------------------------------------------------------------------------------------
-
-
-@pytest.mark.cuda
-def test_cuda_graphs_replay_per_shape():
-    torch.manual_seed(0)
-    model = _Tiny().eval().cuda()
-    graph = tgraph.trace(model, (torch.randn(2, 3, 4, device="cuda"),))
-    runner = lower(graph, "cuda", params=model_tensors(model))
-    assert runner.cuda_graphs
-    assert [id(p) for p in runner.parameters()] == [id(p) for p in model.parameters()]
-    with torch.no_grad():
-        for shape in ((2, 3, 4), (3, 5, 4), (2, 3, 4)):
-            x = torch.randn(shape, device="cuda")
-            first = runner([x])[0]
-            torch.testing.assert_close(first, model(x))
-            torch.testing.assert_close(runner([x])[0], first)  # a replay
-        assert len(runner._graphs._entries) == 2
-        model.proj.weight.mul_(2.0)  # in place: replays see it
-        torch.testing.assert_close(runner([x])[0], model(x))
-    # with autograd on, the program runs eagerly and trains the model's parameters
-    runner([x])[0].sum().backward()
-    assert model.proj.weight.grad is not None
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_cuda_half_precision(dtype):
-    torch.manual_seed(0)
-    model = _Tiny().eval().to("cuda", dtype)
-    graph = tgraph.trace(model, (torch.randn(2, 3, 4, device="cuda", dtype=dtype),))
-    runner = lower(graph, "cuda", params=model_tensors(model), cuda_graphs=False)
-    x = torch.randn(3, 5, 4, device="cuda", dtype=dtype)
-    got = runner([x])[0]
-    assert got.dtype == dtype
-    torch.testing.assert_close(got, model(x), rtol=2e-2, atol=2e-2)
-
-
-# Zoo models compiled for CUDA: the fused epilogues must run Triton kernels (where Triton is
-# installed) and the results must match eager on the GPU.
-CUDA_ZOO = {
-    "bert-tiny": ("triton_skip_layer_norm",),
-    "gpt-tiny": ("triton_skip_layer_norm",),
-    "llama-tiny": ("triton_skip_rms_norm", "triton_rms_norm", "triton_rotary"),
-}
-
-
-def _cuda_zoo(name: str, dtype: torch.dtype):
-    from tgraph.models import build, example_inputs
-
-    torch.manual_seed(0)
-    fp32 = build(name).eval().cuda()
-    model = copy.deepcopy(fp32).to(dtype)
-    inputs = {k: v.cuda() for k, v in example_inputs(model, batch=2, seq=16).items()}
-    return fp32, tgraph.compile(model, inputs, backend="torch", device="cuda")
-
-
-def _cuda_check(fp32, cm, tol: float) -> None:
-    """cm against eager fp32 at other sizes, relative to the largest output; replays agree."""
-    from tgraph.models import example_inputs
-
-    for batch, seq in ((1, 7), (3, 12)):
-        kwargs = {k: v.cuda() for k, v in example_inputs(fp32, batch=batch, seq=seq).items()}
-        with torch.no_grad():
-            want = all_tensors(fp32(**kwargs))
-            got = all_tensors(cm(**kwargs))
-            again = all_tensors(cm(**kwargs))  # a CUDA-graph replay
-        for w, g, a in zip(want, got, again):
-            assert g.shape == w.shape and g.is_cuda
-            scale = w.abs().max().item()
-            torch.testing.assert_close(g.float(), w, rtol=0, atol=tol * scale)
-            torch.testing.assert_close(a, g, rtol=0, atol=0)
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("name", sorted(CUDA_ZOO))
-def test_cuda_zoo_fp32_runs_the_triton_epilogues(name):
-    fp32, cm = _cuda_zoo(name, torch.float32)
-    if torch_ops._triton_ops():
-        code = cm.runner.program.code
-        missing = [k for k in CUDA_ZOO[name] if k not in code]
-        assert not missing, f"the program does not call {missing}"
-    assert cm.runner.cuda_graphs
-    _cuda_check(fp32, cm, tol=1e-4)
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("name", sorted(CUDA_ZOO))
-def test_cuda_zoo_fp16(name):
-    fp32, cm = _cuda_zoo(name, torch.float16)
-    if torch_ops._triton_ops():
-        assert CUDA_ZOO[name][0] in cm.runner.program.code
-    _cuda_check(fp32, cm, tol=2e-2)
-
-
-@pytest.mark.cuda
-def test_cuda_triton_epilogues_stay_out_of_training():
-    from tgraph.models import build, example_inputs
-
-    torch.manual_seed(0)
-    model = build("llama-tiny").cuda().train()
-    kwargs = {k: v.cuda() for k, v in example_inputs(model, batch=2, seq=8).items()}
-    cm = tgraph.compile(model, kwargs, backend="torch", device="cuda")
-    all_tensors(cm(**kwargs))[0].float().sum().backward()  # the kernels have no backward
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad()
-    all_tensors(model(**kwargs))[0].float().sum().backward()
-    for n, p in model.named_parameters():
-        if n in grads:
-            torch.testing.assert_close(grads[n], p.grad, rtol=1e-3, atol=2e-4)
