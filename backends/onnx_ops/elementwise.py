@@ -28,6 +28,8 @@ _UNARY = {
     "sigmoid": "Sigmoid",
     "sin": "Sin",
     "cos": "Cos",
+    "sign": "Sign",
+    "round": "Round",
     "logical_not": "Not",
 }
 _BINARY = {

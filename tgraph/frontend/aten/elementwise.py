@@ -87,7 +87,8 @@ def _unary(op: str) -> Translator:
 
 for _name in [
     "neg", "abs", "exp", "log", "sqrt", "rsqrt", "reciprocal", "tanh", "erf", "sigmoid",
-    "relu", "silu", "sin", "cos", "floor",
+    "relu", "silu", "sin", "cos", "floor", "sign",
+    "round",
 ]:  # fmt: skip
     aten(f"{_name}.default")(_unary(_name))
 aten("logical_not.default")(_unary("logical_not"))
@@ -182,3 +183,23 @@ def _dropout(ctx, x, p=0.0, train=False):
     if train:
         raise UnsupportedError("dropout in training mode: call model.eval() before tracing")
     return ctx.emit("dropout", [ctx.value(x)], p=float(p))
+
+
+@aten("softplus.default")
+def _softplus(ctx, x, beta=1, threshold=20):
+    return softplus_of(ctx, ctx.value(x), beta, threshold)
+
+
+def softplus_of(ctx, x: Value, beta, threshold) -> Value:
+    # log(1 + exp(beta x)) / beta, and x itself where beta x > threshold (torch's cutoff).
+    bx = binary(ctx, "mul", x, beta) if beta != 1 else x
+    soft = ctx.emit("log", [binary(ctx, "add", ctx.emit("exp", [bx]), 1.0)])
+    if beta != 1:
+        soft = binary(ctx, "div", soft, beta)
+    return ctx.emit("where", [compare(ctx, "gt", bx, threshold), x, soft])
+
+
+@aten("square.default")
+def _square(ctx, x):
+    x = ctx.value(x)
+    return ctx.emit("mul", [x, x])

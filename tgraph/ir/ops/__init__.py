@@ -1,6 +1,16 @@
 """The op registry and every op definition (importing this package registers them all)."""
 
-from . import elementwise, fused, nn, quant, reduce, shape_ops  # noqa: F401  (registration side effects)
+from . import (  # noqa: F401  (registration side effects)
+    elementwise,
+    fused,
+    nn,
+    pool,
+    quant,
+    reduce,
+    resize,
+    scatter,
+    shape_ops,
+)
 from .registry import REQUIRED, OpDef, all_ops, defop, get_op, has_op, register_op, resolve_attrs
 
 __all__ = [

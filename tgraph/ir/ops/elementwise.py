@@ -56,6 +56,8 @@ _UNARY = {
     "sin": (np.sin, "sine"),
     "cos": (np.cos, "cosine"),
     "floor": (np.floor, "round down"),
+    "sign": (np.sign, "sign: -1, 0 or 1"),
+    "round": (np.round, "round half to even"),
 }
 
 for _name, (_fn, _doc) in _UNARY.items():
