@@ -370,3 +370,19 @@ def test_max_min_examples():
     assert parse_dim("min(batch,4)*2") == 2 * dim_min(BATCH, 4)
     with pytest.raises(ValueError, match="two arguments"):
         parse_dim("max(seq)")
+
+
+def test_floordiv_and_mod_pull_out_multiples_of_the_divisor():
+    # convolution arithmetic: ((seq - 10) // 5) + 1 is seq // 5 - 1, whichever way it arrives
+    assert (SEQ - 10) // 5 + 1 == SEQ // 5 - 1
+    assert (SEQ + 2 * BATCH + 7) // 2 == (SEQ + 1) // 2 + BATCH + 3
+    assert (SEQ - 1) % 4 == (SEQ + 3) % 4
+    assert (4 * SEQ + 6) % 4 == 2
+    assert str((SEQ - 3) // 2) == "((seq+1)//2)-2"
+
+
+def test_nested_floordiv_merges():
+    # two stride-5 and stride-2 convolutions: ((seq//5) - 1) // 2 arrives as seq//10 from export
+    assert (SEQ // 5) // 2 == SEQ // 10
+    assert (SEQ // 5 - 1) // 2 == (SEQ + 5) // 10 - 1
+    assert ((SEQ + 1) // 2 + 1) // 3 == (SEQ + 3) // 6

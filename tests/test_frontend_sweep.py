@@ -1,6 +1,6 @@
 """Translations the architecture sweep (tools/hf_sweep.py) needed, each checked against eager
 on every backend at sizes other than the traced one: baddbmm (also through
-nn.MultiheadAttention with a key padding mask), sign, round, roll, square, softplus, topk,
+nn.MultiheadAttention with a key padding mask), sign, round, expm1, log1p, roll, square, softplus, topk,
 sort, scatter and one_hot (MoE routing), bilinear and nearest upsampling, unbind over an inner
 dim, batch and group norm, pooling, mobile activations, and symbolic sizes of the forms
 ``max(0, n - seq)`` and convolution arithmetic (``(seq - k) // stride + 1``)."""
@@ -42,7 +42,8 @@ class Baddbmm(nn.Module):
 class Elementwise(nn.Module):
     def forward(self, x):
         y = torch.sign(x) * torch.square(x)
-        return F.softplus(y) + F.softplus(4 * x, beta=2.0, threshold=3.0)
+        z = torch.expm1(x) + torch.log1p(x.abs())
+        return F.softplus(y) + F.softplus(4 * x, beta=2.0, threshold=3.0) + z
 
 
 class Roll(nn.Module):

@@ -137,6 +137,7 @@ def sweep_one(model_type: str, class_name: str) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001
         record.update(failure=f"eager: {one_line(e)}")
         return record
+    started = time.time()
     try:
         ep = export(model, (), kwargs)
     except Exception as e:  # noqa: BLE001
@@ -146,9 +147,11 @@ def sweep_one(model_type: str, class_name: str) -> dict[str, Any]:
     if not batch_dyn or (kind == "text" and not seq_dyn):
         record.update(exports="static", failure="export: batch or sequence dim specialized")
         return record
-    record["exports"] = "yes"
+    record.update(exports="yes", export_s=round(time.time() - started, 1))
     traced, others = check_sizes(kind, model, seq_dyn)
+    started = time.time()
     record.update(run_backends(model, kind, kwargs, others))
+    record["compile_and_check_s"] = round(time.time() - started, 1)
     bad = [record[b] for b in BACKENDS if record[b] != "ok"]
     record["failure"] = bad[0] if bad else ""
     return record

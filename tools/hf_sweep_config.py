@@ -57,6 +57,7 @@ _TOKEN_IDS = (
 ).split()
 # Per-stage lists of vision backbones: widths shrink, depths become 1, heads 1-2.
 _STAGE_WIDTHS = ("hidden_sizes", "embed_dims", "dims", "embed_dim", "neck_hidden_sizes")
+_CHANNELS = ("conv_dim", "tdnn_dim")  # per-layer channels of audio feature extractors
 _STAGE_DEPTHS = ("depths", "num_layers", "depth")
 _STAGE_HEADS = ("num_heads", "num_attention_heads")
 
@@ -90,6 +91,8 @@ def _shrink_list(name: str, value: list, layers: int | None) -> list:
         return value
     if name in _STAGE_WIDTHS:
         return [16 * 2**i if v > 16 * 2**i else v for i, v in enumerate(value)]
+    if name in _CHANNELS:
+        return [min(v, HIDDEN) for v in value]
     if name in _STAGE_DEPTHS:
         return [1] * len(value)
     if name in _STAGE_HEADS:
@@ -128,6 +131,10 @@ def tiny_config(config_class: type, model_type: str) -> Any:
     kwargs.update(OVERRIDES.get(model_type, {}))
     config = config_class(**kwargs)
     config._attn_implementation = "eager"  # sdpa/flash variants differ per install
+    # MoE experts as gathered weights + bmm: the grouped_mm default counts tokens per expert
+    # with histc and slices by the counts (data-dependent shapes, which export cannot keep).
+    if hasattr(config, "_experts_implementation"):
+        config._experts_implementation = "batched_mm"
     return config
 
 

@@ -179,19 +179,38 @@ class SymDim:
 
     __rmul__ = __mul__
 
+    def _split_by(self, k: int) -> tuple[DimLike, DimLike]:
+        """``self = k*q + r`` with every coefficient of ``r`` in [0, k): (q, r).
+
+        ``(r + k*q) // k == r//k + q`` and ``(r + k*q) % k == r % k`` for integers, so
+        floor division and modulo keep only ``r`` inside the atom: convolution arithmetic
+        ``((seq-10)//5)+1`` and ``(seq//5)-1`` are then one canonical dim.
+        """
+        quotient = {m: c // k for m, c in self._terms}
+        rest = {m: c % k for m, c in self._terms}
+        return _normalize(quotient), _normalize(rest)
+
     def __floordiv__(self, other: DimLike) -> DimLike:
         k = _positive_int(other, "//")
         if k == 1:
             return self
-        if all(c % k == 0 for _, c in self._terms):
-            return _normalize({m: c // k for m, c in self._terms})
-        return SymDim({(_Atom("floordiv", expr=self, k=k),): 1})
+        quotient, rest = self._split_by(k)
+        if isinstance(rest, int):  # constant rest in [0, k)
+            return quotient
+        nested = _nested_floordiv(rest)
+        if nested is not None:  # (x//a + c)//k == (x + c*a)//(a*k): stacked strided convs
+            inner, a, c = nested
+            return quotient + (inner + c * a) // (a * k)
+        return quotient + SymDim({(_Atom("floordiv", expr=rest, k=k),): 1})
 
     def __mod__(self, other: DimLike) -> DimLike:
         k = _positive_int(other, "%")
-        if k == 1 or all(c % k == 0 for _, c in self._terms):
+        if k == 1:
             return 0
-        return SymDim({(_Atom("mod", expr=self, k=k),): 1})
+        _, rest = self._split_by(k)
+        if isinstance(rest, int):
+            return rest
+        return SymDim({(_Atom("mod", expr=rest, k=k),): 1})
 
     # -- comparison and printing -----------------------------------------------------------------
 
@@ -229,6 +248,18 @@ class SymDim:
     def __reduce__(self):
         # Pickle through the text form (used by save/load of artifacts).
         return (parse_dim, (str(self),))
+
+
+def _nested_floordiv(d: SymDim) -> tuple[SymDim, int, int] | None:
+    """(x, a, c) when ``d`` is ``x//a + c`` for a constant c, else None."""
+    terms = dict(d.terms)
+    c = terms.pop((), 0)
+    if len(terms) != 1:
+        return None
+    ((mono, coeff),) = terms.items()
+    if coeff != 1 or len(mono) != 1 or mono[0].kind != "floordiv":
+        return None
+    return mono[0].expr, mono[0].k, c
 
 
 def _as_sym(x: object) -> SymDim:

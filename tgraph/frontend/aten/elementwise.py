@@ -203,3 +203,12 @@ def softplus_of(ctx, x: Value, beta, threshold) -> Value:
 def _square(ctx, x):
     x = ctx.value(x)
     return ctx.emit("mul", [x, x])
+
+
+@aten("expm1.default", "log1p.default")
+def _expm1_log1p(ctx, x):
+    # exp(x) - 1 and log(1 + x): within fp32 tolerance absolutely, if not relatively near 0.
+    x = ctx.value(x)
+    if "expm1" in str(ctx.node.target):
+        return binary(ctx, "sub", ctx.emit("exp", [x]), 1.0)
+    return ctx.emit("log", [binary(ctx, "add", x, 1.0)])
