@@ -2,7 +2,7 @@
 on every backend at sizes other than the traced one: baddbmm (also through
 nn.MultiheadAttention with a key padding mask), sign, round, expm1, log1p, roll, square, softplus, topk,
 sort, scatter and one_hot (MoE routing), bilinear and nearest upsampling, unbind over an inner
-dim, batch and group norm, pooling, mobile activations, and symbolic sizes of the forms
+dim, batch, group and weight norm, pooling, mobile activations, and symbolic sizes of the forms
 ``max(0, n - seq)`` and convolution arithmetic (``(seq - k) // stride + 1``)."""
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class Baddbmm(nn.Module):
 
 class Elementwise(nn.Module):
     def forward(self, x):
-        y = torch.sign(x) * torch.square(x)
+        y = torch.sign(x) * torch.square(x).multiply(2.0)
         z = torch.expm1(x) + torch.log1p(x.abs())
         return F.softplus(y) + F.softplus(4 * x, beta=2.0, threshold=3.0) + z
 
@@ -125,6 +125,19 @@ class ConvNet(nn.Module):
         return [p.flatten(1).sum(-1) for p in pools], F.mish(self.bn1(seq)), F.hardsigmoid(seq)
 
 
+class WeightNorm(nn.Module):
+    """wav2vec2's positional conv: a grouped conv with a weight-normed kernel (dim 2)."""
+
+    def __init__(self):
+        super().__init__()
+        conv = nn.Conv1d(8, 8, 3, padding=1, groups=2)
+        self.conv = nn.utils.parametrizations.weight_norm(conv, dim=2)
+        self.proj = nn.utils.parametrizations.weight_norm(nn.Linear(8, 8))
+
+    def forward(self, x):
+        return self.proj(self.conv(x.transpose(1, 2)).transpose(1, 2))
+
+
 CASES = {
     "baddbmm": Baddbmm,
     "elementwise": Elementwise,
@@ -136,6 +149,7 @@ CASES = {
     "upsample": Upsample,
     "routing": Routing,
     "convnet": ConvNet,
+    "weight-norm": WeightNorm,
 }
 
 

@@ -95,8 +95,8 @@ def _shrink_list(name: str, value: list, layers: int | None) -> list:
         return [min(v, HIDDEN) for v in value]
     if name in _STAGE_DEPTHS:
         return [1] * len(value)
-    if name in _STAGE_HEADS:
-        return [min(v, 2**i) for i, v in enumerate(value)]
+    if name in _STAGE_HEADS:  # powers of two: they divide the stage widths
+        return [2 ** (min(v, 2**i).bit_length() - 1) for i, v in enumerate(value)]
     if layers and len(value) == layers:
         return value[:LAYERS]
     return value
@@ -128,6 +128,10 @@ def tiny_config(config_class: type, model_type: str) -> Any:
     for key in ("transformers_version", "architectures", "_name_or_path", "model_type"):
         defaults.pop(key, None)
     kwargs = shrink(defaults)
+    if isinstance(kwargs.get("window_size"), int) and "depths" in kwargs:
+        # windowed vision stages (Swin family): a 16 x 16 patch grid halves per stage, so a
+        # window of 2 fits every stage of the 32 x 32 image
+        kwargs.update(patch_size=2, window_size=2)
     kwargs.update(OVERRIDES.get(model_type, {}))
     config = config_class(**kwargs)
     config._attn_implementation = "eager"  # sdpa/flash variants differ per install

@@ -47,7 +47,7 @@ def _simple_binary(op: str) -> Translator:
 
 
 for _names, _op in [
-    (("mul.Tensor", "mul.Scalar"), "mul"),
+    (("mul.Tensor", "mul.Scalar", "multiply.Tensor", "multiply.Scalar"), "mul"),
     (("maximum.default", "max.other"), "maximum"),
     (("minimum.default", "min.other"), "minimum"),
     (("remainder.Tensor", "remainder.Scalar"), "remainder"),

@@ -160,3 +160,14 @@ def _resize(ctx, x, linear: bool, align_corners: bool, scales: tuple):
         "resize", [x], size=size, scales=tuple(float(s) for s in scales), mode=mode,
         align_corners=bool(align_corners),
     )  # fmt: skip
+
+
+@aten("_weight_norm.default")
+def _weight_norm(ctx, v, g, dim=0):
+    # w = g * v / ||v||, the norm over every dim but `dim` (nn.utils.weight_norm)
+    v, g = ctx.value(v), ctx.value(g)
+    axis = norm_dim(dim, v.rank) if dim is not None and dim != -1 else None
+    axes = tuple(a for a in range(v.rank) if a != axis)
+    norm = ctx.emit("sqrt", [ctx.emit("reduce_sum", [ctx.emit("mul", [v, v])], axes=axes,
+                                      keepdim=True)])  # fmt: skip
+    return ctx.emit("mul", [v, ctx.emit("div", [g, norm])])
