@@ -89,12 +89,12 @@ def _child(model_type: str, class_name: str, out: str) -> None:
     os._exit(0)  # skip atexit handlers and thread joins inherited from the parent
 
 
-def _finish(proc, model_type: str, class_name: str, out: str, seconds: float) -> dict:
+def _finish(proc, model_type: str, class_name: str, out: str, seconds: float, killed: bool):
     if os.path.exists(out):
         with open(out) as f:
             return json.load(f)
     failure = (
-        f"timeout after {seconds:.0f} s" if proc.exitcode is None
+        f"timeout after {seconds:.0f} s" if killed
         else f"crashed (exit code {proc.exitcode}; out of memory?)"
     )  # fmt: skip
     return {"arch": model_type, "class": class_name, "exports": "no", "failure": failure,
@@ -122,11 +122,12 @@ def sweep(todo: dict[str, str], cache: dict, cache_path: str, jobs: int, timeout
                 elapsed = time.time() - started
                 if proc.is_alive() and elapsed < timeout:
                     continue
-                if proc.is_alive():
+                killed = proc.is_alive()
+                if killed:
                     proc.kill()
                 proc.join()
                 running.remove(item)
-                record = _finish(proc, model_type, class_name, out, elapsed)
+                record = _finish(proc, model_type, class_name, out, elapsed, killed)
                 cache[model_type] = record
                 save_cache(cache_path, cache)
                 done += 1

@@ -33,7 +33,7 @@ for _names, _value in (
         "num_heads attention_heads",
         HEADS,
     ),
-    ("head_dim d_kv attention_head_dim kv_channels d_head", HEAD_DIM),
+    ("head_dim d_kv attention_head_dim kv_channels d_head rotary_dim", HEAD_DIM),
     (
         "intermediate_size ffn_dim encoder_ffn_dim decoder_ffn_dim d_ff n_inner hidden_dim "
         "inner_hidden_size moe_intermediate_size shared_expert_intermediate_size "
@@ -132,6 +132,9 @@ def tiny_config(config_class: type, model_type: str) -> Any:
         # windowed vision stages (Swin family): a 16 x 16 patch grid halves per stage, so a
         # window of 2 fits every stage of the 32 x 32 image
         kwargs.update(patch_size=2, window_size=2)
+    for key in ("out_features", "out_indices"):  # backbone stages: the defaults of fewer layers
+        if kwargs.get(key) is not None:
+            kwargs[key] = None
     kwargs.update(OVERRIDES.get(model_type, {}))
     config = config_class(**kwargs)
     config._attn_implementation = "eager"  # sdpa/flash variants differ per install
