@@ -44,7 +44,16 @@ def build(model_type: str, class_name: str) -> tuple[torch.nn.Module, str]:
         return None, kind
     torch.manual_seed(0)
     config = tiny_config(CONFIG_MAPPING[model_type], model_type)
-    return model_class(config).eval(), kind
+    model = model_class(config).eval()
+    # Transformers zero-initializes biases and some routers: all-equal router scores make
+    # topk's choice among ties implementation-defined. Small noise on every parameter breaks
+    # the ties (and lets a bias that is dropped show).
+    noise = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point():
+                p.add_(torch.randn(p.shape, generator=noise) * 0.02)
+    return model, kind
 
 
 def tensors(out: Any) -> list[torch.Tensor]:
