@@ -185,3 +185,13 @@ def test_symbolic_sizes_are_named_in_the_graph():
     assert str(g.outputs[0].shape[1]) == "max(-seq+20,0)+seq"
     g = tgraph.trace(ConvLength(), (torch.randn(2, 16, 8),))
     assert "((seq-3)//2)" in str(g.outputs[0].shape[1])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_negative_symbolic_slice_bounds_count_from_the_end(backend):
+    class Tail(nn.Module):
+        def forward(self, x):  # (B, 2T, C) -> its last T steps: a start of -T
+            both = torch.cat([x, 2 * x], dim=1)
+            return both[:, -x.shape[1] :] + both[:, : -x.shape[1]]
+
+    _check(Tail(), _features(), backend)

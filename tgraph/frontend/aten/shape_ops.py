@@ -10,7 +10,7 @@ from tgraph.frontend.aten.base import (
     norm_dim,
 )  # fmt: skip
 from tgraph.frontend.convert import UnsupportedError
-from tgraph.ir import DType, Value
+from tgraph.ir import DType, SymDim, Value
 from tgraph.ir.ops.shapes import numel
 
 
@@ -90,6 +90,8 @@ def _bound(value: Any, size: Any, default: Any) -> Any:
         return max(value, 0) if isinstance(value, int) else value
     if isinstance(value, int) and isinstance(size, int):
         return min(value, size)
+    if isinstance(value, SymDim) and all(c < 0 for _, c in value.terms):
+        return size + value  # x[:, -seq:]: a negative symbolic bound counts from the end
     return value
 
 
