@@ -2,7 +2,7 @@
 on every backend at sizes other than the traced one: baddbmm (also through
 nn.MultiheadAttention with a key padding mask), sign, round, expm1, log1p, roll, square, softplus, topk,
 sort, scatter and one_hot (MoE routing), bilinear and nearest upsampling, unbind over an inner
-dim, batch, group and weight norm, pooling, mobile activations, and symbolic sizes of the forms
+dim, batch, group and weight norm, pooling, unfold (im2col), mobile activations, and symbolic sizes of the forms
 ``max(0, n - seq)`` and convolution arithmetic (``(seq - k) // stride + 1``)."""
 
 from __future__ import annotations
@@ -138,6 +138,14 @@ class WeightNorm(nn.Module):
         return self.proj(self.conv(x.transpose(1, 2)).transpose(1, 2))
 
 
+class Unfold(nn.Module):
+    def forward(self, x):  # ConvBERT's span conv: (B, C, T, 1) unfolded with a (5, 1) kernel
+        img = x.transpose(1, 2).unsqueeze(-1)
+        spans = F.unfold(img, (5, 1), padding=(2, 0))
+        strided = F.unfold(x.unsqueeze(1), (3, 2), dilation=(2, 1), stride=(2, 3), padding=1)
+        return spans, strided
+
+
 CASES = {
     "baddbmm": Baddbmm,
     "elementwise": Elementwise,
@@ -150,6 +158,7 @@ CASES = {
     "routing": Routing,
     "convnet": ConvNet,
     "weight-norm": WeightNorm,
+    "unfold": Unfold,
 }
 
 

@@ -180,3 +180,27 @@ def _group_norm(ctx, x, *args):
         return y
     why = "group norm's mean / rstd outputs"
     return [y, _Unsupported(why), _Unsupported(why)]
+
+
+@aten("im2col.default")
+def _im2col(ctx, x, kernel_size, dilation, padding, stride):
+    # nn.Unfold: out[n, (c*kh + i)*kw + j, a*ow + b] = xpad[n, c, a*s0 + i*d0, b*s1 + j*d1].
+    # One strided slice per kernel offset, stacked after the channel dim: (N, C, kh*kw, oh, ow).
+    x = ctx.value(x)
+    (kh, kw), (d0, d1), (p0, p1), (s0, s1) = (_pair(v) for v in (kernel_size, dilation,
+                                                                 padding, stride))  # fmt: skip
+    if p0 or p1:
+        x = ctx.emit("pad", [x], pads=(0, 0, 0, 0, p0, p0, p1, p1), value=0.0)
+    n, c, h, w = x.shape
+    oh = (h - d0 * (kh - 1) - 1) // s0 + 1
+    ow = (w - d1 * (kw - 1) - 1) // s1 + 1
+    patches = []
+    for i in range(kh):
+        for j in range(kw):
+            rows = ctx.emit("slice", [x], axis=2, start=i * d0, end=i * d0 + s0 * (oh - 1) + 1,
+                            step=s0)  # fmt: skip
+            patch = ctx.emit("slice", [rows], axis=3, start=j * d1,
+                             end=j * d1 + s1 * (ow - 1) + 1, step=s1)  # fmt: skip
+            patches.append(ctx.emit("unsqueeze", [patch], axes=(2,)))
+    stacked = ctx.emit("concat", patches, axis=2) if len(patches) > 1 else patches[0]
+    return ctx.emit("reshape", [stacked], shape=tuple(ctx.meta_type().shape))
