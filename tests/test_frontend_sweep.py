@@ -204,3 +204,21 @@ def test_negative_symbolic_slice_bounds_count_from_the_end(backend):
             return both[:, -x.shape[1] :] + both[:, : -x.shape[1]]
 
     _check(Tail(), _features(), backend)
+
+
+def test_data_dependent_scalar_read_only_by_checks_is_dropped():
+    class Checked(nn.Module):
+        def forward(self, ids):  # XLM: lengths from the ids, checked against the sequence
+            longest = (ids != 0).sum(1).max().item()
+            torch._check(longest <= ids.shape[1])
+            return ids * 2
+
+    make = lambda b, s, seed: (torch.randint(1, 9, (b, s), generator=torch.Generator()),)  # noqa: E731
+    _check(Checked(), make, "reference")
+
+    class Used(nn.Module):
+        def forward(self, ids):
+            return ids[:, : (ids != 0).sum(1).max().item()]
+
+    with pytest.raises(tgraph.FrontendError, match="reads a tensor's value"):
+        tgraph.trace(Used(), (torch.randint(1, 9, (2, 16)),))

@@ -300,14 +300,19 @@ def _is_scalar_val(val: Any) -> bool:
 
 def _translate_node(ctx: TranslationContext, node: torch.fx.Node) -> Any:
     key = _op_key(node.target)
-    if key in _IGNORED:
+    if key.split(".")[0] in _IGNORED:  # any overload ("aten::_assert_scalar.default")
         return None
     val = node.meta.get("val")
     if _is_scalar_val(val):
         # Size arithmetic (sym_size, mul of sizes, ...): fold into a symbolic dim.
         if isinstance(val, (torch.SymInt, int)) and not isinstance(val, bool):
-            return ctx.symbols.convert(val)
-        raise UnsupportedError(f"scalar {key} producing {val!r} is not supported")
+            try:
+                return ctx.symbols.convert(val)
+            except UnsupportedError as e:
+                # A data-dependent size (tensor.item()) that only asserts read: fail at a
+                # real use, naming it, not here.
+                return _Unsupported(f"{e} ({key} reads a tensor's value)")
+        return _Unsupported(f"scalar {key} producing {val!r} is not supported")
     if key in ("_operator.getitem", "operator.getitem"):
         seq, index = node.args
         return ctx.value(seq)[index]
