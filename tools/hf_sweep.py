@@ -5,11 +5,14 @@
     python tools/hf_sweep.py --out DIR --table-only                  # rewrite docs from the cache
 
 The architectures are transformers' base-model mapping (``MODEL_MAPPING_NAMES``) plus the
-causal-LM classes of model types it lacks, so each architecture is counted once. Each one runs
-in its own subprocess (forked from this one, so torch and transformers load once; niced to
-19) with a timeout and a memory limit, at most ``--jobs`` at a time. Results are cached in ``OUT/results.json``; a rerun redoes
-only the architectures that did not pass (``--force`` redoes all). The coverage table goes into
-docs/models.md and the figure into README.md, each between markers this tool rewrites.
+causal-LM classes of model types it lacks, so each architecture is counted once; multimodal
+ones and those whose main input is not text, an image or audio are recorded as out of scope.
+Each one runs in its own subprocess (forked from this one, so torch and transformers load
+once; niced to 19, one thread, 6 GiB of address space) with a timeout, at most ``--jobs`` at a
+time, in a fixed shuffled order (a sweep stopped part way still samples every family).
+Results are cached in ``OUT/results.json``; a rerun redoes only the architectures that did
+not pass (``--force`` redoes all). The coverage table goes into docs/models.md and the figure
+into README.md, each between markers this tool rewrites.
 """
 
 from __future__ import annotations

@@ -45,6 +45,9 @@ for _names, _value in (
     ("max_position_embeddings n_positions max_target_positions", 64),
     ("num_experts num_local_experts n_routed_experts moe_num_experts", 4),
     ("num_experts_per_tok moe_topk top_k", 2),
+    ("kv_lora_rank q_lora_rank", 16),  # multi-head latent attention (DeepSeek)
+    ("qk_nope_head_dim qk_rope_head_dim v_head_dim", HEAD_DIM),
+    ("qk_head_dim", 2 * HEAD_DIM),
     ("image_size", 32),
     ("num_kv_heads_dummy", 2),
 ):
@@ -117,6 +120,11 @@ def shrink(d: dict) -> dict:
             out[name] = type(value)(_shrink_list(name, list(value), layers))
         else:
             out[name] = value
+    for key in ("out_features", "out_indices"):  # backbone stages: the defaults of fewer layers
+        if out.get(key) is not None:
+            out[key] = None
+    if out.get("num_experts_per_tok", 0) is None and out.get("n_routed_experts"):
+        out["num_experts_per_tok"] = 2  # a default of None: the class's own default is broken
     if isinstance(out.get("layer_types"), list) and len(out["layer_types"]) > LAYERS:
         out["layer_types"] = out["layer_types"][:LAYERS]
     return out
@@ -132,9 +140,6 @@ def tiny_config(config_class: type, model_type: str) -> Any:
         # windowed vision stages (Swin family): a 16 x 16 patch grid halves per stage, so a
         # window of 2 fits every stage of the 32 x 32 image
         kwargs.update(patch_size=2, window_size=2)
-    for key in ("out_features", "out_indices"):  # backbone stages: the defaults of fewer layers
-        if kwargs.get(key) is not None:
-            kwargs[key] = None
     kwargs.update(OVERRIDES.get(model_type, {}))
     config = config_class(**kwargs)
     config._attn_implementation = "eager"  # sdpa/flash variants differ per install
