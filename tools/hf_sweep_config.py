@@ -220,7 +220,25 @@ def make_inputs(model: torch.nn.Module, kind: str, batch: int, seq: int, seed: i
         kwargs["decoder_input_ids"] = torch.randint(0, dec_vocab, (batch, min(seq, 8)), generator=g)
     if "use_cache" in params:
         kwargs["use_cache"] = False
+    _required_extras(kwargs, params, batch, seq, g)
     return kwargs
+
+
+def _required_extras(kwargs: dict, params, batch: int, seq: int, g: torch.Generator) -> None:
+    """Inputs some forwards require beyond the main one, by name: layout boxes (BROS) and
+    masks over the main input's positions (an all-ones ``input_features_mask``)."""
+    for name, p in params.items():
+        required = p.default is inspect.Parameter.empty and p.kind not in (
+            p.VAR_POSITIONAL,
+            p.VAR_KEYWORD,
+        )
+        if name in kwargs or name == "self":
+            continue
+        if name == "bbox":  # (B, T, 4) boxes x0 <= x1, y0 <= y1 in [0, 1000]
+            corners = torch.randint(0, 1000, (batch, seq, 2, 2), generator=g).sort(dim=2).values
+            kwargs[name] = corners.transpose(2, 3).reshape(batch, seq, 4)
+        elif required and name.endswith("_mask"):
+            kwargs[name] = torch.ones(batch, seq, dtype=torch.long)
 
 
 def shapes(model: torch.nn.Module, kind: str) -> tuple[tuple[int, int], list[tuple[int, int]]]:
