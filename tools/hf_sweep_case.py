@@ -43,7 +43,7 @@ def build(model_type: str, class_name: str) -> tuple[torch.nn.Module, str]:
     if kind in ("multimodal", "other"):
         return None, kind
     torch.manual_seed(0)
-    config = tiny_config(CONFIG_MAPPING[model_type], model_type)
+    config = tiny_config(CONFIG_MAPPING[model_type])
     model = model_class(config).eval()
     # Transformers zero-initializes biases and some routers: all-equal router scores make
     # topk's choice among ties implementation-defined. Small noise on every parameter breaks

@@ -3,7 +3,8 @@
 A config starts from its class defaults; every size field is shrunk by name (2 layers, hidden
 32, 4 heads, vocabulary 100), recursively through sub-configs (``text_config``,
 ``vision_config``, ``encoder``), and lists whose length is the layer count are cut to it.
-``OVERRIDES`` holds the few architectures a generic shrink cannot serve, each with why.
+Rules keyed on a family's fields, not its name, serve the rest (windowed vision stages,
+latent attention, expert counts); what still fails to build is reported as such.
 """
 
 from __future__ import annotations
@@ -63,9 +64,6 @@ _STAGE_WIDTHS = ("hidden_sizes", "embed_dims", "dims", "embed_dim", "neck_hidden
 _CHANNELS = ("conv_dim", "tdnn_dim")  # per-layer channels of audio feature extractors
 _STAGE_DEPTHS = ("depths", "num_layers", "depth")
 _STAGE_HEADS = ("num_heads", "num_attention_heads")
-
-# Architectures a generic shrink cannot serve: model_type -> field overrides (after the shrink).
-OVERRIDES: dict[str, dict[str, Any]] = {}
 
 
 def _layer_count(d: dict) -> int | None:
@@ -130,8 +128,8 @@ def shrink(d: dict) -> dict:
     return out
 
 
-def tiny_config(config_class: type, model_type: str) -> Any:
-    """The config class's defaults, shrunk, with ``OVERRIDES[model_type]`` on top."""
+def tiny_config(config_class: type) -> Any:
+    """The config class's defaults with every size field shrunk."""
     defaults = config_class().to_dict()
     for key in ("transformers_version", "architectures", "_name_or_path", "model_type"):
         defaults.pop(key, None)
@@ -140,7 +138,6 @@ def tiny_config(config_class: type, model_type: str) -> Any:
         # windowed vision stages (Swin family): a 16 x 16 patch grid halves per stage, so a
         # window of 2 fits every stage of the 32 x 32 image
         kwargs.update(patch_size=2, window_size=2)
-    kwargs.update(OVERRIDES.get(model_type, {}))
     config = config_class(**kwargs)
     config._attn_implementation = "eager"  # sdpa/flash variants differ per install
     # MoE experts as gathered weights + bmm: the grouped_mm default counts tokens per expert
