@@ -212,3 +212,12 @@ def _expm1_log1p(ctx, x):
     if "expm1" in str(ctx.node.target):
         return binary(ctx, "sub", ctx.emit("exp", [x]), 1.0)
     return ctx.emit("log", [binary(ctx, "add", x, 1.0)])
+
+
+@aten("log_sigmoid.default", "log_sigmoid_forward.default")
+def _log_sigmoid(ctx, x):
+    # log(sigmoid(x)) = min(x, 0) - log(1 + exp(-|x|)): no overflow for large |x|
+    x = ctx.value(x)
+    tail = ctx.emit("log", [binary(ctx, "add", ctx.emit("exp", [ctx.emit("neg", [ctx.emit(
+        "abs", [x])])]), 1.0)])  # fmt: skip
+    return ctx.emit("sub", [ctx.emit("minimum", [x, ctx.const(0.0, x.dtype)]), tail])

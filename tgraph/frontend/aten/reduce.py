@@ -180,3 +180,20 @@ def _one_hot(ctx, x, num_classes=-1):
     classes = ctx.emit("arange", [], start=0, end=num_classes, step=1, dtype=x.dtype)
     hit = ctx.emit("eq", [ctx.emit("unsqueeze", [x], axes=(x.rank,)), classes])
     return ctx.emit("cast", [hit], dtype=DType.int64)
+
+
+@aten("linalg_vector_norm.default")
+def _vector_norm(ctx, x, ord=2, dim=None, keepdim=False, dtype=None):
+    # ||x||_p over dim: p = 2 (sqrt of the sum of squares), 1 (sum of |x|), inf (max of |x|)
+    x = ctx.value(x)
+    axes = () if dim is None else tuple(norm_dim(d, x.rank) for d in dim)
+    axes = axes or tuple(range(x.rank))
+    x = ctx.cast(x, ctx.meta_type().dtype)
+    if ord == 2:
+        squares = ctx.emit("reduce_sum", [ctx.emit("mul", [x, x])], axes=axes, keepdim=keepdim)
+        return ctx.emit("sqrt", [squares])
+    if ord == 1:
+        return ctx.emit("reduce_sum", [ctx.emit("abs", [x])], axes=axes, keepdim=keepdim)
+    if ord == float("inf"):
+        return ctx.emit("reduce_max", [ctx.emit("abs", [x])], axes=axes, keepdim=keepdim)
+    raise UnsupportedError(f"vector norm of order {ord} (only 1, 2 and inf)")
