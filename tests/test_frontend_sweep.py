@@ -228,3 +228,17 @@ def test_data_dependent_scalar_read_only_by_checks_is_dropped():
 
     with pytest.raises(tgraph.FrontendError, match="reads a tensor's value"):
         tgraph.trace(Used(), (torch.randint(1, 9, (2, 16)),))
+
+
+def test_outputs_are_the_user_outputs_when_the_forward_writes_an_input():
+    class Writes(nn.Module):
+        def forward(self, x, mask):  # CTRL-style: an input written in place on the way
+            mask.mul_(2)
+            return x * mask[..., None]
+
+    def make(b, s, seed):
+        return _features()(b, s, seed)[0], torch.ones(b, s)
+
+    cm = tgraph.compile(Writes(), make(2, 16, 0), backend="reference")
+    x, mask = make(3, 5, 1)
+    torch.testing.assert_close(cm(x, mask.clone()), Writes()(x, mask.clone()))

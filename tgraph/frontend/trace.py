@@ -344,7 +344,7 @@ def _translate(ep: ExportedProgram, graph: Graph, symbols: SymbolTable) -> list[
             ctx.env[node] = _placeholder(ep, graph, symbols, specs[node.name], node, params)
             continue
         if node.op == "output":
-            return _outputs(ctx, node)
+            return _outputs(ctx, node, ep)
         if node.op != "call_function":
             raise FrontendError(f"unexpected FX node {node.op} {node.name}")
         try:
@@ -379,9 +379,15 @@ def _placeholder(ep, graph, symbols, spec, node, params) -> Value | None:
     raise FrontendError(f"unsupported input kind {spec.kind} for {node.name}")
 
 
-def _outputs(ctx: TranslationContext, node: torch.fx.Node) -> list[Any]:
+def _outputs(ctx: TranslationContext, node: torch.fx.Node, ep: ExportedProgram) -> list[Any]:
+    """The user outputs; a buffer the forward writes (a cache of positions) is not one."""
+    from torch.export.graph_signature import OutputKind
+
+    kinds = [spec.kind for spec in ep.graph_signature.output_specs]
     leaves = []
-    for arg in node.args[0]:
+    for arg, kind in zip(node.args[0], kinds):
+        if kind != OutputKind.USER_OUTPUT:
+            continue
         if isinstance(arg, torch.fx.Node):
             leaves.append(ctx.value(arg))
         else:
