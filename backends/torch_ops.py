@@ -74,6 +74,7 @@ _UNARY: dict[str, Callable[[Tensor], Tensor]] = {
     "floor": torch.floor,
     "sign": torch.sign,
     "round": torch.round,
+    "acos": torch.acos,
     "logical_not": torch.logical_not,
 }
 

@@ -1,6 +1,6 @@
 """Translations the architecture sweep (tools/hf_sweep.py) needed, each checked against eager
 on every backend at sizes other than the traced one: baddbmm (also through
-nn.MultiheadAttention with a key padding mask), sign, round, expm1, log1p, logsigmoid, vector norms, roll, square, softplus, topk,
+nn.MultiheadAttention with a key padding mask), sign, round, expm1, log1p, logsigmoid, vector norms, acos, roll, square, softplus, topk,
 sort, scatter and one_hot (MoE routing), bilinear and nearest upsampling, unbind over an inner
 dim, batch, group and weight norm, pooling, unfold (im2col), mobile activations, and symbolic sizes of the forms
 ``max(0, n - seq)`` and convolution arithmetic (``(seq - k) // stride + 1``)."""
@@ -48,7 +48,7 @@ class Elementwise(nn.Module):
             + torch.linalg.vector_norm(x, dim=-1, keepdim=True)
             + x.norm(p=1, dim=(1, 2))[:, None, None]
         )
-        z = z * torch.linalg.vector_norm(x, ord=float("inf"))
+        z = z * torch.linalg.vector_norm(x, ord=float("inf")) + torch.acos(torch.tanh(x))
         return F.softplus(y) + F.softplus(4 * x, beta=2.0, threshold=3.0) + z
 
 

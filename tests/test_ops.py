@@ -215,6 +215,7 @@ UNARY = {
     "sin": (torch.sin, randn, {}),
     "cos": (torch.cos, randn, {}),
     "floor": (torch.floor, lambda *s, seed: randn(*s, seed=seed) * 3, {}),
+    "acos": (torch.acos, lambda *s, seed: np.tanh(randn(*s, seed=seed)), {}),
     "round": (torch.round, lambda *s, seed: randn(*s, seed=seed) * 3, {}),
     "sign": (torch.sign, lambda *s, seed: np.round(randn(*s, seed=seed)), {}),  # zeros too
     "identity": (lambda x: x, randn, {}),

@@ -30,6 +30,7 @@ _UNARY = {
     "cos": "Cos",
     "sign": "Sign",
     "round": "Round",
+    "acos": "Acos",
     "logical_not": "Not",
 }
 _BINARY = {

@@ -88,7 +88,7 @@ def _unary(op: str) -> Translator:
 for _name in [
     "neg", "abs", "exp", "log", "sqrt", "rsqrt", "reciprocal", "tanh", "erf", "sigmoid",
     "relu", "silu", "sin", "cos", "floor", "sign",
-    "round",
+    "round", "acos",
 ]:  # fmt: skip
     aten(f"{_name}.default")(_unary(_name))
 aten("logical_not.default")(_unary("logical_not"))

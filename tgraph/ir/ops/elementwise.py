@@ -58,6 +58,7 @@ _UNARY = {
     "floor": (np.floor, "round down"),
     "sign": (np.sign, "sign: -1, 0 or 1"),
     "round": (np.round, "round half to even"),
+    "acos": (np.arccos, "arc cosine"),
 }
 
 for _name, (_fn, _doc) in _UNARY.items():
