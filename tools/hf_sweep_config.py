@@ -21,12 +21,12 @@ _FIELDS: dict[str, int] = {}
 for _names, _value in (
     (
         "num_hidden_layers num_layers n_layer n_layers encoder_layers decoder_layers "
-        "num_encoder_layers num_decoder_layers num_hidden_groups_layers depth",
+        "num_encoder_layers num_decoder_layers depth",
         LAYERS,
     ),
     (
         "hidden_size d_model n_embd n_embed dim embed_dim word_embed_proj_dim model_dim "
-        "hidden_dim_model d_embed projection_dim",
+        "d_embed projection_dim",
         HIDDEN,
     ),
     (
@@ -50,7 +50,6 @@ for _names, _value in (
     ("qk_nope_head_dim qk_rope_head_dim v_head_dim", HEAD_DIM),
     ("qk_head_dim", 2 * HEAD_DIM),
     ("image_size", 32),
-    ("num_kv_heads_dummy", 2),
 ):
     for _name in _names.split():
         _FIELDS[_name] = _value
