@@ -26,7 +26,6 @@ from .convert import SymbolTable, UnsupportedError, ir_dtype, shared_view
 
 # FX call_function targets that carry no computation once shapes are known.
 _IGNORED = {
-    "aten::_assert_tensor_metadata",
     "aten::_assert_scalar",
     "aten::sym_constrain_range_for_size",
     "aten::sym_constrain_range",
