@@ -382,6 +382,8 @@ class Lowering:
                 raise LoweringError(f"symbolic dim {atom.name!r} appears in no graph input shape")
             source, axis = self._symbol_source[atom.name]
             return self.op("Shape", [source], start=axis, end=axis + 1)
+        if atom.kind in ("max", "min"):
+            return self.op(atom.kind.capitalize(), [self.dim(a) for a in atom.args])
         inner = self.dim(atom.expr)
         k = self.ints([atom.k])
         rem = self.op("Mod", [inner, k], fmod=0)  # Python's sign rule: rem in [0, k)

@@ -279,6 +279,8 @@ class _ProgramBuilder:
                 )
             placeholder, axis = self.symbol_sources[atom.name]
             return self.fx.call_method("size", (placeholder, axis))
+        if atom.kind in ("max", "min"):
+            return self.call(max if atom.kind == "max" else min, *(self.dim(a) for a in atom.args))
         inner = self.dim(atom.expr)
         return self.call(
             operator.floordiv if atom.kind == "floordiv" else operator.mod, inner, atom.k

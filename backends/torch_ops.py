@@ -74,6 +74,9 @@ _UNARY: dict[str, Callable[[Tensor], Tensor]] = {
     "sin": torch.sin,
     "cos": torch.cos,
     "floor": torch.floor,
+    "sign": torch.sign,
+    "round": torch.round,
+    "acos": torch.acos,
     "logical_not": torch.logical_not,
 }
 
@@ -140,6 +143,12 @@ def var(x: Tensor, axes, correction, keepdim) -> Tensor:
 
 def argmax(x: Tensor, axis, keepdim) -> Tensor:
     return torch.argmax(x, dim=axis, keepdim=keepdim)
+
+
+def topk(x: Tensor, k, axis, largest, sorted) -> tuple[Tensor, Tensor]:
+    # A stable sort, so ties keep the lower index first as the IR kernel and ONNX TopK do.
+    values, index = torch.sort(x, dim=axis, descending=largest, stable=True)
+    return values.narrow(axis, 0, k), index.narrow(axis, 0, k)
 
 
 def cumsum(x: Tensor, axis, dtype) -> Tensor:
@@ -295,6 +304,10 @@ def gather_elements(x: Tensor, index: Tensor, axis: int) -> Tensor:
     return torch.gather(x, axis, index.long())
 
 
+def scatter_elements(x: Tensor, index: Tensor, updates: Tensor, axis: int) -> Tensor:
+    return torch.scatter(x, axis, index.long(), updates)
+
+
 def tril(x: Tensor, diagonal: int) -> Tensor:
     return torch.tril(x, diagonal)
 
@@ -319,6 +332,21 @@ def pad(x: Tensor, pads, value) -> Tensor:
     pairs = [(pads[2 * i], pads[2 * i + 1]) for i in range(x.dim())]
     flat = [p for pair in reversed(pairs) for p in pair]
     return F.pad(x, flat, value=value)
+
+
+def resize(x: Tensor, size, scales, mode: str, align_corners: bool) -> Tensor:
+    kind = "bilinear" if mode == "linear" else "nearest"
+    align = align_corners if kind == "bilinear" else None
+    if scales:  # the user's factors: torch maps coordinates with them, not with the sizes
+        return F.interpolate(x, scale_factor=tuple(scales), mode=kind, align_corners=align,
+                             recompute_scale_factor=False)  # fmt: skip
+    return F.interpolate(x, size=tuple(size), mode=kind, align_corners=align)
+
+
+def pool2d(x: Tensor, kind, kernel, stride, padding, ceil_mode, count_include_pad) -> Tensor:
+    if kind == "max":
+        return F.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode)
+    return F.avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad)
 
 
 def matmul(a: Tensor, b: Tensor) -> Tensor:
@@ -371,12 +399,16 @@ OPS: dict[str, Callable[..., Tensor | tuple[Tensor, ...]]] = {
     "gather": gather,
     "index": index,
     "gather_elements": gather_elements,
+    "scatter_elements": scatter_elements,
     "tril": tril,
     "triu": triu,
     "arange": arange,
     "full": full,
     "pad": pad,
     "cache_attention": cache_attention,
+    "pool2d": pool2d,
+    "topk": topk,
+    "resize": resize,
     **QUANT_OPS,
     **COLLECTIVE_OPS,
 }

@@ -267,3 +267,15 @@ def all_tensors(out: Any) -> list[torch.Tensor]:
     import torch.utils._pytree as pytree
 
     return [x for x in pytree.tree_leaves(out) if isinstance(x, torch.Tensor)]
+
+
+# A representative subset of tools/hf_sweep.py, built by the sweep's own generic shrink
+# (tools/hf_sweep_config.py) and checked by its own harness (tests/test_models_sweep.py):
+# model type -> (model class, what it exercises that the cases above do not).
+SWEEP_CASES: dict[str, tuple[str, str]] = {
+    "regnet": ("RegNetModel", "a CNN: batch norm, grouped convs, max and adaptive pooling"),
+    "minimax_m2": ("MiniMaxM2Model", "MoE routing: topk, scatter, batched expert weights"),
+    "apertus": ("ApertusModel", "xIELU activation: softplus, expm1"),
+    "swin": ("SwinModel", "shifted windows: roll, window partition reshapes, patch merging"),
+    "wav2vec2": ("Wav2Vec2Model", "raw audio: strided convs (seq//5 sizes), group / weight norm"),
+}

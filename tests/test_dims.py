@@ -333,3 +333,56 @@ def test_symbol_names_with_operators_are_rejected(name):
 def test_parse_errors(text):
     with pytest.raises(ValueError):
         parse_dim(text)
+
+
+# -- max / min (size clamps such as max(0, n - seq)) ------------------------------------------
+
+
+@PROPERTY
+@given(trees, trees, st.sampled_from(["max", "min"]), bindings)
+def test_max_min_evaluate_round_trip_and_commute(a, b, kind, env):
+    from tgraph.ir.dims import dim_max, dim_min
+
+    fn, py = (dim_max, max) if kind == "max" else (dim_min, min)
+    x, y = build(a), build(b)
+    try:
+        want = py(evaluate(x, env), evaluate(y, env))
+    except ZeroDivisionError:
+        assume(False)
+    d = fn(x, y)
+    assert evaluate(d, env) == want
+    assert fn(y, x) == d  # one canonical order
+    assert evaluate(parse_dim(str(d)), env) == want
+    assert pickle.loads(pickle.dumps(d)) == d
+    assert evaluate(d * 2 + 1, env) == 2 * want + 1
+
+
+def test_max_min_examples():
+    from tgraph.ir.dims import dim_max, dim_min
+
+    assert dim_max(3, 5) == 5 and dim_min(3, 5) == 3
+    assert dim_max(SEQ, SEQ) == SEQ
+    assert dim_max(SEQ + 2, SEQ) == SEQ + 2 and dim_min(SEQ + 2, SEQ) == SEQ  # constant gap
+    clamp = dim_max(0, 1 - SEQ)
+    assert str(clamp) == "max(-seq+1,0)" and clamp.free_symbols() == {"seq"}
+    assert evaluate(clamp, {"seq": 0}) == 1 and evaluate(clamp, {"seq": 7}) == 0
+    assert parse_dim("max(-seq+1,0)") == clamp
+    assert parse_dim("min(batch,4)*2") == 2 * dim_min(BATCH, 4)
+    with pytest.raises(ValueError, match="two arguments"):
+        parse_dim("max(seq)")
+
+
+def test_floordiv_and_mod_pull_out_multiples_of_the_divisor():
+    # convolution arithmetic: ((seq - 10) // 5) + 1 is seq // 5 - 1, whichever way it arrives
+    assert (SEQ - 10) // 5 + 1 == SEQ // 5 - 1
+    assert (SEQ + 2 * BATCH + 7) // 2 == (SEQ + 1) // 2 + BATCH + 3
+    assert (SEQ - 1) % 4 == (SEQ + 3) % 4
+    assert (4 * SEQ + 6) % 4 == 2
+    assert str((SEQ - 3) // 2) == "((seq+1)//2)-2"
+
+
+def test_nested_floordiv_merges():
+    # two stride-5 and stride-2 convolutions: ((seq//5) - 1) // 2 arrives as seq//10 from export
+    assert (SEQ // 5) // 2 == SEQ // 10
+    assert (SEQ // 5 - 1) // 2 == (SEQ + 5) // 10 - 1
+    assert ((SEQ + 1) // 2 + 1) // 3 == (SEQ + 3) // 6

@@ -70,7 +70,10 @@ def test_every_op_is_documented_and_well_formed(name):
 
 
 # The op modules this file covers; fused ops (ops/fused.py) are tested with their passes.
-BASE_OP_MODULES = {f"tgraph.ir.ops.{m}" for m in ("elementwise", "nn", "reduce", "shape_ops")}
+BASE_OP_MODULES = {
+    f"tgraph.ir.ops.{m}"
+    for m in ("elementwise", "nn", "pool", "reduce", "resize", "scatter", "shape_ops")
+}
 
 
 def test_every_base_op_has_a_spot_check_here():
@@ -212,6 +215,9 @@ UNARY = {
     "sin": (torch.sin, randn, {}),
     "cos": (torch.cos, randn, {}),
     "floor": (torch.floor, lambda *s, seed: randn(*s, seed=seed) * 3, {}),
+    "acos": (torch.acos, lambda *s, seed: np.tanh(randn(*s, seed=seed)), {}),
+    "round": (torch.round, lambda *s, seed: randn(*s, seed=seed) * 3, {}),
+    "sign": (torch.sign, lambda *s, seed: np.round(randn(*s, seed=seed)), {}),  # zeros too
     "identity": (lambda x: x, randn, {}),
     "dropout": (lambda x: F.dropout(x, 0.1, training=False), randn, {"p": 0.1}),
 }

@@ -38,6 +38,6 @@ from __future__ import annotations
 from tgraph.backends.onnx_ops.base import LOWERINGS, LoweringFn, lowers
 
 # Importing the family modules fills the table.
-from . import attention, cache, elementwise, nbits, nn, quant, reduce, shape_ops  # noqa: F401
+from . import attention, cache, elementwise, nbits, nn, pool, quant, reduce, resize, shape_ops  # noqa: F401
 
 __all__ = ["LOWERINGS", "LoweringFn", "lowers"]

@@ -28,6 +28,9 @@ _UNARY = {
     "sigmoid": "Sigmoid",
     "sin": "Sin",
     "cos": "Cos",
+    "sign": "Sign",
+    "round": "Round",
+    "acos": "Acos",
     "logical_not": "Not",
 }
 _BINARY = {

@@ -62,3 +62,10 @@ def _cumsum(ctx, node, x):
     if in_type(node, 0).dtype != dtype:
         x = cast(ctx, x, dtype)
     return ctx.op("CumSum", [x, ctx.const(np.int64(node.attrs["axis"]))])
+
+
+@lowers("topk")
+def _topk(ctx, node, x):
+    a = node.attrs
+    k = ctx.shape((a["k"],))
+    return ctx.op_n("TopK", [x, k], 2, axis=a["axis"], largest=int(a["largest"]), sorted=1)

@@ -155,3 +155,8 @@ def _full(ctx, node):
         return ctx.op("Expand", [_as_scalar(ctx, value, dtype), ctx.shape(shape)])
     fill = numpy_helper.from_array(np.asarray([value], dtype=dtype.numpy))
     return ctx.op("ConstantOfShape", [ctx.shape(shape)], value=fill)
+
+
+@lowers("scatter_elements")
+def _scatter_elements(ctx, node, x, index, updates):
+    return ctx.op("ScatterElements", [x, index, updates], axis=node.attrs["axis"])

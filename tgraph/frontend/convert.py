@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import sympy
 import torch
 
-from tgraph.ir import DimLike, SymDim, simplify
+from tgraph.ir import DimLike, SymDim, dim_max, dim_min, simplify
 from tgraph.tensors import DTypeError, shared_view, to_numpy, to_torch, torch_dtype
 from tgraph.tensors import ir_dtype as _ir_dtype
 
@@ -81,7 +83,31 @@ class SymbolTable:
             return self._convert(e.args[0]) // int(e.args[1])
         if fname in ("Mod", "PythonMod"):
             return self._convert(e.args[0]) % int(e.args[1])
+        if fname in ("TruncToInt", "FloorToInt"):  # a size times a float factor (interpolate)
+            return self._scaled(e.args[0])
+        if fname in ("Max", "Min"):  # size clamps: max(0, n - seq) (sympy's or torch's class)
+            combine = dim_max if fname == "Max" else dim_min
+            out = self._convert(e.args[0])
+            for a in e.args[1:]:
+                out = combine(out, self._convert(a))
+            return out
         raise UnsupportedError(f"symbolic size expression {e} ({fname}) is not supported")
+
+    def _scaled(self, e: sympy.Basic) -> DimLike:
+        """floor(c * size) for a float c that is an exact small fraction p/q: (p*size)//q.
+
+        Sizes are non-negative, so truncation is floor. ``scale_factor=1.5`` on a symbolic
+        height arrives as ``TruncToInt(1.5*ToFloat(s))``.
+        """
+        factor, inner = Fraction(1), e
+        if isinstance(e, sympy.Mul) and len(e.args) == 2 and e.args[0].is_number:
+            factor = Fraction(float(e.args[0])).limit_denominator(1024)
+            if float(factor) != float(e.args[0]) or factor <= 0:
+                raise UnsupportedError(f"symbolic size {e}: factor is not a small fraction")
+            inner = e.args[1]
+        if type(inner).__name__ != "ToFloat":
+            raise UnsupportedError(f"symbolic size expression {e} is not supported")
+        return (self._convert(inner.args[0]) * factor.numerator) // factor.denominator
 
     def shape(self, t: torch.Tensor) -> tuple[DimLike, ...]:
         return tuple(self.convert(d) for d in t.shape)

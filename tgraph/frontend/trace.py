@@ -27,7 +27,6 @@ from .limits import dim_limits, index_ranges
 
 # FX call_function targets that carry no computation once shapes are known.
 _IGNORED = {
-    "aten::_assert_tensor_metadata",
     "aten::_assert_scalar",
     "aten::sym_constrain_range_for_size",
     "aten::sym_constrain_range",
@@ -138,14 +137,19 @@ def _is_scalar_val(val: Any) -> bool:
 
 def _translate_node(ctx: TranslationContext, node: torch.fx.Node) -> Any:
     key = _op_key(node.target)
-    if key in _IGNORED:
+    if key.split(".")[0] in _IGNORED:  # any overload ("aten::_assert_scalar.default")
         return None
     val = node.meta.get("val")
     if _is_scalar_val(val):
         # Size arithmetic (sym_size, mul of sizes, ...): fold into a symbolic dim.
         if isinstance(val, (torch.SymInt, int)) and not isinstance(val, bool):
-            return ctx.symbols.convert(val)
-        raise UnsupportedError(f"scalar {key} producing {val!r} is not supported")
+            try:
+                return ctx.symbols.convert(val)
+            except UnsupportedError as e:
+                # A data-dependent size (tensor.item()) that only asserts read: fail at a
+                # real use, naming it, not here.
+                return _Unsupported(f"{e} ({key} reads a tensor's value)")
+        return _Unsupported(f"scalar {key} producing {val!r} is not supported")
     if key in ("_operator.getitem", "operator.getitem"):
         seq, index = node.args
         return ctx.value(seq)[index]
@@ -177,7 +181,7 @@ def _translate(ep: ExportedProgram, graph: Graph, symbols: SymbolTable) -> list[
             ctx.env[node] = _placeholder(ep, graph, symbols, specs[node.name], node, params)
             continue
         if node.op == "output":
-            return _outputs(ctx, node)
+            return _outputs(ctx, node, ep)
         if node.op != "call_function":
             raise FrontendError(f"unexpected FX node {node.op} {node.name}")
         try:
@@ -212,9 +216,15 @@ def _placeholder(ep, graph, symbols, spec, node, params) -> Value | None:
     raise FrontendError(f"unsupported input kind {spec.kind} for {node.name}")
 
 
-def _outputs(ctx: TranslationContext, node: torch.fx.Node) -> list[Any]:
+def _outputs(ctx: TranslationContext, node: torch.fx.Node, ep: ExportedProgram) -> list[Any]:
+    """The user outputs; a buffer the forward writes (a cache of positions) is not one."""
+    from torch.export.graph_signature import OutputKind
+
+    kinds = [spec.kind for spec in ep.graph_signature.output_specs]
     leaves = []
-    for arg in node.args[0]:
+    for arg, kind in zip(node.args[0], kinds):
+        if kind != OutputKind.USER_OUTPUT:
+            continue
         if isinstance(arg, torch.fx.Node):
             leaves.append(ctx.value(arg))
         else:

@@ -2,7 +2,7 @@
 
 from . import ops
 from .core import IRError, Node, NodeList, TensorType, Value
-from .dims import DimLike, SymDim, evaluate, parse_dim, simplify
+from .dims import DimLike, SymDim, dim_max, dim_min, evaluate, parse_dim, simplify
 from .dtypes import DType
 from .graph import Graph
 from .hashing import content_hash
@@ -18,6 +18,8 @@ __all__ = [
     "TensorType",
     "Value",
     "content_hash",
+    "dim_max",
+    "dim_min",
     "evaluate",
     "ops",
     "parse_dim",

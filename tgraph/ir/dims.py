@@ -2,8 +2,9 @@
 
 A shape in the IR is a tuple whose entries are plain ``int`` or :class:`SymDim`.
 A ``SymDim`` is a polynomial with integer coefficients over *atoms*; an atom is a
-symbol name (``batch``, ``seq``) or an opaque floor division / modulo of another
-expression by a positive integer (``seq//2``). The canonical form makes equal
+symbol name (``batch``, ``seq``), an opaque floor division / modulo of another
+expression by a positive integer (``seq//2``, from convolution arithmetic), or the maximum /
+minimum of two expressions (``max(0,1-seq)``, from size clamps such as ``max(0, n - s)``). The canonical form makes equal
 expressions compare and hash equal, so ``(seq+1)-1 == seq`` and
 ``batch*seq == seq*batch``.
 
@@ -23,17 +24,28 @@ _Monomial = tuple["_Atom", ...]
 
 
 class _Atom:
-    """An indivisible factor: a symbol, or ``expr // k`` / ``expr % k`` that did not simplify."""
+    """An indivisible factor: a symbol, ``expr // k`` / ``expr % k`` that did not simplify, or
+    ``max(a, b)`` / ``min(a, b)`` of two dims that are not both constant."""
 
-    __slots__ = ("kind", "name", "expr", "k", "_key")
+    __slots__ = ("kind", "name", "expr", "k", "args", "_key")
 
-    def __init__(self, kind: str, name: str = "", expr: SymDim | None = None, k: int = 0):
-        self.kind = kind  # "sym" | "floordiv" | "mod"
+    def __init__(
+        self,
+        kind: str,
+        name: str = "",
+        expr: SymDim | None = None,
+        k: int = 0,
+        args: tuple[DimLike, DimLike] = (),
+    ):
+        self.kind = kind  # "sym" | "floordiv" | "mod" | "max" | "min"
         self.name = name
         self.expr = expr
         self.k = k
+        self.args = args
         if kind == "sym":
             self._key = name
+        elif kind in ("max", "min"):
+            self._key = f"{kind}({args[0]},{args[1]})"
         else:
             # Parenthesized as a whole, so 3*((seq+1)//2) and -(seq//2) print unambiguously.
             op = "//" if kind == "floordiv" else "%"
@@ -58,11 +70,18 @@ class _Atom:
                 return int(bindings[self.name])
             except KeyError:
                 raise KeyError(f"symbolic dim {self.name!r} has no binding") from None
+        if self.kind in ("max", "min"):
+            values = [evaluate(a, bindings) for a in self.args]
+            return max(values) if self.kind == "max" else min(values)
         value = evaluate(self.expr, bindings)
         return value // self.k if self.kind == "floordiv" else value % self.k
 
     def symbols(self) -> set[str]:
-        return {self.name} if self.kind == "sym" else self.expr.free_symbols()
+        if self.kind == "sym":
+            return {self.name}
+        if self.kind in ("max", "min"):
+            return set().union(*(a.free_symbols() for a in self.args if isinstance(a, SymDim)))
+        return self.expr.free_symbols()
 
 
 class SymDim:
@@ -160,19 +179,38 @@ class SymDim:
 
     __rmul__ = __mul__
 
+    def _split_by(self, k: int) -> tuple[DimLike, DimLike]:
+        """``self = k*q + r`` with every coefficient of ``r`` in [0, k): (q, r).
+
+        ``(r + k*q) // k == r//k + q`` and ``(r + k*q) % k == r % k`` for integers, so
+        floor division and modulo keep only ``r`` inside the atom: convolution arithmetic
+        ``((seq-10)//5)+1`` and ``(seq//5)-1`` are then one canonical dim.
+        """
+        quotient = {m: c // k for m, c in self._terms}
+        rest = {m: c % k for m, c in self._terms}
+        return _normalize(quotient), _normalize(rest)
+
     def __floordiv__(self, other: DimLike) -> DimLike:
         k = _positive_int(other, "//")
         if k == 1:
             return self
-        if all(c % k == 0 for _, c in self._terms):
-            return _normalize({m: c // k for m, c in self._terms})
-        return SymDim({(_Atom("floordiv", expr=self, k=k),): 1})
+        quotient, rest = self._split_by(k)
+        if isinstance(rest, int):  # constant rest in [0, k)
+            return quotient
+        nested = _nested_floordiv(rest)
+        if nested is not None:  # (x//a + c)//k == (x + c*a)//(a*k): stacked strided convs
+            inner, a, c = nested
+            return quotient + (inner + c * a) // (a * k)
+        return quotient + SymDim({(_Atom("floordiv", expr=rest, k=k),): 1})
 
     def __mod__(self, other: DimLike) -> DimLike:
         k = _positive_int(other, "%")
-        if k == 1 or all(c % k == 0 for _, c in self._terms):
+        if k == 1:
             return 0
-        return SymDim({(_Atom("mod", expr=self, k=k),): 1})
+        _, rest = self._split_by(k)
+        if isinstance(rest, int):
+            return rest
+        return SymDim({(_Atom("mod", expr=rest, k=k),): 1})
 
     # -- comparison and printing -----------------------------------------------------------------
 
@@ -210,6 +248,18 @@ class SymDim:
     def __reduce__(self):
         # Pickle through the text form (used by save/load of artifacts).
         return (parse_dim, (str(self),))
+
+
+def _nested_floordiv(d: SymDim) -> tuple[SymDim, int, int] | None:
+    """(x, a, c) when ``d`` is ``x//a + c`` for a constant c, else None."""
+    terms = dict(d.terms)
+    c = terms.pop((), 0)
+    if len(terms) != 1:
+        return None
+    ((mono, coeff),) = terms.items()
+    if coeff != 1 or len(mono) != 1 or mono[0].kind != "floordiv":
+        return None
+    return mono[0].expr, mono[0].k, c
 
 
 def _as_sym(x: object) -> SymDim:
@@ -255,6 +305,30 @@ def evaluate(d: DimLike, bindings: Mapping[str, int]) -> int:
             term *= atom.evaluate(bindings)
         total += term
     return total
+
+
+def dim_max(a: DimLike, b: DimLike) -> DimLike:
+    """``max(a, b)``: an int when both are ints or equal, else a ``max`` atom."""
+    return _extremum("max", a, b)
+
+
+def dim_min(a: DimLike, b: DimLike) -> DimLike:
+    """``min(a, b)``: an int when both are ints or equal, else a ``min`` atom."""
+    return _extremum("min", a, b)
+
+
+def _extremum(kind: str, a: DimLike, b: DimLike) -> DimLike:
+    a, b = simplify(a), simplify(b)
+    if isinstance(a, int) and isinstance(b, int):
+        return max(a, b) if kind == "max" else min(a, b)
+    if a == b:
+        return a
+    # The difference of the two is a constant: the larger one is known (max(seq+2, seq) = seq+2).
+    gap = simplify(a - b)
+    if isinstance(gap, int):
+        return a if (gap > 0) == (kind == "max") else b
+    first, second = sorted((a, b), key=str)  # max and min commute: one canonical order
+    return SymDim({(_Atom(kind, args=(first, second)),): 1})
 
 
 def format_shape(shape: Iterable[DimLike]) -> str:
@@ -325,7 +399,21 @@ class _Parser:
         token = self.text[start : self.pos]
         if not token:
             raise ValueError(f"cannot parse dim {self.text!r} at {start}")
+        if token in ("max", "min") and self._peek("("):
+            return self._extremum(token)
         return int(token) if token.isdigit() else SymDim.symbol(token)
+
+    def _extremum(self, kind: str) -> DimLike:
+        self.pos += 1  # "("
+        first = self._sum()
+        if not self._peek(","):
+            raise ValueError(f"cannot parse dim {self.text!r}: {kind} wants two arguments")
+        self.pos += 1
+        second = self._sum()
+        if not self._peek(")"):
+            raise ValueError(f"cannot parse dim {self.text!r}: missing ')'")
+        self.pos += 1
+        return _extremum(kind, first, second)
 
 
 def _floordiv(a: DimLike, b: DimLike) -> DimLike:

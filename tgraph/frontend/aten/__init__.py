@@ -6,11 +6,17 @@ targets, expand sizes, split sizes) are read from the node's metadata, so no ``-
 size arithmetic survives into the IR. An op missing here fails tracing with its name.
 
 One module per family, mirroring tgraph/ir/ops/: ``elementwise``, ``shape_ops``, ``reduce``
-(with creation ops) and ``nn``; ``base`` holds the table, the ``@aten`` decorator and the
+(with creation ops), ``nn`` and ``vision`` (batch norm, pooling, mobile activations); ``base`` holds the table, the ``@aten`` decorator and the
 shared helpers.
 """
 
-from tgraph.frontend.aten import elementwise, nn, reduce, shape_ops  # noqa: F401  (fill the table)
+from tgraph.frontend.aten import (  # noqa: F401  (fill the table)
+    elementwise,
+    nn,
+    reduce,
+    shape_ops,
+    vision,
+)
 from tgraph.frontend.aten.base import TRANSLATORS, Translator, aten
 
 __all__ = ["TRANSLATORS", "Translator", "aten"]

@@ -47,7 +47,7 @@ def _simple_binary(op: str) -> Translator:
 
 
 for _names, _op in [
-    (("mul.Tensor", "mul.Scalar"), "mul"),
+    (("mul.Tensor", "mul.Scalar", "multiply.Tensor", "multiply.Scalar"), "mul"),
     (("maximum.default", "max.other"), "maximum"),
     (("minimum.default", "min.other"), "minimum"),
     (("remainder.Tensor", "remainder.Scalar"), "remainder"),
@@ -87,7 +87,8 @@ def _unary(op: str) -> Translator:
 
 for _name in [
     "neg", "abs", "exp", "log", "sqrt", "rsqrt", "reciprocal", "tanh", "erf", "sigmoid",
-    "relu", "silu", "sin", "cos", "floor",
+    "relu", "silu", "sin", "cos", "floor", "sign",
+    "round", "acos",
 ]:  # fmt: skip
     aten(f"{_name}.default")(_unary(_name))
 aten("logical_not.default")(_unary("logical_not"))
@@ -182,3 +183,41 @@ def _dropout(ctx, x, p=0.0, train=False):
     if train:
         raise UnsupportedError("dropout in training mode: call model.eval() before tracing")
     return ctx.emit("dropout", [ctx.value(x)], p=float(p))
+
+
+@aten("softplus.default")
+def _softplus(ctx, x, beta=1, threshold=20):
+    return softplus_of(ctx, ctx.value(x), beta, threshold)
+
+
+def softplus_of(ctx, x: Value, beta, threshold) -> Value:
+    # log(1 + exp(beta x)) / beta, and x itself where beta x > threshold (torch's cutoff).
+    bx = binary(ctx, "mul", x, beta) if beta != 1 else x
+    soft = ctx.emit("log", [binary(ctx, "add", ctx.emit("exp", [bx]), 1.0)])
+    if beta != 1:
+        soft = binary(ctx, "div", soft, beta)
+    return ctx.emit("where", [compare(ctx, "gt", bx, threshold), x, soft])
+
+
+@aten("square.default")
+def _square(ctx, x):
+    x = ctx.value(x)
+    return ctx.emit("mul", [x, x])
+
+
+@aten("expm1.default", "log1p.default")
+def _expm1_log1p(ctx, x):
+    # exp(x) - 1 and log(1 + x): within fp32 tolerance absolutely, if not relatively near 0.
+    x = ctx.value(x)
+    if "expm1" in str(ctx.node.target):
+        return binary(ctx, "sub", ctx.emit("exp", [x]), 1.0)
+    return ctx.emit("log", [binary(ctx, "add", x, 1.0)])
+
+
+@aten("log_sigmoid.default", "log_sigmoid_forward.default")
+def _log_sigmoid(ctx, x):
+    # log(sigmoid(x)) = min(x, 0) - log(1 + exp(-|x|)): no overflow for large |x|
+    x = ctx.value(x)
+    tail = ctx.emit("log", [binary(ctx, "add", ctx.emit("exp", [ctx.emit("neg", [ctx.emit(
+        "abs", [x])])]), 1.0)])  # fmt: skip
+    return ctx.emit("sub", [ctx.emit("minimum", [x, ctx.const(0.0, x.dtype)]), tail])

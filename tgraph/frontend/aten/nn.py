@@ -26,11 +26,14 @@ def _matmul(ctx, a, b):
     return ctx.emit("matmul", [ctx.value(a), ctx.value(b)])
 
 
-@aten("addmm.default")
-def _addmm(ctx, bias, a, b, beta=1, alpha=1):
+@aten("addmm.default", "baddbmm.default")
+def _scaled_matmul_add(ctx, bias, a, b, beta=1, alpha=1):
+    # beta * bias + alpha * (a @ b); with beta 0 the bias is ignored (NaNs in it included).
     y = ctx.emit("matmul", [ctx.value(a), ctx.value(b)])
     if alpha != 1:
         y = binary(ctx, "mul", y, alpha)
+    if beta == 0:
+        return y
     bias = ctx.value(bias)
     if beta != 1:
         bias = binary(ctx, "mul", bias, beta)
@@ -130,3 +133,41 @@ def _sdpa(
         "sdpa", ins, causal=bool(is_causal), scale=None if scale is None else float(scale),
         gqa=bool(enable_gqa),
     )  # fmt: skip
+
+
+@aten("upsample_bilinear2d.vec", "upsample_nearest2d.vec")
+def _upsample_vec(ctx, x, output_size, *args):
+    # bilinear: (x, output_size, align_corners, scale_factors); nearest: (x, output_size, scales)
+    linear = "bilinear" in str(ctx.node.target)
+    align, scales = (args[0], args[1]) if linear else (False, args[0])
+    return _resize(ctx, x, linear, align, tuple(scales or ()))
+
+
+@aten("upsample_bilinear2d.default", "upsample_nearest2d.default")
+def _upsample(ctx, x, output_size, *args):
+    # bilinear: (x, size, align_corners, scales_h, scales_w); nearest: (x, size, scales_h, scales_w)
+    linear = "bilinear" in str(ctx.node.target)
+    align, rest = (args[0], args[1:]) if linear else (False, args)
+    scales = tuple(s for s in rest if s is not None)
+    return _resize(ctx, x, linear, align, scales if len(scales) == 2 else ())
+
+
+def _resize(ctx, x, linear: bool, align_corners: bool, scales: tuple):
+    x = ctx.value(x)
+    size = tuple(ctx.meta_type().shape[2:])
+    mode = "linear" if linear else "nearest"
+    return ctx.emit(
+        "resize", [x], size=size, scales=tuple(float(s) for s in scales), mode=mode,
+        align_corners=bool(align_corners),
+    )  # fmt: skip
+
+
+@aten("_weight_norm.default")
+def _weight_norm(ctx, v, g, dim=0):
+    # w = g * v / ||v||, the norm over every dim but `dim` (nn.utils.weight_norm)
+    v, g = ctx.value(v), ctx.value(g)
+    axis = norm_dim(dim, v.rank) if dim is not None and dim != -1 else None
+    axes = tuple(a for a in range(v.rank) if a != axis)
+    norm = ctx.emit("sqrt", [ctx.emit("reduce_sum", [ctx.emit("mul", [v, v])], axes=axes,
+                                      keepdim=True)])  # fmt: skip
+    return ctx.emit("mul", [v, ctx.emit("div", [g, norm])])

@@ -146,3 +146,54 @@ def _any_all(ctx, x, dim=None, keepdim=False):
     op = "reduce_max" if is_any else "reduce_min"
     y = ctx.emit(op, [ctx.cast(x, DType.int64)], axes=_reduce_axes(x, dim), keepdim=keepdim)
     return ctx.emit("ne", [y, ctx.const(0, DType.int64)])
+
+
+@aten("topk.default")
+def _topk(ctx, x, k, dim=-1, largest=True, sorted=True):
+    # Always sorted: an unsorted topk may return any order, so sorted output is one valid one.
+    x = ctx.value(x)
+    node = ctx.emit_node("topk", [x], k=ctx.value(k), axis=norm_dim(dim, x.rank), largest=largest)
+    return list(node.outputs)
+
+
+@aten("sort.default", "sort.stable")
+def _sort(ctx, x, *args, **kwargs):
+    # sort(x, dim=-1, descending=False) / sort.stable(x, *, stable, dim, descending): a topk
+    # over the whole dim, stable (ties keep index order) as torch's CPU sort is.
+    x = ctx.value(x)
+    if "stable" in str(ctx.node.target):
+        dim, descending = kwargs.get("dim", -1), kwargs.get("descending", False)
+    else:
+        dim = args[0] if args else kwargs.get("dim", -1)
+        descending = args[1] if len(args) > 1 else kwargs.get("descending", False)
+    axis = norm_dim(dim, x.rank)
+    node = ctx.emit_node("topk", [x], k=x.shape[axis], axis=axis, largest=bool(descending))
+    return list(node.outputs)
+
+
+@aten("one_hot.default")
+def _one_hot(ctx, x, num_classes=-1):
+    # (x[..., None] == arange(n)) as int64; n = -1 means "max + 1", a data-dependent size.
+    if num_classes < 0:
+        raise UnsupportedError("one_hot without num_classes (its size depends on the data)")
+    x = ctx.value(x)
+    classes = ctx.emit("arange", [], start=0, end=num_classes, step=1, dtype=x.dtype)
+    hit = ctx.emit("eq", [ctx.emit("unsqueeze", [x], axes=(x.rank,)), classes])
+    return ctx.emit("cast", [hit], dtype=DType.int64)
+
+
+@aten("linalg_vector_norm.default")
+def _vector_norm(ctx, x, ord=2, dim=None, keepdim=False, dtype=None):
+    # ||x||_p over dim: p = 2 (sqrt of the sum of squares), 1 (sum of |x|), inf (max of |x|)
+    x = ctx.value(x)
+    axes = () if dim is None else tuple(norm_dim(d, x.rank) for d in dim)
+    axes = axes or tuple(range(x.rank))
+    x = ctx.cast(x, ctx.meta_type().dtype)
+    if ord == 2:
+        squares = ctx.emit("reduce_sum", [ctx.emit("mul", [x, x])], axes=axes, keepdim=keepdim)
+        return ctx.emit("sqrt", [squares])
+    if ord == 1:
+        return ctx.emit("reduce_sum", [ctx.emit("abs", [x])], axes=axes, keepdim=keepdim)
+    if ord == float("inf"):
+        return ctx.emit("reduce_max", [ctx.emit("abs", [x])], axes=axes, keepdim=keepdim)
+    raise UnsupportedError(f"vector norm of order {ord} (only 1, 2 and inf)")

@@ -10,7 +10,8 @@ from tgraph.frontend.aten.base import (
     norm_dim,
 )  # fmt: skip
 from tgraph.frontend.convert import UnsupportedError
-from tgraph.ir import DType, Value
+from tgraph.ir import DType, SymDim, Value
+from tgraph.ir.ops.shapes import numel
 
 
 @aten(
@@ -89,6 +90,8 @@ def _bound(value: Any, size: Any, default: Any) -> Any:
         return max(value, 0) if isinstance(value, int) else value
     if isinstance(value, int) and isinstance(size, int):
         return min(value, size)
+    if isinstance(value, SymDim) and all(c < 0 for _, c in value.terms):
+        return size + value  # x[:, -seq:]: a negative symbolic bound counts from the end
     return value
 
 
@@ -229,24 +232,29 @@ def _stack(ctx, tensors, dim=0):
     return ctx.emit("concat", parts, axis=axis)
 
 
-def _split_outputs(ctx, x, dim) -> list[Value]:
-    axis = norm_dim(dim, x.rank)
-    vals = ctx.node.meta["val"]
-    sizes = tuple(ctx.symbols.convert(v.shape[axis]) for v in vals)
+def _split_outputs(ctx, x, axis: int, sizes: tuple) -> list[Value]:
     node = ctx.emit_node("split", [x], axis=axis, sizes=sizes)
     return list(node.outputs)
 
 
 @aten("split.Tensor", "split_with_sizes.default", "chunk.default", "tensor_split.sections")
 def _split(ctx, x, split, dim=0):
-    return _split_outputs(ctx, ctx.value(x), dim)
+    x = ctx.value(x)
+    axis = norm_dim(dim, x.rank)
+    sizes = tuple(ctx.symbols.convert(v.shape[axis]) for v in ctx.node.meta["val"])
+    return _split_outputs(ctx, x, axis, sizes)
 
 
 @aten("unbind.int")
 def _unbind(ctx, x, dim=0):
+    # The outputs lack the unbound axis: one size-1 piece per index, each squeezed.
     x = ctx.value(x)
     axis = norm_dim(dim, x.rank)
-    return [ctx.emit("squeeze", [p], axes=(axis,)) for p in _split_outputs(ctx, x, axis)]
+    count = x.shape[axis]
+    if not isinstance(count, int):
+        raise UnsupportedError(f"unbind over a symbolic dim {count}")
+    pieces = _split_outputs(ctx, x, axis, (1,) * count)
+    return [ctx.emit("squeeze", [p], axes=(axis,)) for p in pieces]
 
 
 @aten("repeat_interleave.self_int")
@@ -291,6 +299,7 @@ def _pad_mode(ctx, x, pad, mode="constant", value=None):
 @aten("constant_pad_nd.default")
 def _pad(ctx, x, pad, value=0.0):
     x = ctx.value(x)
+    pad = ctx.value(pad)  # entries may be symbolic sizes (max(0, n - seq))
     pads = [0] * (2 * x.rank)
     for i in range(len(pad) // 2):  # pad lists (begin, end) from the last dim backwards
         d = x.rank - 1 - i
@@ -306,3 +315,47 @@ def _tril(ctx, x, diagonal=0):
 @aten("triu.default")
 def _triu(ctx, x, diagonal=0):
     return ctx.emit("triu", [ctx.value(x)], diagonal=diagonal)
+
+
+@aten("roll.default")
+def _roll(ctx, x, shifts, dims=()):
+    # roll by k along a dim of size n: concat(x[n-k:], x[:n-k]); a symbolic n needs |k| < n.
+    x = ctx.value(x)
+    shifts, dims = list(ctx.value(shifts)), list(dims)
+    if not dims:  # flattened, rolled, and shaped back
+        flat = ctx.emit("reshape", [x], shape=(numel(x.shape),))
+        return ctx.emit("reshape", [_roll_axis(ctx, flat, shifts[0], 0)], shape=x.shape)
+    for shift, dim in zip(shifts, dims):
+        x = _roll_axis(ctx, x, shift, norm_dim(dim, x.rank))
+    return x if x.producer is not None else ctx.emit("identity", [x])
+
+
+def _roll_axis(ctx, x: Value, shift: Any, axis: int) -> Value:
+    size = x.shape[axis]
+    if isinstance(size, int):
+        shift = shift % size if size else 0
+    elif isinstance(shift, int) and shift < 0:
+        shift = size + shift
+    if isinstance(shift, int) and shift == 0:
+        return x
+    cut = size - shift
+    tail = ctx.emit("slice", [x], axis=axis, start=cut, end=size, step=1)
+    head = ctx.emit("slice", [x], axis=axis, start=0, end=cut, step=1)
+    return ctx.emit("concat", [tail, head], axis=axis)
+
+
+@aten("scatter.value", "scatter.src")
+def _scatter(ctx, x, dim, index, src):
+    # torch lets index be smaller than x and src on the other dims: src is cropped to it.
+    x = ctx.value(x)
+    axis = norm_dim(dim, x.rank)
+    index = ctx.cast(ctx.value(index), DType.int64)
+    src = ctx.value(src)
+    if isinstance(src, Value):
+        src = ctx.cast(src, x.dtype)
+        for d in range(src.rank):
+            if src.shape[d] != index.shape[d]:
+                src = ctx.emit("slice", [src], axis=d, start=0, end=index.shape[d], step=1)
+    else:
+        src = ctx.emit("expand", [ctx.const(src, x.dtype)], shape=tuple(index.shape))
+    return ctx.emit("scatter_elements", [x, index, src], axis=axis)

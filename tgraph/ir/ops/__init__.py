@@ -6,8 +6,11 @@ from . import (  # noqa: F401  (registration side effects)
     elementwise,
     fused,
     nn,
+    pool,
     quant,
     reduce,
+    resize,
+    scatter,
     shape_ops,
 )
 from .registry import REQUIRED, OpDef, all_ops, defop, get_op, has_op, register_op, resolve_attrs

@@ -56,6 +56,9 @@ _UNARY = {
     "sin": (np.sin, "sine"),
     "cos": (np.cos, "cosine"),
     "floor": (np.floor, "round down"),
+    "sign": (np.sign, "sign: -1, 0 or 1"),
+    "round": (np.round, "round half to even"),
+    "acos": (np.arccos, "arc cosine"),
 }
 
 for _name, (_fn, _doc) in _UNARY.items():

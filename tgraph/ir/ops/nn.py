@@ -173,21 +173,32 @@ def _conv2d_infer(x, w, b, stride, padding, dilation, groups) -> TensorType:
 
 
 def _conv2d_kernel(x, w, b, stride, padding, dilation, groups):
-    if groups != 1 or tuple(dilation) != (1, 1):
-        raise NotImplementedError("conv2d reference kernel: groups=1, dilation=1 only")
     x = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
     n, c, h, wd = x.shape
-    o, _, kh, kw = w.shape
-    oh = (h - kh) // stride[0] + 1
-    ow = (wd - kw) // stride[1] + 1
-    # im2col: (N, C, kh, kw, oh, ow) -> matmul with (O, C*kh*kw)
+    o, cg, kh, kw = w.shape
+    oh = (h - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (wd - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    # im2col: (N, C, kh, kw, oh, ow), then per group a contraction with (O/g, C/g, kh, kw)
     cols = np.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
+            r, q = i * dilation[0], j * dilation[1]
             cols[:, :, i, j] = x[
-                :, :, i : i + stride[0] * oh : stride[0], j : j + stride[1] * ow : stride[1]
+                :, :, r : r + stride[0] * oh : stride[0], q : q + stride[1] * ow : stride[1]
             ]
-    y = np.einsum("nckluv,ockl->nouv", cols, w, optimize=True)
+    og = o // groups
+    y = np.concatenate(
+        [
+            np.einsum(
+                "nckluv,ockl->nouv",
+                cols[:, g * cg : (g + 1) * cg],
+                w[g * og : (g + 1) * og],
+                optimize=True,
+            )  # fmt: skip
+            for g in range(groups)
+        ],
+        axis=1,
+    )
     if b is not None:
         y = y + b[None, :, None, None]
     return y.astype(x.dtype)

@@ -1,4 +1,4 @@
-"""Reductions over axes: sum, mean, max, min, var, argmax, cumsum."""
+"""Reductions over axes: sum, mean, max, min, var, argmax, cumsum, topk."""
 
 from __future__ import annotations
 
@@ -88,4 +88,26 @@ defop(
     kernel=lambda x, axis, dtype: np.cumsum(x, axis=axis).astype(dtype.numpy if dtype else x.dtype),
     attrs={"axis": REQUIRED, "dtype": None},
     doc="Running sum along `axis`.",
+)
+
+
+def _topk_infer(x: TensorType, k, axis, largest, sorted) -> list[TensorType]:
+    axis = norm_axis(axis, x.rank, "topk")
+    shape = tuple(k if a == axis else d for a, d in enumerate(x.shape))
+    return [TensorType(x.dtype, shape), TensorType(DType.int64, shape)]
+
+
+def _topk_kernel(x, k, axis, largest, sorted):
+    # A stable sort of -x (largest) keeps the lower index first among equal values.
+    order = np.argsort(-x if largest else x, axis=axis, kind="stable")
+    index = np.take(order, np.arange(k), axis=axis).astype(np.int64)
+    return np.take_along_axis(x, index, axis=axis), index
+
+
+defop(
+    "topk",
+    infer=_topk_infer,
+    kernel=_topk_kernel,
+    attrs={"k": REQUIRED, "axis": -1, "largest": True, "sorted": True},
+    doc="The k largest (or smallest) values along `axis`, in order, and their int64 indices.",
 )
