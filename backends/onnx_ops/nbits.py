@@ -30,19 +30,10 @@ import numpy as np
 
 from tgraph.backends.onnx_lowering import MS_DOMAIN, ONNX_DTYPE, Lowering, LoweringError
 from tgraph.backends.onnx_ops.base import lowers
+from tgraph.backends.onnx_ops.quant import const_input
 from tgraph.ir import DType, Node
 
 ACCURACY_LEVEL = {"f32": 0, "int8": 4}
-
-
-def _const(node: Node, i: int) -> np.ndarray:
-    v = node.inputs[i]
-    if v.const is None:
-        raise LoweringError(
-            f"{node.op} %{node.name}: input {i} (%{v.name}) must be a constant; "
-            "run the quantize pass on constant weights only"
-        )
-    return np.asarray(v.const)
 
 
 def _matmul_nbits(
@@ -62,7 +53,7 @@ def _matmul_nbits(
 
 @lowers("linear_int4")
 def _linear_int4(ctx: Lowering, node: Node, x: str, w: str, scales: str, b: str = "") -> str:
-    n, blocks, _ = _const(node, 1).shape
+    n, blocks, _ = const_input(node, 1).shape
     return _matmul_nbits(
         ctx, node, x, w, scales, b,
         K=node.attrs["in_features"], N=n, bits=4, block_size=node.attrs["block_size"],
@@ -71,11 +62,11 @@ def _linear_int4(ctx: Lowering, node: Node, x: str, w: str, scales: str, b: str 
 
 @lowers("linear_int8w")
 def _linear_int8w(ctx: Lowering, node: Node, x: str, w: str, w_scale: str, b: str = "") -> str:
-    codes = _const(node, 1)  # (N, K) int8
+    codes = const_input(node, 1)  # (N, K) int8
     n, k = codes.shape
     block = node.attrs["block_size"]
     blocks = -(-k // block)
-    scales = ctx.const(np.repeat(_const(node, 2).astype(np.float32)[:, None], blocks, axis=1))
+    scales = ctx.const(np.repeat(const_input(node, 2).astype(np.float32)[:, None], blocks, axis=1))
     if ctx.external is not None and ctx.fold_at_load and codes.nbytes >= 4096:
         wide = ctx.op("Cast", [w], to=ONNX_DTYPE[DType.int16])
         shifted = ctx.op("Add", [wide, ctx.const(np.int16(128))])

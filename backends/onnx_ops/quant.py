@@ -24,7 +24,7 @@ from tgraph.ir import Node
 from tgraph.ir.ops.quant import INT8_MAX, TINY_SCALE
 
 
-def _const_input(node: Node, i: int) -> np.ndarray:
+def const_input(node: Node, i: int) -> np.ndarray:
     v = node.inputs[i]
     if v.const is None:
         raise LoweringError(
@@ -36,7 +36,7 @@ def _const_input(node: Node, i: int) -> np.ndarray:
 
 @lowers("linear_int8")
 def _linear_int8(ctx: Lowering, node: Node, x: str, w: str, w_scale: str, b: str = "") -> str:
-    codes = _const_input(node, 1).astype(np.int16)  # (N, K) in [-127, 127]
+    codes = const_input(node, 1).astype(np.int16)  # (N, K) in [-127, 127]
     n, k = codes.shape
     w_u8 = ctx.const(np.ascontiguousarray((codes.T + 128).astype(np.uint8)))  # (K, N)
     lead = node.outputs[0].shape[:-1]
