@@ -64,17 +64,21 @@ def _check_bias(op: str, b: TensorType | None, n: object) -> None:
         raise IRError(f"{op}: bias must be f32 of shape ({n},), got {b.dtype}{list(b.shape)}")
 
 
-def _int8_infer(x, w, w_scale, b) -> TensorType:
+def _per_channel_int8(op: str, x, w, w_scale, b) -> TensorType:
+    """The output type of ``op(x, w, w_scale, b)`` with i8 (N, K) weights and one f32 scale per
+    output channel, after checking each operand."""
     if w.dtype != DType.int8 or w.rank != 2:
-        raise IRError(
-            f"linear_int8: weight must be i8 of rank 2 (N, K), got {w.dtype} rank {w.rank}"
-        )
+        raise IRError(f"{op}: weight must be i8 of rank 2 (N, K), got {w.dtype} rank {w.rank}")
     n, k = w.shape
     if w_scale.dtype != DType.float32 or tuple(w_scale.shape) != (n,):
-        raise IRError(f"linear_int8: w_scale must be f32 of shape ({n},)")
-    _check_x("linear_int8", x, k)
-    _check_bias("linear_int8", b, n)
+        raise IRError(f"{op}: w_scale must be f32 of shape ({n},)")
+    _check_x(op, x, k)
+    _check_bias(op, b, n)
     return TensorType(DType.float32, tuple(x.shape[:-1]) + (n,))
+
+
+def _int8_infer(x, w, w_scale, b) -> TensorType:
+    return _per_channel_int8("linear_int8", x, w, w_scale, b)
 
 
 def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -174,16 +178,7 @@ defop(
 
 def _int8w_infer(x, w, w_scale, b, compute="f32", block_size=128) -> TensorType:
     _check_compute("linear_int8w", compute, block_size)
-    if w.dtype != DType.int8 or w.rank != 2:
-        raise IRError(
-            f"linear_int8w: weight must be i8 of rank 2 (N, K), got {w.dtype} rank {w.rank}"
-        )
-    n, k = w.shape
-    if w_scale.dtype != DType.float32 or tuple(w_scale.shape) != (n,):
-        raise IRError(f"linear_int8w: w_scale must be f32 of shape ({n},)")
-    _check_x("linear_int8w", x, k)
-    _check_bias("linear_int8w", b, n)
-    return TensorType(DType.float32, tuple(x.shape[:-1]) + (n,))
+    return _per_channel_int8("linear_int8w", x, w, w_scale, b)
 
 
 def int8w_linear_reference(x, w, w_scale, b, compute="f32", block_size=128) -> np.ndarray:
