@@ -142,6 +142,23 @@ def test_onnx_weight_bytes_skip_gather_only_initializers(tmp_path):
     assert onnx_weight_bytes(path) == 4 * 10 * 4  # the head only
 
 
+def test_step_graph_weight_bytes_count_packed_weights_as_stored():
+    """tgraph's own contenders count the compiled step graph's initializers, lookups left
+    out: an int4 step reads well under a third of fp32's bytes."""
+    pytest.importorskip("tgraph.generation", reason="tgraph does not compile generation yet")
+    import tgraph
+    from tgraph.bench.gen_bytes import graph_weight_bytes
+
+    llama = _llama()
+    ids = torch.randint(0, 120, (1, PROMPT))
+    fp32 = graph_weight_bytes(tgraph.compile(llama, {"input_ids": ids}).step.graph)
+    # the parameters a step reads, plus the rotary inv_freq the graph holds as a constant
+    assert torch_weight_bytes(llama) <= fp32 <= torch_weight_bytes(llama) + 1024
+    int4 = tgraph.compile(llama, {"input_ids": ids}, pipeline="int4")
+    assert "linear_int4" in int4.step.graph.op_histogram()
+    assert graph_weight_bytes(int4.step.graph) < fp32 / 3
+
+
 def test_bad_requests_are_one_line_errors(llama_dir):
     generation.check_names(["tgraph-ort[int4]", "tgraph-torch[int8-weight]", "ov-genai[int8]"])
     for bad in ("ort-fast", "ov-genai[int2]", "tgraph-tvm[int4]"):

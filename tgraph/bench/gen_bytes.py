@@ -34,6 +34,26 @@ def onnx_weight_bytes(path: str) -> int:
     return total
 
 
+def graph_weight_bytes(graph: Any) -> int:
+    """Bytes of a tgraph step graph's initializers one decode step reads: packed low-bit
+    weights and their scales as stored, less tables whose only users are lookups (``gather``, ``index``,
+    ``embedding_int8``). Counted from the values' types, so it holds after a backend has taken
+    the arrays."""
+    total = 0
+    for value in graph.initializers.values():
+        ops = {node.op for node in value.users()}
+        if ops and ops <= _LOOKUP_OPS:
+            continue
+        count = 1
+        for d in value.shape:
+            count *= int(d)
+        total += count * value.dtype.numpy.itemsize
+    return total
+
+
+_LOOKUP_OPS = {"gather", "index", "embedding_int8"}  # a step reads one row per sequence
+
+
 def _stored_bytes(init: Any) -> int:
     import onnx
 

@@ -245,6 +245,7 @@ class TgraphRunner:
         import transformers
 
         import tgraph
+        from tgraph.bench.gen_bytes import graph_weight_bytes
 
         torch.set_num_threads(req["threads"])
         lm = transformers.AutoModelForCausalLM.from_pretrained(
@@ -257,10 +258,10 @@ class TgraphRunner:
         if not hasattr(self.gen, "generate"):
             raise RuntimeError(f"tgraph.compile returned a {type(self.gen).__name__} without "
                                "generate(): this tgraph does not compile generation yet")  # fmt: skip
-        note = f"compile {time.perf_counter() - start:.1f} s"
-        if self.pipeline != "default":
-            note += f"; pipeline {self.pipeline}: MB/step counts fp32 weights"
-        return {"note": note}
+        info = {"note": f"compile {time.perf_counter() - start:.1f} s"}
+        if self.gen.step is not None:  # the step graph's own weights: packed where compressed
+            info["weight_bytes"] = graph_weight_bytes(self.gen.step.graph)
+        return info
 
     def generate(self, ids: list[list[int]], n: int) -> tuple[list[list[int]], float, float]:
         import torch

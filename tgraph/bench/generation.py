@@ -57,8 +57,8 @@ CONTENDERS = (*FP32_CONTENDERS, *LOWBIT_CONTENDERS)
 DEFAULT_CONTENDERS = FP32_CONTENDERS
 __all__ = ["CONTENDERS", "GenReport", "GenResult", "bench_generate", "format_table",
            "markdown_summary", "notes", "prepare", "write_json"]  # fmt: skip
-# tgraph-ort[int4]: tgraph.compile(..., pipeline="int4"); its bytes per step count as fp32's
-# until the worker can count the compiled graph's own.
+# tgraph-ort[int4]: tgraph.compile(..., pipeline="int4"); its worker counts the step graph's
+# own weight bytes (packed as stored, gen_bytes.graph_weight_bytes).
 _TGRAPH = re.compile(r"tgraph-(ort|torch)\[[^\]]+\]")
 DEFAULT_CACHE = os.path.expanduser("~/.cache/tgraph-bench/converted")
 MEMBW_BYTES = 2**31  # the bandwidth measurement's buffer: far past any cache
