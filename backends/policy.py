@@ -4,6 +4,9 @@ which ops have 16-bit float kernels. Each entry says what measurement put it the
 
 from __future__ import annotations
 
+import functools
+import os
+
 from tgraph.ir import DType, Node
 
 # Element types the ORT CPU kernels of Where lack; they run in a wider type.
@@ -49,3 +52,35 @@ SLOWER_FUSED: dict[str, frozenset[str]] = {
 # sum has no other reader (post-norm blocks such as nn.TransformerEncoderLayer; 33 of 469
 # ms on the encoder at 8x128). Sessions on that device switch them off.
 ORT_OPTIMIZERS_OFF: dict[str, tuple[str, ...]] = {"cpu": ("SkipLayerNormFusion",)}
+
+
+# -- int8 products on this CPU --------------------------------------------------------
+# x86 flags of the instructions that multiply u8 x s8 into 32-bit sums (no 16-bit step).
+INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+ENV_INT8_DOT = "TGRAPH_INT8_DOT"  # "1" / "0" overrides the detection (tests, cross-builds)
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def int8_dot() -> bool:
+    """Whether ``linear_int8`` should take signed int8 weights (u8 x s8) on this CPU.
+
+    ORT's u8 x s8 GEMM uses VNNI / AMX where the CPU has them: 128x768 by 768x3072 took
+    0.47 ms against 8-10 ms for u8 x u8 and for fp32 MatMul on the 2-core Xeon with AMX
+    (2 threads, identical outputs; docs/compression.md). Without them (AVX2)
+    u8 x s8 goes through 16-bit pair sums that can saturate, so weights stay u8 (zero 128).
+    """
+    forced = os.environ.get(ENV_INT8_DOT, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    return bool(_cpu_flags() & INT8_DOT_FLAGS)

@@ -89,6 +89,29 @@ def test_compressed_zoo_model_within_tolerance_on_every_backend(name, pipeline):
         assert _rel(outs[backend], outs["reference"]) <= BACKEND_TOLERANCE[pipeline], backend
 
 
+@pytest.mark.parametrize("dot", ["0", "1"])
+def test_int8_lowering_takes_signed_weights_where_the_cpu_has_int8_dot(dot, monkeypatch):
+    """u8 x s8 (VNNI / AMX) or u8 x u8 (AVX2): the same integer product either way."""
+    import onnx
+
+    from tgraph.backends.onnx_model import to_onnx
+    from tgraph.backends.policy import ENV_INT8_DOT
+
+    monkeypatch.setenv(ENV_INT8_DOT, dot)
+    case = get_case("bert-tiny")
+    example, run = case.make(2, 16, 0), case.make(3, 9, 1)
+    ref = tgraph.compile(case.model, example, backend="reference", pipeline="int8")
+    cm = tgraph.compile(case.model, example, backend="ort", pipeline="int8")
+    assert _rel(first_tensor(cm(**run)), first_tensor(ref(**run))) <= BACKEND_TOLERANCE["int8"]
+    model = to_onnx(cm.graph)
+    inits = {t.name: t for t in model.graph.initializer}
+    nodes = [n for n in model.graph.node if n.op_type == "MatMulIntegerToFloat"]
+    assert nodes
+    want = onnx.TensorProto.INT8 if dot == "1" else onnx.TensorProto.UINT8
+    assert all(inits[n.input[1]].data_type == want for n in nodes)
+    assert all(len(n.input) == (5 if dot == "1" else 6) for n in nodes)
+
+
 def test_pass_records_converted_and_kept_layers(traced_case):
     _, graph = traced_case("gpt-tiny")
     text = format_pipeline(parse_pipeline("int8"))
