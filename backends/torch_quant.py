@@ -16,9 +16,12 @@ docs/compression.md have the measurements; torch 2.13 on this CPU):
   int8 codes (the graph's own array, shared), bf16 activations again (0.18 ms at M=1).
   Above, the weight is dequantized per call into a temporary and ``F.linear`` runs in fp32
   (the packed kernel took 40 ms at M=128 in bf16 and seconds in fp32).
-- ``linear_int8`` (dynamic, encoders): the per-token codes times the int8 weight codes
-  dequantized per call, exactly the reference's integer arithmetic in fp32 (integer-valued
-  products are exact while a dot product stays below 2**24).
+- ``linear_int8`` (dynamic, encoders): the per-token codes times the int8 weight codes.
+  Where the CPU has VNNI / AMX (``backends.policy.int8_dot``), ``torch._int_mm`` on int8
+  codes and the (N, K) weight's transposed view: exact int32 sums, 0.68 ms against 7.5 ms
+  for fp32 ``F.linear`` at 128x768x3072 on the AMX Xeon (2 threads). Elsewhere the codes
+  times the weight codes converted per call in fp32 (integer-valued products are exact
+  while a dot product stays below 2**24; ``_int_mm`` ran at 2.7 GFLOP/s on AVX2).
 - ``compute="int8"`` rounds the activations per block first, as the IR defines it.
 
 Why not torchao: its CPU int4 weight-only path calls the same ATen kernel, and it would be
@@ -35,11 +38,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tgraph.backends.policy import int8_dot
 from tgraph.ir import Node
 from tgraph.ir.ops.quant import INT8_MAX, TINY_SCALE
 
 Tensor = torch.Tensor
 INT4_BLOCKS = (32, 64, 128, 256)  # what _weight_int4pack_mm_for_cpu takes
+_INT_MM = hasattr(torch, "_int_mm")
 
 
 def _rows(x: Tensor) -> Tensor:
@@ -77,7 +82,13 @@ def _int8pack(x: Tensor, w: Tensor, scale: Tensor) -> Tensor:
 
 def linear_int8(x: Tensor, w: Tensor, w_scale: Tensor, b: Tensor | None) -> Tensor:
     s = (x.abs().amax(dim=-1, keepdim=True) / INT8_MAX).clamp_min(TINY_SCALE)
-    y = F.linear(torch.round(x / s), w.to(x.dtype)) * w_scale * s
+    codes = torch.round(x / s)
+    if x.device.type == "cpu" and _INT_MM and int8_dot():  # exact int32 sums on VNNI / AMX
+        acc = torch._int_mm(_rows(codes).to(torch.int8), w.t())
+        y = acc.to(x.dtype).mul_(_rows(s)).mul_(w_scale)  # in place: (M, N) passes cost
+        y = y.reshape(*x.shape[:-1], w.shape[0])
+        return y.add_(b) if b is not None else y
+    y = F.linear(codes, w.to(x.dtype)) * w_scale * s
     return y + b if b is not None else y
 
 

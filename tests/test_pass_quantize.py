@@ -91,7 +91,8 @@ def test_compressed_zoo_model_within_tolerance_on_every_backend(name, pipeline):
 
 @pytest.mark.parametrize("dot", ["0", "1"])
 def test_int8_lowering_takes_signed_weights_where_the_cpu_has_int8_dot(dot, monkeypatch):
-    """u8 x s8 (VNNI / AMX) or u8 x u8 (AVX2): the same integer product either way."""
+    """u8 x s8 (VNNI / AMX) or u8 x u8 (AVX2) on ORT, torch._int_mm or fp32 on torch: the
+    same integer product either way."""
     import onnx
 
     from tgraph.backends.onnx_model import to_onnx
@@ -100,9 +101,11 @@ def test_int8_lowering_takes_signed_weights_where_the_cpu_has_int8_dot(dot, monk
     monkeypatch.setenv(ENV_INT8_DOT, dot)
     case = get_case("bert-tiny")
     example, run = case.make(2, 16, 0), case.make(3, 9, 1)
-    ref = tgraph.compile(case.model, example, backend="reference", pipeline="int8")
-    cm = tgraph.compile(case.model, example, backend="ort", pipeline="int8")
-    assert _rel(first_tensor(cm(**run)), first_tensor(ref(**run))) <= BACKEND_TOLERANCE["int8"]
+    ref = first_tensor(tgraph.compile(case.model, example, backend="reference",
+                                      pipeline="int8")(**run))  # fmt: skip
+    for backend in ("torch", "ort"):  # torch: torch._int_mm or fp32 on the codes
+        cm = tgraph.compile(case.model, example, backend=backend, pipeline="int8")
+        assert _rel(first_tensor(cm(**run)), ref) <= BACKEND_TOLERANCE["int8"], backend
     model = to_onnx(cm.graph)
     inits = {t.name: t for t in model.graph.initializer}
     nodes = [n for n in model.graph.node if n.op_type == "MatMulIntegerToFloat"]
