@@ -6,7 +6,9 @@ run. Attention reads only the valid slice ``[:, :, :max(past_len + q_len)]`` of 
 through ``F.scaled_dot_product_attention``; nothing is concatenated and nothing allocated
 grows with the cache's capacity. The one host sync is reading that slice length.
 Rows t >= q_len[b] are written too (the op leaves slots past the valid ones unspecified),
-which is why callers keep past_len[b] + seq <= cache_len.
+which is why callers keep past_len[b] + seq <= cache_len. With the rotary tables, q and k
+are rotated first by the table rows of their positions past_len[b] + t (padding rows read a
+clamped row; their results are unspecified anyway).
 """
 
 from __future__ import annotations
@@ -26,11 +28,39 @@ def _visible(past_len: Tensor, t: int, n: int, window: int) -> Tensor:
     return mask[:, None]
 
 
+def rotate(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool) -> Tensor:
+    """x (B, T, heads, D) rotated over its first R dims by cos/sin (B, T, 1, R/2)."""
+    r = 2 * cos.shape[-1]
+    if interleaved:
+        x1, x2 = x[..., 0:r:2], x[..., 1:r:2]
+        y = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+    else:
+        x1, x2 = x[..., : r // 2], x[..., r // 2 : r]
+        y = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    return y if r == x.shape[-1] else torch.cat((y, x[..., r:]), dim=-1)
+
+
+def _rotate_qk(q, k, past_len, cos_table, sin_table, num_heads, kv_heads, interleaved):
+    """q (B, T, H*D) and k (B, T, Hkv*D) rotated at positions past_len + t."""
+    b, t, _ = q.shape
+    pos = past_len[:, None] + torch.arange(t, device=q.device)  # (B, T)
+    pos = pos.clamp(max=cos_table.shape[0] - 1)
+    cos, sin = cos_table[pos][:, :, None], sin_table[pos][:, :, None]  # (B, T, 1, R/2)
+    q = rotate(q.view(b, t, num_heads, -1), cos, sin, interleaved).reshape(b, t, -1)
+    k = rotate(k.view(b, t, kv_heads, -1), cos, sin, interleaved).reshape(b, t, -1)
+    return q, k
+
+
 def cache_attention(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor,
-                    past_len: Tensor, q_len: Tensor, *, num_heads: int, kv_heads: int,
-                    scale: float, window: int = 0, softcap: float = 0.0):  # fmt: skip
+                    past_len: Tensor, q_len: Tensor, cos_table: Tensor | None = None,
+                    sin_table: Tensor | None = None, *, num_heads: int, kv_heads: int,
+                    scale: float, window: int = 0, softcap: float = 0.0,
+                    rotary_interleaved: bool = False):  # fmt: skip
     b, t, _ = q.shape
     d, dv = k_cache.shape[3], v_cache.shape[3]
+    if cos_table is not None:
+        q, k = _rotate_qk(q, k, past_len, cos_table, sin_table, num_heads, kv_heads,
+                          rotary_interleaved)  # fmt: skip
     rows = torch.arange(b, device=q.device)
     if t == 1:  # decode: one slot per sequence
         k_cache[rows, :, past_len] = k.view(b, kv_heads, d)

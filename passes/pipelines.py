@@ -9,7 +9,8 @@ from tgraph.passes.manager import register_pipeline
 # each stage followed by its visible cleanup.
 _DEFAULT = [
     "simplify", "fold-constants", "cse", "dce",
-    "fuse-layernorm", "fuse-gelu", "fuse-linear", "fuse-rotary", "fuse-attention",
+    "fuse-layernorm", "fuse-gelu", "fuse-linear", "fuse-rotary", "fold-cache-rotary",
+    "fuse-attention",
     "simplify", "dce",
     "fuse-skip-layernorm", "merge-qkv", "fuse-qkv-attention", "layout",
     "canonicalize-mha", "layout",

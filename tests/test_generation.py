@@ -85,6 +85,18 @@ def test_teacher_forced_logits_match_eager(arch, backend):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "arch", ["hf-gpt-neox", "hf-phi", "hf-llama", "hf-mistral", "hf-qwen2", "hf-gemma", "hf-gemma2"]
+)
+def test_rope_is_folded_into_cache_attention(arch):
+    """The graphs the tests above check against eager attend with rotary inside the op."""
+    _, gen = compiled(arch, "torch")
+    graph = gen.step.graph
+    assert not {"rotary", "cos", "sin"} & set(graph.op_histogram())
+    attention = [n for n in graph.nodes if n.op == "cache_attention"]
+    assert attention and all(len(n.inputs) == 9 for n in attention)
+
+
 @pytest.mark.parametrize("backend", ["reference", "torch"])
 def test_eos_stops_each_row_and_pads(backend):
     lm, gen = compiled("hf-llama", backend)

@@ -1,5 +1,14 @@
 """Lowering of ``cache_attention`` to com.microsoft GroupQueryAttention (the mapping of each
-input and attribute, and why the step runs through I/O binding: backends/ort_cache.py)."""
+input and attribute, and why the step runs through I/O binding: backends/ort_cache.py).
+
+With rotary tables (cos_table, sin_table: (P, R/2)) GQA rotates q and k itself
+(``do_rotary=1``, the tables as ``cos_cache``/``sin_cache``): with ``query_seqlens`` given,
+query row s of entry b is at position P_b + s with P_b = seqlens_k[b] + 1 - query_seqlens[b]
+= past_len[b], which is the op's "a slot is a position". ORT's CPU kernel accepts that only
+for head sizes that are multiples of 16 and R/2 a multiple of 8; otherwise q and k go
+through com.microsoft RotaryEmbedding (same tables, positions past_len + t) before a GQA
+without rotary.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +16,32 @@ import numpy as np
 
 from tgraph.backends.onnx_lowering import MS_DOMAIN, ONNX_DTYPE
 from tgraph.backends.onnx_ops.base import lowers
-from tgraph.ir import DType
+from tgraph.ir import DType, Node
+
+
+def gqa_rotary_fits(head: int, rotary_half: int) -> bool:
+    """Whether ORT's GroupQueryAttention accepts do_rotary for this head size and table."""
+    return head % 16 == 0 and rotary_half % 8 == 0
 
 
 @lowers("cache_attention")
-def _cache_attention(ctx, node, q, k, v, k_cache, v_cache, past_len, q_len):
+def _cache_attention(ctx, node, q, k, v, k_cache, v_cache, past_len, q_len, cos="", sin=""):
     a = node.attrs
     seqlens = ctx.op("Sub", [ctx.op("Add", [past_len, q_len]), ctx.const(np.int64(1))])
     capacity = ctx.dim(node.inputs[3].shape[2], scalar=True)
     int32 = ONNX_DTYPE[DType.int32]
+    rotary: dict[str, int] = {}
+    if cos:
+        head, half = node.inputs[3].shape[3], node.inputs[7].shape[1]
+        if gqa_rotary_fits(head, half):
+            rotary = dict(do_rotary=1, rotary_interleaved=int(a["rotary_interleaved"]))
+        else:
+            q, k = (_rotary_embedding(ctx, node, x, heads, past_len, cos, sin)
+                    for x, heads in ((q, a["num_heads"]), (k, a["kv_heads"])))  # fmt: skip
+            cos = sin = ""
     inputs = [q, k, v, k_cache, v_cache, ctx.op("Cast", [seqlens], to=int32),
-              ctx.op("Cast", [capacity], to=int32)]  # fmt: skip
-    inputs += [""] * 9 + [ctx.op("Cast", [q_len], to=int32)]  # no rotary, bias, sink, scales, norms
+              ctx.op("Cast", [capacity], to=int32), cos, sin]  # fmt: skip
+    inputs += [""] * 7 + [ctx.op("Cast", [q_len], to=int32)]  # no position ids, bias, sink, ...
     return ctx.op_n(
         "GroupQueryAttention",
         inputs,
@@ -29,4 +52,21 @@ def _cache_attention(ctx, node, q, k, v, k_cache, v_cache, past_len, q_len):
         scale=float(a["scale"]),
         local_window_size=a["window"] if a["window"] > 0 else -1,
         softcap=float(a["softcap"]),
+        **rotary,
+    )
+
+
+def _rotary_embedding(ctx, node: Node, x: str, heads: int, past_len: str, cos: str, sin: str):
+    """x (B, T, heads*D) rotated at positions past_len[b] + t by RotaryEmbedding."""
+    seq = ctx.dim(node.inputs[0].shape[1], scalar=True)
+    steps = ctx.op("Range", [ctx.const(np.int64(0)), seq, ctx.const(np.int64(1))])
+    positions = ctx.op("Add", [ctx.op("Unsqueeze", [past_len, ctx.ints([1])]), steps])
+    rotary_dim = 2 * node.inputs[7].shape[1]
+    return ctx.op(
+        "RotaryEmbedding",
+        [x, positions, cos, sin],
+        domain=MS_DOMAIN,
+        num_heads=heads,
+        rotary_embedding_dim=rotary_dim,
+        interleaved=int(node.attrs["rotary_interleaved"]),
     )
