@@ -11,7 +11,8 @@ rows: ORT appends only the real ones, at slots past_len ..), ``total_sequence_le
 same count as transformers' sliding window: the query and the window - 1 keys before it;
 window - 1 fails the Mistral test), ``softcap`` as is. GQA is causal and does all of: the cache write, causality, per-sequence
 lengths (our compacted left padding: no mask needed), GQA head sharing, sliding windows.
-RoPE stays outside (the model's own rotary ops: the graph has no cos/sin table to give GQA).
+With rotary tables (passes/fold_cache_rotary.py) GQA also rotates q and k (``do_rotary``;
+see onnx_ops/cache.py for the positions it uses and the head sizes it accepts).
 
 GQA's present outputs only equal the op's updated caches when present and past share a
 buffer; a plain session run would allocate a present of another length. So the step graph

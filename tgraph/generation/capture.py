@@ -22,7 +22,8 @@ writes the cache and attends over it, which translates to the IR op ``cache_atte
 (tgraph/ir/ops/cache.py). The model's own mask construction is skipped (transformers builds
 no mask for an attention implementation it has no mask function for): causality, padding
 and sliding windows are the op's semantics, from ``past_len``/``q_len`` and the layer's
-``sliding_window``. RoPE, norms and projections stay the model's own ops.
+``sliding_window``. RoPE, norms and projections stay the model's own ops (the default pipeline's
+fold-cache-rotary then moves RoPE into ``cache_attention`` as cos/sin tables by position).
 
 Graph outputs 1.. carry ``meta["updates"]`` = the name of the cache input they replace.
 """
