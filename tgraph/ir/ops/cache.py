@@ -42,7 +42,7 @@ from tgraph.ir.ops.registry import REQUIRED, defop
 # 9 inputs is more than the registry pads with None (8), hence the defaults of cos and sin.
 def _cache_attention_infer(q, k, v, kc, vc, past_len, q_len, cos=None, sin=None, *, num_heads,
                            kv_heads, scale, window, softcap,
-                           rotary_interleaved) -> list[TensorType]:  # fmt: skip
+                           rotary_interleaved=False) -> list[TensorType]:  # fmt: skip
     if num_heads % kv_heads:
         raise IRError(f"cache_attention: num_heads {num_heads} is not a multiple of {kv_heads}")
     if any(t.rank != 3 for t in (q, k, v)) or kc.rank != 4 or vc.rank != 4:
@@ -98,7 +98,7 @@ def rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, interleaved: bool) -
 
 def cache_attention_reference(q, k, v, k_cache, v_cache, past_len, q_len, cos_table=None,
                               sin_table=None, *, num_heads, kv_heads, scale, window, softcap,
-                              rotary_interleaved):  # fmt: skip
+                              rotary_interleaved=False):  # fmt: skip
     """The definition above, one sequence and one head group at a time, in float64."""
     b, t, _ = q.shape
     d, dv = k_cache.shape[3], v_cache.shape[3]
