@@ -37,12 +37,12 @@ def onnx_weight_bytes(path: str) -> int:
 def graph_weight_bytes(graph: Any) -> int:
     """Bytes of a tgraph step graph's initializers one decode step reads: packed low-bit
     weights and their scales as stored, less tables whose only users are lookups (``gather``, ``index``,
-    ``embedding_int8``). Counted from the values' types, so it holds after a backend has taken
-    the arrays."""
+    ``embedding_int8``, and cache_attention's rotary tables). Counted from the values' types,
+    so it holds after a backend has taken the arrays."""
     total = 0
     for value in graph.initializers.values():
-        ops = {node.op for node in value.users()}
-        if ops and ops <= _LOOKUP_OPS:
+        uses = value.uses()
+        if uses and all(_is_lookup(node, index) for node, index in uses):
             continue
         count = 1
         for d in value.shape:
@@ -52,6 +52,11 @@ def graph_weight_bytes(graph: Any) -> int:
 
 
 _LOOKUP_OPS = {"gather", "index", "embedding_int8"}  # a step reads one row per sequence
+
+
+def _is_lookup(node: Any, index: int) -> bool:
+    # cache_attention inputs 7, 8: cos/sin tables, of which a step reads one row per token
+    return node.op in _LOOKUP_OPS or (node.op == "cache_attention" and index >= 7)
 
 
 def _stored_bytes(init: Any) -> int:
