@@ -31,8 +31,9 @@ def _position(g: Graph, past_len, seq):
     return g.create_node("add", [a, b]).output  # (B, T)
 
 
-def _step_graph(source: str = "position", rotary_dim: int = R) -> Graph:
-    """One layer: q, k rotated like HF Llama, cos/sin (B, 1, T, R) from ``source``."""
+def _step_graph(source: str = "position", rotary_dim: int = R, heads_first: bool = True) -> Graph:
+    """One layer: q, k rotated like HF Llama, on (B, H, T, D) heads with cos/sin (B, 1, T, R)
+    (or on (B, T, H, D) with (B, T, 1, R)), cos/sin computed from ``source``."""
     g = Graph("step")
     batch, seq, cap = (SymDim.symbol(n) for n in ("batch", "seq", "cache_len"))
     q = g.add_input("q", DType.float32, [batch, seq, H * D])
@@ -53,11 +54,13 @@ def _step_graph(source: str = "position", rotary_dim: int = R) -> Graph:
         angles = g.create_node("mul", [pos, inv_freq]).output
     emb = g.create_node("concat", [angles, angles], dict(axis=-1)).output
     cos, sin = (g.create_node(f, [emb]).output for f in ("cos", "sin"))
-    cos, sin = (g.create_node("unsqueeze", [t], dict(axes=(1,))).output for t in (cos, sin))
+    axes = (1,) if heads_first else (2,)
+    cos, sin = (g.create_node("unsqueeze", [t], dict(axes=axes)).output for t in (cos, sin))
     flat = []
     for x, heads in ((q, H), (k, HKV)):
         x = g.create_node("reshape", [x], dict(shape=(batch, seq, heads, D))).output
-        x = g.create_node("permute", [x], dict(perm=(0, 2, 1, 3))).output
+        if heads_first:
+            x = g.create_node("permute", [x], dict(perm=(0, 2, 1, 3))).output
         if rotary_dim < D:
             part, rest = (g.create_node("slice", [x], dict(axis=3, start=a, end=b, step=1)).output
                           for a, b in ((0, rotary_dim), (rotary_dim, D)))  # fmt: skip
@@ -65,7 +68,8 @@ def _step_graph(source: str = "position", rotary_dim: int = R) -> Graph:
             x = g.create_node("concat", [rot, rest], dict(axis=3)).output
         else:
             x = g.create_node("rotary", [x, cos, sin]).output
-        x = g.create_node("permute", [x], dict(perm=(0, 2, 1, 3))).output
+        if heads_first:
+            x = g.create_node("permute", [x], dict(perm=(0, 2, 1, 3))).output
         flat.append(g.create_node("reshape", [x], dict(shape=(batch, seq, heads * D))).output)
     node = g.create_node("cache_attention", [*flat, v, *caches, past_len, q_len],
                          dict(num_heads=H, kv_heads=HKV, scale=D**-0.5))  # fmt: skip
@@ -81,9 +85,9 @@ def _inputs(seed: int, past: list[int], n: list[int], t: int) -> list[np.ndarray
     return [*arrays, np.array(past), np.array(n)]
 
 
-@pytest.mark.parametrize("rotary_dim", [R, R // 2])
-def test_rotary_folds_into_tables_with_the_same_outputs(rotary_dim):
-    g = _step_graph(rotary_dim=rotary_dim)
+@pytest.mark.parametrize("rotary_dim, heads_first", [(R, True), (R // 2, True), (R // 2, False)])
+def test_rotary_folds_into_tables_with_the_same_outputs(rotary_dim, heads_first):
+    g = _step_graph(rotary_dim=rotary_dim, heads_first=heads_first)
     after, records = optimize(g, PIPELINE)
     assert records[0].changed and records[0].stats == {"folded": 1, "skipped": []}
     hist = after.op_histogram()
