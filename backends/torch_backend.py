@@ -55,7 +55,7 @@ from tgraph.tensors import torch_dtype
 
 from .errors import LoweringError
 from .torch_cuda_graphs import CudaGraphs, can_replay
-from .torch_ops import ALIAS_OPS, CREATION_OPS, ops_for
+from .torch_ops import ALIAS_OPS, CREATION_OPS, TUPLE_OPS, ops_for
 from .torch_quant import emit_packed, shared
 
 
@@ -333,7 +333,7 @@ class _ProgramBuilder:
             kwargs["device"] = self.device_arg()
         name = node.outputs[0].name if len(node.outputs) == 1 else node.op
         call = self.fx.create_node("call_function", fn, args, kwargs, name=_identifier(name, set()))
-        if len(node.outputs) == 1:
+        if len(node.outputs) == 1 and node.op not in TUPLE_OPS:
             self.env[id(node.outputs[0])] = call
             return
         for i, out in enumerate(node.outputs):

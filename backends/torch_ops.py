@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .torch_cache_ops import cache_attention
 from .torch_collectives import COLLECTIVE_OPS
+from .torch_ops_ext import EXT_OPS
 from .torch_quant import QUANT_OPS
 
 Tensor = torch.Tensor
@@ -411,6 +412,7 @@ OPS: dict[str, Callable[..., Tensor | tuple[Tensor, ...]]] = {
     "resize": resize,
     **QUANT_OPS,
     **COLLECTIVE_OPS,
+    **EXT_OPS,
 }
 
 # Ops that make a tensor without a tensor input: the lowering passes them the device.
@@ -418,6 +420,9 @@ CREATION_OPS = frozenset({"arange", "full"})
 
 # Ops whose output is their input: the lowering forwards the value instead of calling them.
 ALIAS_OPS = frozenset({"identity", "dropout"})
+
+# Ops whose function returns a tuple however many outputs the node has (a one-piece split).
+TUPLE_OPS = frozenset({"split"})
 
 
 def ops_for(device: torch.device) -> Mapping[str, Callable[..., Tensor | tuple[Tensor, ...]]]:

@@ -10,28 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from sweep_helpers import BACKENDS
+from sweep_helpers import check_eager as _check
+from sweep_helpers import features as _features
 from torch import nn
 
 import tgraph
-
-BACKENDS = ("reference", "ort", "torch")
-
-
-def _check(model: nn.Module, make, backend: str, sizes=((1, 7), (3, 11))):
-    model = model.eval()
-    cm = tgraph.compile(model, make(2, 16, 0), backend=backend)
-    for seed, (batch, seq) in enumerate(sizes, start=1):
-        args = make(batch, seq, seed)
-        with torch.no_grad():
-            torch.testing.assert_close(cm(*args), model(*args), rtol=1e-4, atol=1e-4)
-    return cm
-
-
-def _features(channels: int = 8):
-    def make(b, s, seed):
-        return (torch.randn(b, s, channels, generator=torch.Generator().manual_seed(seed)),)
-
-    return make
 
 
 class Baddbmm(nn.Module):

@@ -1,4 +1,4 @@
-"""Op registry checks of the ops the architecture sweep needed: resize and topk (see
+"""Op registry checks of the ops the architecture sweep needed: resize, topk, logsumexp (see
 test_ops.py; sign is with the unary ops there)."""
 
 from __future__ import annotations
@@ -111,3 +111,12 @@ def test_scatter_elements_against_torch():
     small = index[:2]  # an index smaller than x on the other dim
     out = run1("scatter_elements", [x, small, updates[:2]], {"axis": 1})
     assert_close(out, torch.scatter(t(x), 1, t(small), t(updates[:2])))
+
+
+@pytest.mark.parametrize("axes, keepdim", [((-1,), False), ((0, 2), True), ((), False)])
+def test_logsumexp_is_stable_against_torch(axes, keepdim):
+    x = 300.0 * randn(3, 4, 5, seed=7)  # exp overflows fp32 unless the max is subtracted
+    x[1, 2, :] = -np.inf  # a row of -inf gives -inf, not nan
+    out = run1("logsumexp", [x], {"axes": axes, "keepdim": keepdim})
+    want = torch.logsumexp(t(x), dim=axes or (0, 1, 2), keepdim=keepdim)
+    assert_close(out, want)

@@ -12,6 +12,7 @@ from tgraph.backends.onnx_ops.base import (
     cast,
     in_type,
     lowers,
+    scalar,
 )
 from tgraph.ir.ops.shapes import norm_axis
 
@@ -49,6 +50,18 @@ def _var(ctx, node, x):
     total = _reduce(ctx, "ReduceSum", ctx.op("Mul", [diff, diff]), axes, node.attrs["keepdim"])
     n = cast(ctx, ctx.dim(count - node.attrs["correction"], scalar=True), xt.dtype)
     return ctx.op("Div", [total, n])
+
+
+@lowers("logsumexp")
+def _logsumexp(ctx, node, x):
+    # log(sum(exp(x - m))) + m, m = max(x) over the axes, or 0 where that max is infinite.
+    axes, keepdim = node.attrs["axes"], node.attrs["keepdim"]
+    dtype = in_type(node, 0).dtype
+    m = _reduce(ctx, "ReduceMax", x, axes, True)
+    m = ctx.op("Where", [ctx.op("IsInf", [m]), scalar(ctx, 0, dtype), m])
+    total = _reduce(ctx, "ReduceSum", ctx.op("Exp", [ctx.op("Sub", [x, m])]), axes, keepdim)
+    shift = m if keepdim else _reduce(ctx, "ReduceMax", m, axes, False)  # drop the unit axes
+    return ctx.op("Add", [ctx.op("Log", [total]), shift])
 
 
 @lowers("argmax")

@@ -79,6 +79,7 @@ aten("sum.dim_IntList", "sum.default")(_reduce("reduce_sum"))
 aten("amax.default")(_reduce("reduce_max"))
 aten("amin.default")(_reduce("reduce_min"))
 aten("prod.dim_int")(_reduce("reduce_prod"))
+aten("logsumexp.default")(_reduce("logsumexp"))  # (integers promote to float first)
 
 
 @aten("max.dim", "min.dim")

@@ -1,4 +1,4 @@
-"""Reductions over axes: sum, mean, max, min, var, argmax, cumsum, topk."""
+"""Reductions over axes: sum, mean, max, min, logsumexp, var, argmax, cumsum, topk."""
 
 from __future__ import annotations
 
@@ -43,6 +43,27 @@ _make_reduce("reduce_mean", np.mean, "Mean")
 _make_reduce("reduce_max", np.max, "Maximum")
 _make_reduce("reduce_min", np.min, "Minimum")
 _make_reduce("reduce_prod", np.prod, "Product")
+
+
+def _logsumexp_kernel(x: np.ndarray, axes, keepdim) -> np.ndarray:
+    # log(sum(exp(x - m))) + m with m the max over the axes; an infinite m (a row of -inf)
+    # shifts by 0 instead, so the row gives -inf, not nan (torch's rule).
+    axis = _np_axes(x, axes)
+    m = np.max(x, axis=axis, keepdims=True)
+    m = np.where(np.isinf(m), 0, m)
+    y = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
+    return (y if keepdim else np.squeeze(y, axis=axis)).astype(x.dtype)
+
+
+defop(
+    "logsumexp",
+    infer=lambda x, axes, keepdim: TensorType(
+        x.dtype, _reduced_shape(x.shape, axes, keepdim, "logsumexp")
+    ),
+    kernel=_logsumexp_kernel,
+    attrs={"axes": (), "keepdim": False},
+    doc="log(sum(exp(x))) over `axes` (all when empty), computed from x - max(x).",
+)
 
 
 def _var_kernel(x: np.ndarray, axes, correction, keepdim) -> np.ndarray:
