@@ -9,6 +9,8 @@ import torch
 from sweep_helpers import BACKENDS, check_eager, features
 from torch import nn
 
+import tgraph
+
 
 class LogSumExp(nn.Module):
     def forward(self, x):  # (B, T, 8) at magnitudes whose exp overflows fp32, rows of -inf
@@ -24,7 +26,32 @@ class UnbindUnit(nn.Module):
         return only * 2
 
 
+class Einsum(nn.Module):
+    """The equation forms transformers' models use, on (B, T, 8) features."""
+
+    def forward(self, x):
+        b, t = x.shape[:2]
+        q = x.view(b, t, 2, 4).transpose(1, 2)  # (B, 2, T, 4)
+        w = torch.arange(32.0).view(8, 4) / 32
+        att = torch.einsum("bnqd,bnkd->bnqk", q, q).softmax(-1)
+        outs = [
+            torch.einsum("...si,...id->...sd", att, q),  # mgp-str
+            torch.einsum("...si,id->...sd", att[:, :1], q[0, 0, :, :3]),  # ranks differ
+            torch.einsum("bsj,j->bs", x, w[:, 0]),
+            torch.einsum("blq,blk->blqk", x[..., :3], x[..., 5:]),  # an outer product
+            torch.einsum("ibnd,jbnd->bnij", q, q),
+            torch.einsum("bij, jk ,ni -> bnk", x, w, x[0, :, :3].T),  # three operands, spaces
+            torch.einsum("ij,jk", x[0], w),  # implicit output: "ik"
+            torch.einsum("ijbn->bnij", q),
+            torch.einsum("bnqd->bd", q),  # sums only
+            torch.einsum("bxd,byd->bxy", x[:, :1], x),  # a size-1 batch-free dim
+            torch.einsum("bcd,zcd->bzc", x, x[:1]),  # a batch dim of size 1 against B
+        ]
+        return outs
+
+
 CASES = {
+    "einsum": Einsum,
     "logsumexp": LogSumExp,
     "unbind-unit": UnbindUnit,
 }
@@ -34,3 +61,12 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_translation_matches_eager(case, backend):
     check_eager(CASES[case](), features(), backend)
+
+
+def test_einsum_with_a_repeated_subscript_is_refused_naming_the_equation():
+    class Diagonal(nn.Module):
+        def forward(self, x):
+            return torch.einsum("bii->bi", x[:, :8, :])
+
+    with pytest.raises(tgraph.FrontendError, match=r"einsum 'bii->bi': a subscript repeats"):
+        tgraph.trace(Diagonal(), features()(2, 16, 0))

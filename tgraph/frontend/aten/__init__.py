@@ -6,11 +6,12 @@ targets, expand sizes, split sizes) are read from the node's metadata, so no ``-
 size arithmetic survives into the IR. An op missing here fails tracing with its name.
 
 One module per family, mirroring tgraph/ir/ops/: ``elementwise``, ``shape_ops``, ``reduce``
-(with creation ops), ``nn`` and ``vision`` (batch norm, pooling, mobile activations); ``base`` holds the table, the ``@aten`` decorator and the
+(with creation ops), ``nn``, ``einsum`` (a decomposition) and ``vision`` (batch norm, pooling, mobile activations); ``base`` holds the table, the ``@aten`` decorator and the
 shared helpers.
 """
 
 from tgraph.frontend.aten import (  # noqa: F401  (fill the table)
+    einsum,
     elementwise,
     nn,
     reduce,
