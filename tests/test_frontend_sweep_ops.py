@@ -50,7 +50,23 @@ class Einsum(nn.Module):
         return outs
 
 
+class StringPadding(nn.Module):
+    """padding='same' (even and uneven totals, dilated) and 'valid' (SigLIP's patch conv)."""
+
+    def __init__(self):
+        super().__init__()
+        self.same2d = nn.Conv2d(1, 4, (3, 4), padding="same", dilation=(2, 1))
+        self.same1d = nn.Conv1d(8, 8, 4, padding="same", groups=2)
+        self.valid = nn.Conv1d(8, 4, 3, padding="valid")
+
+    def forward(self, x):  # (B, T, 8)
+        img = self.same2d(x.unsqueeze(1))  # (B, 4, T, 8)
+        seq = x.transpose(1, 2)
+        return img, self.same1d(seq), self.valid(seq)
+
+
 CASES = {
+    "string-padding": StringPadding,
     "einsum": Einsum,
     "logsumexp": LogSumExp,
     "unbind-unit": UnbindUnit,

@@ -82,7 +82,8 @@ def _rms_norm(ctx, x, normalized_shape, weight=None, eps=None):
     return ctx.emit("rms_norm", ins, axis=-len(normalized_shape), eps=float(eps))
 
 
-@aten("conv1d.default", "conv2d.default", "convolution.default")
+@aten("conv1d.default", "conv2d.default", "convolution.default", "conv1d.padding",
+      "conv2d.padding")  # fmt: skip
 def _conv(ctx, x, weight, bias=None, stride=1, padding=0, dilation=1, *rest):
     if ctx.node.target is torch.ops.aten.convolution.default:
         transposed, _out_pad, groups = rest
@@ -92,7 +93,7 @@ def _conv(ctx, x, weight, bias=None, stride=1, padding=0, dilation=1, *rest):
         groups = rest[0] if rest else 1
     x, w = ctx.value(x), ctx.value(weight)
     if isinstance(padding, str):
-        raise UnsupportedError(f"convolution padding={padding!r}")
+        x, padding = _string_padding(ctx, x, w, padding, stride, dilation)
     ins = [x, w] + ([ctx.value(bias)] if bias is not None else [])
     if x.rank == 3:
         return _conv1d(ctx, ins, stride, padding, dilation, groups)
@@ -103,6 +104,23 @@ def _conv(ctx, x, weight, bias=None, stride=1, padding=0, dilation=1, *rest):
         "conv2d", ins, stride=pair(stride), padding=pair(padding), dilation=pair(dilation),
         groups=groups,
     )  # fmt: skip
+
+
+def _string_padding(ctx, x: Value, w: Value, padding: str, stride, dilation):
+    """padding='valid' (none) or 'same' (stride 1: the output keeps the input's size) as
+    (x, per-dim padding). 'same' pads dilation * (k - 1) per dim, the odd one on the end
+    side as torch does: an uneven total becomes an explicit ``pad`` before the conv."""
+    n = x.rank - 2
+    per_dim = lambda v: tuple(v) * (n // len(v)) if isinstance(v, (list, tuple)) else (v,) * n  # noqa: E731
+    if padding == "valid":
+        return x, (0,) * n
+    if padding != "same" or any(s != 1 for s in per_dim(stride)):
+        raise UnsupportedError(f"convolution padding={padding!r} with stride {stride}")
+    totals = [d * (k - 1) for d, k in zip(per_dim(dilation), w.shape[2:])]
+    if all(t % 2 == 0 for t in totals):
+        return x, tuple(t // 2 for t in totals)
+    pads = (0, 0, 0, 0) + tuple(p for t in totals for p in (t // 2, t - t // 2))
+    return ctx.emit("pad", [x], pads=pads, value=0.0), (0,) * n
 
 
 def _conv1d(ctx, ins: list[Value], stride, padding, dilation, groups) -> Value:
