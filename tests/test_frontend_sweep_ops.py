@@ -65,7 +65,16 @@ class StringPadding(nn.Module):
         return img, self.same1d(seq), self.valid(seq)
 
 
+class StridedScatter(nn.Module):
+    def forward(self, x):  # Qwen3-VL's interleaved rotary sections: every 3rd channel
+        y = x.clone()
+        y[..., 1:7:3] = 2 * x[..., 1:7:3]
+        y[:, ::2] = -y[:, ::2]  # a step over the symbolic sequence dim
+        return y
+
+
 CASES = {
+    "strided-scatter": StridedScatter,
     "string-padding": StringPadding,
     "einsum": Einsum,
     "logsumexp": LogSumExp,

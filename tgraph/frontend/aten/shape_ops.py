@@ -132,13 +132,23 @@ def _slice_scatter(ctx, base, src, dim=0, start=None, end=None, step=1):
     start = _bound(ctx.value(start), size, 0)
     end = _bound(ctx.value(end), size, size)
     if step != 1:
-        raise UnsupportedError(f"slice_scatter with step {step}")
+        return _strided_scatter(ctx, base, ctx.cast(src, base.dtype), axis, start, end, step)
     parts = [ctx.cast(src, base.dtype)]
     if start != 0:
         parts.insert(0, ctx.emit("slice", [base], axis=axis, start=0, end=start, step=1))
     if end != size:
         parts.append(ctx.emit("slice", [base], axis=axis, start=end, end=size, step=1))
     return parts[0] if len(parts) == 1 else ctx.emit("concat", parts, axis=axis)
+
+
+def _strided_scatter(ctx, base: Value, src: Value, axis: int, start, end, step) -> Value:
+    # base[start:end:step] = src along axis (Qwen3-VL's interleaved rotary sections): a
+    # scatter at positions arange(start, end, step), broadcast over src's other dims.
+    positions = ctx.emit("arange", [], start=start, end=end, step=step, dtype=DType.int64)
+    line = tuple(positions.shape[0] if a == axis else 1 for a in range(src.rank))
+    index = ctx.emit("reshape", [positions], shape=line)
+    index = ctx.emit("expand", [index], shape=tuple(src.shape))
+    return ctx.emit("scatter_elements", [base, index, src], axis=axis)
 
 
 @aten("select_scatter.default")
