@@ -336,8 +336,8 @@ def pad(x: Tensor, pads, value) -> Tensor:
 
 
 def resize(x: Tensor, size, scales, mode: str, align_corners: bool) -> Tensor:
-    kind = "bilinear" if mode == "linear" else "nearest"
-    align = align_corners if kind == "bilinear" else None
+    kind = {"linear": "bilinear", "cubic": "bicubic"}.get(mode, "nearest")
+    align = align_corners if kind != "nearest" else None
     if scales:  # the user's factors: torch maps coordinates with them, not with the sizes
         return F.interpolate(x, scale_factor=tuple(scales), mode=kind, align_corners=align,
                              recompute_scale_factor=False)  # fmt: skip

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from sweep_helpers import BACKENDS, check_eager, features
 from torch import nn
 
@@ -73,7 +74,19 @@ class StridedScatter(nn.Module):
         return y
 
 
+class Bicubic(nn.Module):
+    def forward(self, x):  # (B, T, C) as a (B, C, T, 2) image, resampled bicubically
+        img = torch.cat([x, x.square()], -1).transpose(1, 2).reshape(x.shape[0], 8, -1, 2)
+        outs = [
+            F.interpolate(img, size=(5, 7), mode="bicubic"),  # VitDet's position embeddings
+            F.interpolate(img, scale_factor=(1.5, 2.5), mode="bicubic", align_corners=True),
+            F.interpolate(img, scale_factor=2, mode="bicubic"),
+        ]
+        return [o.flatten(1) for o in outs]
+
+
 CASES = {
+    "bicubic": Bicubic,
     "strided-scatter": StridedScatter,
     "string-padding": StringPadding,
     "einsum": Einsum,

@@ -19,6 +19,10 @@ from tgraph.ir import DType, Graph, IRError, SymDim
         ((12, 20), (), "linear", True),
         ((5, 7), (), "linear", False),  # downsampling
         ((11, 26), (1.9, 2.6), "linear", False),  # factors that are not size ratios
+        ((12, 20), (), "cubic", False),
+        ((12, 20), (), "cubic", True),
+        ((5, 7), (), "cubic", False),  # downsampling: taps past both edges
+        ((11, 26), (1.9, 2.6), "cubic", False),
         ((12, 20), (), "nearest", False),
         ((17, 11), (), "nearest", False),
         ((11, 26), (1.9, 2.6), "nearest", False),
@@ -27,8 +31,8 @@ from tgraph.ir import DType, Graph, IRError, SymDim
 def test_resize_against_interpolate(size, scales, mode, align):
     x = randn(2, 3, 6, 10, seed=1)
     attrs = {"size": size, "scales": scales, "mode": mode, "align_corners": align}
-    kind = "bilinear" if mode == "linear" else "nearest"
-    kwargs = {"align_corners": align} if kind == "bilinear" else {}
+    kind = {"linear": "bilinear", "cubic": "bicubic"}.get(mode, "nearest")
+    kwargs = {"align_corners": align} if kind != "nearest" else {}
     if scales:
         want = F.interpolate(t(x), scale_factor=scales, mode=kind, recompute_scale_factor=False,
                              **kwargs)  # fmt: skip
@@ -43,8 +47,8 @@ def test_resize_infers_symbolic_sizes_and_rejects_bad_attrs():
     x = g.add_input("x", DType.float32, (batch, 3, h, 8))
     y = g.create_node("resize", [x], {"size": (2 * h, 16)}).output
     assert tuple(y.shape) == (batch, 3, 2 * h, 16)
-    with pytest.raises(IRError, match="mode 'cubic'"):
-        g.create_node("resize", [x], {"size": (4, 4), "mode": "cubic"})
+    with pytest.raises(IRError, match="mode 'area'"):
+        g.create_node("resize", [x], {"size": (4, 4), "mode": "area"})
     with pytest.raises(IRError, match="rank-4"):
         g.create_node("resize", [g.add_input("v", DType.float32, (3, 8))], {"size": (4, 4)})
 

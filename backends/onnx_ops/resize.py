@@ -1,11 +1,12 @@
 """ONNX lowering of ``resize`` (tgraph/ir/ops/resize.py): one ``Resize`` node whose
-coordinate mode reproduces torch's ``interpolate``."""
+coordinate mode (and cubic coefficient) reproduce torch's ``interpolate``."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from tgraph.backends.onnx_ops.base import in_type, lowers
+from tgraph.ir.ops.resize import CUBIC_A
 
 
 @lowers("resize")
@@ -15,9 +16,11 @@ def _resize(ctx, node, x):
         modes = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
                  "nearest_mode": "floor"}  # fmt: skip
     elif a["align_corners"]:
-        modes = {"mode": "linear", "coordinate_transformation_mode": "align_corners"}
-    else:  # torch: src = max((dst + 0.5) / scale - 0.5, 0); ORT clamps the same way
-        modes = {"mode": "linear", "coordinate_transformation_mode": "half_pixel"}
+        modes = {"mode": a["mode"], "coordinate_transformation_mode": "align_corners"}
+    else:  # torch: src = (dst + 0.5) / scale - 0.5 (linear: clamped at 0; ORT clamps too)
+        modes = {"mode": a["mode"], "coordinate_transformation_mode": "half_pixel"}
+    if a["mode"] == "cubic":  # torch's coefficient; taps past the edge read the edge
+        modes.update(cubic_coeff_a=CUBIC_A, exclude_outside=0)
     if a["scales"]:  # the user's factors, so ORT maps coordinates with them as torch does
         scales = ctx.const(np.asarray([1.0, 1.0, *a["scales"]], dtype=np.float32))
         return ctx.op("Resize", [x, "", scales], **modes)

@@ -153,27 +153,33 @@ def _sdpa(
     )  # fmt: skip
 
 
-@aten("upsample_bilinear2d.vec", "upsample_nearest2d.vec")
+def _resize_mode(ctx) -> str:
+    name = str(ctx.node.target)
+    return "linear" if "bilinear" in name else "cubic" if "bicubic" in name else "nearest"
+
+
+@aten("upsample_bilinear2d.vec", "upsample_bicubic2d.vec", "upsample_nearest2d.vec")
 def _upsample_vec(ctx, x, output_size, *args):
-    # bilinear: (x, output_size, align_corners, scale_factors); nearest: (x, output_size, scales)
-    linear = "bilinear" in str(ctx.node.target)
-    align, scales = (args[0], args[1]) if linear else (False, args[0])
-    return _resize(ctx, x, linear, align, tuple(scales or ()))
+    # bilinear, bicubic: (x, output_size, align_corners, scale_factors); nearest: (x,
+    # output_size, scale_factors)
+    mode = _resize_mode(ctx)
+    align, scales = (False, args[0]) if mode == "nearest" else (args[0], args[1])
+    return _resize(ctx, x, mode, align, tuple(scales or ()))
 
 
-@aten("upsample_bilinear2d.default", "upsample_nearest2d.default")
+@aten("upsample_bilinear2d.default", "upsample_bicubic2d.default", "upsample_nearest2d.default")
 def _upsample(ctx, x, output_size, *args):
-    # bilinear: (x, size, align_corners, scales_h, scales_w); nearest: (x, size, scales_h, scales_w)
-    linear = "bilinear" in str(ctx.node.target)
-    align, rest = (args[0], args[1:]) if linear else (False, args)
+    # bilinear, bicubic: (x, size, align_corners, scales_h, scales_w); nearest: (x, size,
+    # scales_h, scales_w)
+    mode = _resize_mode(ctx)
+    align, rest = (False, args) if mode == "nearest" else (args[0], args[1:])
     scales = tuple(s for s in rest if s is not None)
-    return _resize(ctx, x, linear, align, scales if len(scales) == 2 else ())
+    return _resize(ctx, x, mode, align, scales if len(scales) == 2 else ())
 
 
-def _resize(ctx, x, linear: bool, align_corners: bool, scales: tuple):
+def _resize(ctx, x, mode: str, align_corners: bool, scales: tuple):
     x = ctx.value(x)
     size = tuple(ctx.meta_type().shape[2:])
-    mode = "linear" if linear else "nearest"
     return ctx.emit(
         "resize", [x], size=size, scales=tuple(float(s) for s in scales), mode=mode,
         align_corners=bool(align_corners),
