@@ -37,7 +37,7 @@ class ArtifactError(ValueError):
 # graph.meta entries that are plain JSON (see tgraph.frontend.trace and .defaults).
 _PLAIN_KEYS = (
     "signature", "traced_names", "n_args", "input_names", "output_names", "input_index",
-    "input_defaults", "example_sizes", "index_ranges", "dim_limits",
+    "input_defaults", "example_sizes", "index_ranges", "dim_limits", "shape_guards",
 )  # fmt: skip
 
 

@@ -41,9 +41,32 @@ class SymbolTable:
 
     def __init__(self) -> None:
         self.names: dict[sympy.Symbol, str] = {}
+        # input dims export made multiples (``320*s23``): the dim's expression -> its IR
+        # symbol, the hidden symbol -> its value, and (name, k, r): name % k must be r
+        self.whole: dict[sympy.Basic, SymDim] = {}
+        self.derived: dict[sympy.Symbol, DimLike] = {}
+        self.multiples: list[tuple[str, int, int]] = []
 
     def name(self, sym: sympy.Symbol, name: str) -> None:
         self.names[sym] = name
+
+    def name_derived(self, expr: sympy.Basic, name: str) -> bool:
+        """Name an input dim of the form ``k*s + r`` (k > 0; a dim torch.export made a
+        multiple, e.g. ``seq = 320*_seq``): ``s`` becomes ``(name - r) // k`` and calls must
+        have ``name % k == r``. False when ``expr`` has another form."""
+        (sym,) = expr.free_symbols if len(expr.free_symbols) == 1 else (None,)
+        if sym is None or sym in self.names or sym in self.derived:
+            return False
+        poly = sympy.Poly(expr, sym) if expr.is_polynomial(sym) else None
+        if poly is None or poly.degree() != 1 or not all(c.is_Integer for c in poly.all_coeffs()):
+            return False
+        k, r = (int(c) for c in poly.all_coeffs())
+        if k <= 0:
+            return False
+        self.whole[expr] = SymDim.symbol(name)
+        self.derived[sym] = (SymDim.symbol(name) - r) // k
+        self.multiples.append((name, k, r % k))
+        return True
 
     def convert(self, expr: object) -> DimLike:
         """An int, torch.SymInt or sympy expression as an IR dim."""
@@ -58,6 +81,10 @@ class SymbolTable:
     def _convert(self, e: sympy.Basic) -> DimLike:
         if isinstance(e, sympy.Integer):
             return int(e)
+        if e in self.whole:
+            return self.whole[e]
+        if e in self.derived:
+            return self.derived[e]
         if isinstance(e, sympy.Symbol):
             if e not in self.names:
                 raise UnsupportedError(f"symbolic size {e} does not come from an input dim")

@@ -173,8 +173,22 @@ def _export_refined(model, args, kwargs, dynamic_shapes, attempts: int = 3) -> E
         except Exception as e:
             if attempt + 1 == attempts or dynamic_shapes is None or "Suggested fixes" not in str(e):
                 raise
+            fixes = _range_fixes(str(e))
+            if not fixes:
+                raise
             # torch's parser wants the fixes alone, without the advice that follows them.
-            fixes = [ln for ln in str(e).split("Suggested fixes:")[1].splitlines() if " = " in ln]
             message = "Suggested fixes:\n" + "\n".join(fixes)
             dynamic_shapes = refine_dynamic_shapes_from_suggested_fixes(message, dynamic_shapes)
     raise AssertionError("unreachable")
+
+
+def _range_fixes(error: str) -> list[str]:
+    """The bounds among export's suggested fixes (``seq = Dim('seq', max=512)``).
+
+    A fix that makes a dim a multiple (``seq = 320*_seq``) is dropped: it only simplifies
+    export's guards, and taking it would compile a graph for multiples of 320 alone; the
+    ``Dim.AUTO`` plan then exports the model with those guards (checked per call).
+    """
+    lines = [ln.strip() for ln in error.split("Suggested fixes:")[1].splitlines() if " = " in ln]
+    bounds = [ln for ln in lines if ln.partition(" = ")[2].startswith("Dim(")]
+    return [ln for ln in bounds if not ln.startswith("_")]

@@ -8,7 +8,8 @@ limits in ``graph.meta`` and :func:`check_limits` enforces them at the call boun
 - ``index_ranges``: ``{input name: [0, rows)}`` for integer inputs whose values index a
   constant table (through relayouts and integer casts), found on the traced graph;
 - ``dim_limits``: ``{symbol: {"max": n, "source": config field or None}}``, the upper
-  bounds torch.export proved for the symbolic dims.
+  bounds torch.export proved for the symbolic dims;
+- ``shape_guards``: the other size conditions export's trace relied on (``guards.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tgraph.frontend.guards import failed_guard
 from tgraph.ir import DType, Graph, Value
 
 # Ops whose output holds only values of their first input (relayouts and casts).
@@ -87,7 +89,8 @@ _DIM_WORDS = {"seq": "sequence length", "batch": "batch size"}
 
 
 def check_limits(graph: Graph, tensors: Sequence[Any], bindings: Mapping[str, int]) -> None:
-    """Raise :class:`LimitError` for an index out of its table or a dim over its bound.
+    """Raise :class:`LimitError` for an index out of its table, a dim over its bound or
+    sizes that break a guard of the trace.
 
     ``tensors`` are the call's inputs in graph order (anything with ``min()``/``max()``);
     ``bindings`` the symbol values they bind.
@@ -98,6 +101,17 @@ def check_limits(graph: Graph, tensors: Sequence[Any], bindings: Mapping[str, in
             what = _DIM_WORDS.get(name, f"dim {name}")
             source = f" ({limit['source']})" if limit["source"] else ""
             raise LimitError(f"{what} {value} exceeds the model's maximum {limit['max']}{source}")
+    broken = failed_guard(graph, bindings)
+    if broken is not None:
+        sizes = ", ".join(f"{k}={v}" for k, v in sorted(bindings.items()))
+        traced = ", ".join(
+            f"{k}={v}" for k, v in sorted((graph.meta.get("example_sizes") or {}).items())
+        )
+        raise LimitError(
+            f"input sizes {sizes} break '{broken}', which the traced graph assumes (traced at "
+            f"{traced or 'other sizes'}; the model may branch on sizes): compile with example "
+            "inputs of these sizes"
+        )
     ranges = graph.meta.get("index_ranges") or {}
     for v, t in zip(graph.inputs, tensors):
         if v.name not in ranges or t.numel() == 0:

@@ -23,6 +23,7 @@ from .aten import TRANSLATORS, Translator
 from .convert import SymbolTable, UnsupportedError, ir_dtype, shared_view
 from .defaults import example_sizes
 from .export import SEQ_LIMIT_FIELDS, FrontendError, export, normalize_inputs
+from .guards import multiple_guards, shape_guards
 from .limits import dim_limits, index_ranges
 
 # FX call_function targets that carry no computation once shapes are known.
@@ -246,17 +247,20 @@ def _name_symbols(ep: ExportedProgram) -> SymbolTable:
         if not isinstance(val, torch.Tensor):
             continue
         for axis, d in enumerate(val.shape):
-            if not isinstance(d, torch.SymInt) or not isinstance(d.node.expr, sympy.Symbol):
+            if not isinstance(d, torch.SymInt):
                 continue
             sym = d.node.expr
-            if sym in table.names:
+            if sym in table.names or sym in table.whole:
                 continue
             base = {0: "batch", 1: "seq"}.get(axis, f"dim{axis}")
             name = base if base not in used else f"{node.name}_{base}"
             while name in used:
                 name += "_"
+            if isinstance(sym, sympy.Symbol):
+                table.name(sym, name)
+            elif not table.name_derived(sym, name):
+                continue  # another expression: a use names it (convert's error)
             used.add(name)
-            table.name(sym, name)
     return table
 
 
@@ -308,7 +312,12 @@ def trace(
     graph.meta["example_sizes"] = example_sizes(graph, examples)
     graph.meta["index_ranges"] = index_ranges(graph)
     fields = [(f, getattr(getattr(model, "config", None), f, None)) for f in SEQ_LIMIT_FIELDS]
-    graph.meta["dim_limits"] = dim_limits(ep.range_constraints, _name_symbols(ep).names, fields)
+    symbols = _name_symbols(ep)
+    graph.meta["dim_limits"] = dim_limits(ep.range_constraints, symbols.names, fields)
+    guards = multiple_guards(symbols.multiples)
+    graph.meta["shape_guards"] = guards + shape_guards(
+        getattr(ep, "_guards_code", None) or [], graph
+    )
     graph.remove_unused_initializers()
     graph.verify()
     return graph
