@@ -85,7 +85,13 @@ class Bicubic(nn.Module):
         return [o.flatten(1) for o in outs]
 
 
+class Glu(nn.Module):
+    def forward(self, x):  # the conformer's pointwise conv gate, over channels and time
+        return F.glu(x, dim=-1), F.glu(x[:, :6], dim=1), torch.ceil(4 * x)  # (and SEW-D's ceil)
+
+
 CASES = {
+    "glu": Glu,
     "bicubic": Bicubic,
     "strided-scatter": StridedScatter,
     "string-padding": StringPadding,
@@ -108,3 +114,26 @@ def test_einsum_with_a_repeated_subscript_is_refused_naming_the_equation():
 
     with pytest.raises(tgraph.FrontendError, match=r"einsum 'bii->bi': a subscript repeats"):
         tgraph.trace(Diagonal(), features()(2, 16, 0))
+
+
+class Masking(nn.Module):
+    def forward(self, x):  # ViTMAE's random masking: a permutation drawn per call
+        return x.gather(1, torch.rand(x.shape[:2]).argsort(1)[..., None].expand(x.shape))
+
+
+class Noisy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.masking = Masking()
+
+    def forward(self, x):
+        return self.masking(x) + torch.randn_like(x)
+
+
+def test_a_model_that_samples_is_refused_in_one_line():
+    with pytest.raises(tgraph.FrontendError) as info:
+        tgraph.trace(Noisy(), features()(2, 16, 0))
+    message = str(info.value)
+    assert message.startswith("aten::rand.default samples random numbers in the forward at ")
+    assert "test_frontend_sweep_ops.py:" in message and "(ViTMAE: noise=...)" in message
+    assert message.endswith("from masking)") and "\n" not in message

@@ -6,7 +6,7 @@ targets, expand sizes, split sizes) are read from the node's metadata, so no ``-
 size arithmetic survives into the IR. An op missing here fails tracing with its name.
 
 One module per family, mirroring tgraph/ir/ops/: ``elementwise``, ``shape_ops``, ``reduce``
-(with creation ops), ``nn``, ``einsum`` (a decomposition) and ``vision`` (batch norm, pooling, mobile activations); ``base`` holds the table, the ``@aten`` decorator and the
+(with creation ops), ``nn``, ``einsum`` (a decomposition), ``sampling`` (random ops, refused) and ``vision`` (batch norm, pooling, mobile activations); ``base`` holds the table, the ``@aten`` decorator and the
 shared helpers.
 """
 
@@ -15,6 +15,7 @@ from tgraph.frontend.aten import (  # noqa: F401  (fill the table)
     elementwise,
     nn,
     reduce,
+    sampling,
     shape_ops,
     vision,
 )

@@ -9,6 +9,7 @@ from tgraph.frontend.aten.base import (
     aten,
     binary,
     compare,
+    norm_dim,
     operand,
 )  # fmt: skip
 from tgraph.frontend.convert import UnsupportedError
@@ -221,3 +222,22 @@ def _log_sigmoid(ctx, x):
     tail = ctx.emit("log", [binary(ctx, "add", ctx.emit("exp", [ctx.emit("neg", [ctx.emit(
         "abs", [x])])]), 1.0)])  # fmt: skip
     return ctx.emit("sub", [ctx.emit("minimum", [x, ctx.const(0.0, x.dtype)]), tail])
+
+
+@aten("glu.default")
+def _glu(ctx, x, dim=-1):
+    # a * sigmoid(b), a and b the two halves of x along dim (the conformer's conv module)
+    x = ctx.value(x)
+    axis = norm_dim(dim, x.rank)
+    half = x.shape[axis] // 2
+    a, b = ctx.emit_node("split", [x], axis=axis, sizes=(half, half)).outputs
+    return ctx.emit("mul", [a, ctx.emit("sigmoid", [b])])
+
+
+@aten("ceil.default")
+def _ceil(ctx, x):
+    # -floor(-x): exact, and integers pass through as torch's ceil leaves them
+    x = ctx.value(x)
+    if not x.dtype.is_float:
+        return ctx.emit("identity", [x])
+    return ctx.emit("neg", [ctx.emit("floor", [ctx.emit("neg", [x])])])
