@@ -51,7 +51,8 @@ def _logsumexp_kernel(x: np.ndarray, axes, keepdim) -> np.ndarray:
     axis = _np_axes(x, axes)
     m = np.max(x, axis=axis, keepdims=True)
     m = np.where(np.isinf(m), 0, m)
-    y = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
+    with np.errstate(divide="ignore"):  # log(0) = -inf for a row of -inf, as intended
+        y = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
     return (y if keepdim else np.squeeze(y, axis=axis)).astype(x.dtype)
 
 
