@@ -67,6 +67,21 @@ def test_an_input_dim_export_made_a_multiple_is_a_named_symbol(backend):
         cm(*features()(3, 13, 0))
 
 
+class OddGroups(nn.Module):
+    def forward(self, x):  # (B, 2k + 1, 8): a first step, then pairs of steps summed
+        return x[:, :1] + x[:, 1:].reshape(x.shape[0], -1, 2, 8).sum(2)
+
+
+def test_a_multiple_with_an_offset_reads_back_its_symbol():
+    ep = torch.export.export(OddGroups(), features()(2, 17, 0), strict=False,
+                             dynamic_shapes={"x": {0: Dim("b"), 1: 2 * Dim("k") + 1}})  # fmt: skip
+    cm = tgraph.compile(ep, features()(2, 17, 0), backend="reference")
+    x = features()(3, 9, 1)
+    torch.testing.assert_close(cm(*x), OddGroups()(*x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(InputError, match="seq=10 break 'seq % 2 == 1'"):
+        cm(*features()(3, 10, 0))
+
+
 def test_guard_code_becomes_ir_dims_and_inexpressible_guards_are_left_out():
     g = Graph("g")
     g.add_input("x", DType.float32, (SymDim.symbol("batch"), SymDim.symbol("seq"), 8))

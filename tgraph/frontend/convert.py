@@ -41,10 +41,9 @@ class SymbolTable:
 
     def __init__(self) -> None:
         self.names: dict[sympy.Symbol, str] = {}
-        # input dims export made multiples (``320*s23``): the dim's expression -> its IR
-        # symbol, the hidden symbol -> its value, and (name, k, r): name % k must be r
-        self.whole: dict[sympy.Basic, SymDim] = {}
-        self.derived: dict[sympy.Symbol, DimLike] = {}
+        # input dims export made multiples (``320*s23``): the hidden symbol -> its value in
+        # a new symbol X for the dim, (X - r) / k, and (name, k, r): name % k must be r
+        self.derived: dict[sympy.Symbol, sympy.Expr] = {}
         self.multiples: list[tuple[str, int, int]] = []
 
     def name(self, sym: sympy.Symbol, name: str) -> None:
@@ -52,8 +51,9 @@ class SymbolTable:
 
     def name_derived(self, expr: sympy.Basic, name: str) -> bool:
         """Name an input dim of the form ``k*s + r`` (k > 0; a dim torch.export made a
-        multiple, e.g. ``seq = 320*_seq``): ``s`` becomes ``(name - r) // k`` and calls must
-        have ``name % k == r``. False when ``expr`` has another form."""
+        multiple, e.g. ``seq = 320*_seq``): every size is read with ``s = (name - r) / k``,
+        exact on the sizes the graph takes, and calls must have ``name % k == r``. False
+        when ``expr`` has another form."""
         (sym,) = expr.free_symbols if len(expr.free_symbols) == 1 else (None,)
         if sym is None or sym in self.names or sym in self.derived:
             return False
@@ -63,8 +63,9 @@ class SymbolTable:
         k, r = (int(c) for c in poly.all_coeffs())
         if k <= 0:
             return False
-        self.whole[expr] = SymDim.symbol(name)
-        self.derived[sym] = (SymDim.symbol(name) - r) // k
+        dim = sympy.Symbol(f"tgraph_dim_{name}", integer=True, nonnegative=True)
+        self.names[dim] = name
+        self.derived[sym] = (dim - r) / k
         self.multiples.append((name, k, r % k))
         return True
 
@@ -76,15 +77,20 @@ class SymbolTable:
             return int(expr)
         if not isinstance(expr, sympy.Basic):
             raise UnsupportedError(f"cannot read {expr!r} as a dimension")
+        if self.derived and expr.free_symbols & set(self.derived):
+            expr = sympy.expand(expr.xreplace(self.derived))  # 320*s23 -> seq, s23 -> seq/320
         return simplify(self._convert(expr))
 
     def _convert(self, e: sympy.Basic) -> DimLike:
         if isinstance(e, sympy.Integer):
             return int(e)
-        if e in self.whole:
-            return self.whole[e]
-        if e in self.derived:
-            return self.derived[e]
+        if isinstance(e, (sympy.Add, sympy.Mul)) and any(
+            isinstance(a, sympy.Rational) and not a.is_Integer for a in e.atoms(sympy.Rational)
+        ):
+            # (seq - 1)/2 from a derived dim: exact, so an integer quotient
+            num, den = sympy.fraction(sympy.together(e))
+            if den.is_Integer and int(den) > 1:
+                return self._convert(sympy.expand(num)) // int(den)
         if isinstance(e, sympy.Symbol):
             if e not in self.names:
                 raise UnsupportedError(f"symbolic size {e} does not come from an input dim")

@@ -200,7 +200,14 @@ def _placeholder(ep, graph, symbols, spec, node, params) -> Value | None:
         val = node.meta.get("val")
         if not isinstance(val, torch.Tensor):
             return None  # a constant (non-tensor) input, specialized by export
-        return graph.add_input(node.name, ir_dtype(val.dtype), symbols.shape(val))
+        try:
+            shape = symbols.shape(val)
+        except UnsupportedError as e:
+            raise FrontendError(
+                f"input {node.name}: shape {tuple(val.shape)} has a dim that is neither a "
+                f"symbol nor k*symbol+r ({e}); export it with a plain Dim for that dim"
+            ) from None
+        return graph.add_input(node.name, ir_dtype(val.dtype), shape)
     if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
         target = spec.target
         if spec.kind == InputKind.PARAMETER:
@@ -250,7 +257,7 @@ def _name_symbols(ep: ExportedProgram) -> SymbolTable:
             if not isinstance(d, torch.SymInt):
                 continue
             sym = d.node.expr
-            if sym in table.names or sym in table.whole:
+            if sym in table.names or sym.free_symbols & set(table.derived):
                 continue
             base = {0: "batch", 1: "seq"}.get(axis, f"dim{axis}")
             name = base if base not in used else f"{node.name}_{base}"
