@@ -97,3 +97,20 @@ def test_guard_code_becomes_ir_dims_and_inexpressible_guards_are_left_out():
         ("2*(seq//2) >= seq", [["2*(seq//2)-seq", ">="]]),
         ("max(1,batch) < seq and seq <= 512", [["max(1,batch)-seq", "<"], ["seq-512", "<="]]),
     ]
+
+
+def test_a_size_divided_by_a_symbolic_size_converts_when_exact():
+    # SEW-D's view(-1, ...): numel // (the other dims), a division sympy leaves unreduced
+    import sympy
+    from torch.utils._sympy.functions import FloorDiv
+
+    from tgraph.frontend.convert import SymbolTable, UnsupportedError
+
+    b, s = sympy.symbols("s0 s1", integer=True, positive=True)
+    table = SymbolTable()
+    table.name(b, "batch")
+    table.name(s, "seq")
+    n = FloorDiv(s, 2) + 1
+    assert str(table.convert(FloorDiv(4 * b * n**2, n * (4 * FloorDiv(s, 2) + 4)))) == "batch"
+    with pytest.raises(UnsupportedError, match="a division by a symbolic size"):
+        table.convert(FloorDiv(b * s, s + b))

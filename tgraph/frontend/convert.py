@@ -112,6 +112,14 @@ class SymbolTable:
                 out = out * base
             return out
         fname = type(e).__name__
+        if fname in ("FloorDiv", "Mod", "PythonMod") and not e.args[1].is_Integer:
+            # a view's -1 is numel // (the other dims): exact when the quotient is a polynomial
+            quotient = sympy.cancel(e.args[0] / e.args[1])
+            if sympy.fraction(quotient)[1] == 1:
+                return self._convert(sympy.expand(quotient)) if fname == "FloorDiv" else 0
+            raise UnsupportedError(
+                f"symbolic size {e}: a division by a symbolic size, which IR dims cannot hold"
+            )
         if fname == "FloorDiv":
             return self._convert(e.args[0]) // int(e.args[1])
         if fname in ("Mod", "PythonMod"):
