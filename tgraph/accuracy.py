@@ -235,8 +235,9 @@ def _layer_sensitivity(
     pass that converted it computes it (``approximate_linear``); for an embedding table,
     the relative error of its int8 table."""
     from tgraph.backends.reference import run_graph
-    from tgraph.passes.quantize import layer_name, quantize_int8
+    from tgraph.passes.quantize import CALIBRATION, layer_name, quantize_int8
 
+    hessians = head.meta.get(CALIBRATION) or {}
     owner = _owners(specs, records)
     compressors: dict[PassSpec, Pass] = {}
     sites, errors = [], {}
@@ -263,7 +264,7 @@ def _layer_sensitivity(
             w = np.asarray(node.inputs[1].const, dtype=np.float32)
             b = None if len(node.inputs) < 3 or node.inputs[2] is None else node.inputs[2].const
             exact = np.matmul(x.astype(np.float64), w.T.astype(np.float64))
-            approx = compressors[spec].approximate_linear(x, w)
+            approx = compressors[spec].approximate_linear(x, w, hessians.get(name))
             if b is not None:
                 exact, approx = exact + b, approx + b
             errors[name] = max(errors.get(name, 0.0), _rel_error(approx, exact))
@@ -297,10 +298,13 @@ def fit_budget(
     accuracy: dict[str, Any],
     samples: Sequence[Sequence[np.ndarray]],
     progress: Callable[[str], None] | None = None,
+    calibrator: Any = None,
 ) -> tuple[Graph, list[PassRecord], str, AccuracyReport]:
     """Run ``pipeline`` over ``graph``, keeping layers in fp32 until the budget holds.
 
-    Returns the optimized graph, the per-pass records, the pipeline actually run (with its
+    ``calibrator`` (a :class:`tgraph.calibration.Calibrator`): its statistics, collected on
+    the fp32 head graph, go to every trial's compression passes and to the sensitivities,
+    so each layer is ranked as the calibrated pass compresses it. Returns the optimized graph, the per-pass records, the pipeline actually run (with its
     ``keep=`` option) and the report.
     """
     from tgraph.backends.reference import run_graph
@@ -311,6 +315,11 @@ def fit_budget(
     head_graph, head_records = PassManager(format_pipeline(head_specs), progress=progress).run(
         graph
     )
+    if calibrator is not None:
+        from tgraph.passes.quantize import CALIBRATION
+
+        say("accuracy budget: calibration statistics")
+        head_graph.meta[CALIBRATION] = calibrator.statistics(head_graph)
     say("accuracy budget: fp32 reference outputs")
     want = [run_graph(head_graph, arrays) for arrays in samples]
 

@@ -83,7 +83,7 @@ def lower_step(graph: Graph, backend: str, device: str, params: Any = None) -> S
 
 # Options that inspect the plain forward at compile time: with any of them it is compiled
 # right away, otherwise at its first use (a call, save, ``gen.graph``).
-_EAGER_OPTIONS = ("dump_dir", "verify", "accuracy")
+_EAGER_OPTIONS = ("dump_dir", "verify", "accuracy", "calibration")
 
 
 def compile_generator(model: nn.Module, example_inputs: Any, **options: Any) -> Generator:
@@ -104,6 +104,18 @@ def compile_generator(model: nn.Module, example_inputs: Any, **options: Any) -> 
         with _no_cache(model):
             return compile_plain(model, example_inputs, **options, lazy=True)
 
+    eager = any(options.get(k) for k in _EAGER_OPTIONS)
+    forward = None
+    if options.get("calibration") is not None:
+        # the forward first: its fp32 graph yields the statistics; the step graph's layers
+        # have the same names and reuse them (tgraph.calibration)
+        from tgraph.calibration import Calibrator
+
+        calibrator = Calibrator(options["calibration"])
+        options = {**options, "calibration": calibrator}
+        forward = plain()
+        manager.instruments.append(Calibrator(hessians=calibrator.statistics(forward.graph)))
+        calibrator.hessians = None
     say = options.get("progress") or (lambda _msg: None)
     say("tracing the generation step (KV cache)")
     params = model_tensors(model) if backend == "torch" else None
@@ -112,5 +124,6 @@ def compile_generator(model: nn.Module, example_inputs: Any, **options: Any) -> 
         error = ""
     except Exception as e:  # noqa: BLE001 - the plain forward still works; generate reports it
         step, error = None, f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
-    eager = any(options.get(k) for k in _EAGER_OPTIONS)
-    return Generator(plain() if eager else plain, step, error, backend=backend, device=device)
+    if forward is None:
+        forward = plain() if eager else plain
+    return Generator(forward, step, error, backend=backend, device=device)
