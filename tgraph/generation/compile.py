@@ -114,7 +114,7 @@ def compile_generator(model: nn.Module, example_inputs: Any, **options: Any) -> 
         calibrator = Calibrator(options["calibration"])
         options = {**options, "calibration": calibrator}
         forward = plain()
-        manager.instruments.append(Calibrator(hessians=calibrator.statistics(forward.graph)))
+        manager.instruments.append(Calibrator(hessians=calibrator.statistics(forward._graph)))
         calibrator.hessians = None
     say = options.get("progress") or (lambda _msg: None)
     say("tracing the generation step (KV cache)")
