@@ -146,7 +146,7 @@ def test_torch_program_holds_packed_weights_only():
             assert shared and shared[0].data_ptr() == w.const.ctypes.data
 
 
-def test_torch_int4_weights_live_once_and_the_graph_rebuilds_them_exactly():
+def test_torch_int4_weights_live_once_and_the_graph_rebuilds_them_exactly(tmp_path):
     from tgraph.api import compile_plain
 
     case = get_case("hf-llama")
@@ -158,10 +158,14 @@ def test_torch_int4_weights_live_once_and_the_graph_rebuilds_them_exactly():
     with torch.no_grad():  # runs on the packed copy alone
         assert _rel(cm(**run).logits, ref(**run).logits) <= 1e-2
     assert all(v.const.strides == (0,) * v.const.ndim for v in held.values())
-    graph = cm.graph  # reading the graph rebuilds its arrays from the packed ones
+    cm.save(str(tmp_path / "int4"))  # saving reads the graph: its arrays are rebuilt
+    graph = cm.graph
     for name in held:
         np.testing.assert_array_equal(graph.initializers[name].const,
                                       ref.graph.initializers[name].const)  # fmt: skip
+    with torch.no_grad():
+        got = tgraph.load(str(tmp_path / "int4"))(**run).logits
+        assert _rel(got, cm(**run).logits) <= 1e-6
 
 
 @pytest.mark.parametrize("backend", ["ort", "torch"])
