@@ -131,3 +131,24 @@ def test_budget_ranks_layers_by_their_calibrated_error():
     for layer in plain.sensitivity:
         assert cal.sensitivity[layer] < plain.sensitivity[layer], layer
     assert cal.trials[0]["rel_error"] < plain.trials[0]["rel_error"]
+
+
+def test_budget_cosine_and_top1_skip_padding_rows():
+    from tgraph.accuracy import compare_outputs
+    from tgraph.frontend import trace
+
+    class Hidden(torch.nn.Module):
+        def forward(self, x, attention_mask):
+            return x * attention_mask[..., None]
+
+    x, mask = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.int64)
+    mask[1, 3:] = 0
+    graph = trace(Hidden(), {"x": x, "attention_mask": mask})
+    want = x.numpy()
+    got = want.copy()
+    got[1, 3:] = -want[1, 3:]  # padding rows flipped: cosine -1 there
+    arrays = [[x.numpy(), mask.numpy()]]
+    m = compare_outputs(graph, [[got]], [[want]], arrays)
+    assert min(m.cosine.values()) == pytest.approx(1.0) and min(m.top1.values()) == 1.0
+    unmasked = compare_outputs(graph, [[got]], [[want]])
+    assert min(unmasked.cosine.values()) == pytest.approx(0.6)  # 2 of 10 rows at -1
