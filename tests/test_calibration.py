@@ -152,3 +152,14 @@ def test_budget_cosine_and_top1_skip_padding_rows():
     assert min(m.cosine.values()) == pytest.approx(1.0) and min(m.top1.values()) == 1.0
     unmasked = compare_outputs(graph, [[got]], [[want]])
     assert min(unmasked.cosine.values()) == pytest.approx(0.6)  # 2 of 10 rows at -1
+
+
+def test_generator_step_keeps_the_layers_the_budget_kept():
+    case = get_case("hf-llama")
+    gen = tgraph.compile(case.model, case.make(2, 8, 0), backend="ort", pipeline="int4",
+                         accuracy={"max_rel_error": 1e-3})  # fmt: skip
+    assert gen.accuracy.kept and "keep=" in gen.pipeline and gen.step is not None
+    forward, step = gen.graph.op_histogram(), gen.step.graph.op_histogram()
+    assert forward.get("linear", 0) >= 1
+    assert step.get("linear", 0) == forward["linear"]
+    assert step.get("linear_int4", 0) == forward.get("linear_int4", 0)

@@ -11,6 +11,7 @@ agreement and perplexity of the true next bytes.
     python tools/tiny_lm.py train --seconds 270 --threads 1
     python tools/tiny_lm.py eval --pipelines int8-weight,int4,int8 --backends ort,torch
     python tools/tiny_lm.py eval --pipelines int4 --calibrate 16   # also with GPTQ
+    python tools/tiny_lm.py eval --pipelines int4 --calibrate 16 --accuracy '{"min_top1": 0.99}'
 
 ``--calibrate N`` also compiles each pipeline with ``calibration=``: N windows of the
 training text (the evaluated windows are held out, so the two never overlap).
@@ -104,8 +105,9 @@ def scores(logits: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, float
 
 
 def evaluate(
-    pipelines: list[str], backends: list[str], count: int, chunk: int, calibrate: int = 0
-) -> dict:
+    pipelines: list[str], backends: list[str], count: int, chunk: int, calibrate: int = 0,
+    accuracy: dict | None = None,
+) -> dict:  # fmt: skip
     import transformers as T
 
     import tgraph
@@ -129,11 +131,13 @@ def evaluate(
         for pipeline in pipelines:
             for calib in [None, calibration] if calibration else [None]:
                 cm = tgraph.compile(model, example, backend=backend, pipeline=pipeline,
-                                    calibration=calib)  # fmt: skip
+                                    calibration=calib, accuracy=accuracy)  # fmt: skip
                 got, ppl_q = scores(run(cm), ids)
                 row = {"backend": backend, "pipeline": pipeline, "calibration": len(calib or ()),
                        "top1_agreement": float((got == want).double().mean()), "ppl": ppl_q,
                        "ppl_change": ppl_q / ppl - 1}  # fmt: skip
+                if cm.accuracy is not None:
+                    row["kept"], row["budget"] = cm.accuracy.kept, cm.accuracy.summary()
                 result["rows"].append(row)
                 print(json.dumps(row), flush=True)
     return result
@@ -154,6 +158,7 @@ def main() -> None:
     e.add_argument("--chunk", type=int, default=8)
     e.add_argument("--threads", type=int, default=1)
     e.add_argument("--calibrate", type=int, default=0, help="also calibrate on N windows")
+    e.add_argument("--accuracy", type=json.loads, help='a budget, e.g. {"min_top1": 0.99}')
     e.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -161,7 +166,7 @@ def main() -> None:
         train(args.seconds, args.batch, args.lr)
         return
     result = evaluate(args.pipelines.split(","), args.backends.split(","), args.windows,
-                      args.chunk, args.calibrate)  # fmt: skip
+                      args.chunk, args.calibrate, args.accuracy)  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
 
