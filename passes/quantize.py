@@ -306,8 +306,8 @@ class QuantizeInt4(_QuantizeLinear):
     def _replace(self, b: Builder, m: Match, bias: Value | None) -> Value:
         w = m["w"]
         layer = self._record(b, m)
-        hessians = self._graph.meta.get(CALIBRATION) or {} if self._graph is not None else {}
-        hessian = hessians.get(layer)
+        meta = self._graph.meta if self._graph is not None else {}
+        hessian = (meta.get(CALIBRATION) or {}).get(layer)
         packed, scale = self._quantize(np.asarray(w.const), hessian)
         if hessian is not None and self.calibration != "off":
             self.applied[-1]["calibrated"] = layer
