@@ -56,7 +56,7 @@ from tgraph.tensors import torch_dtype
 from .errors import LoweringError
 from .torch_cuda_graphs import CudaGraphs, can_replay
 from .torch_ops import ALIAS_OPS, CREATION_OPS, TUPLE_OPS, ops_for
-from .torch_quant import emit_packed, shared
+from .torch_quant import PackedSources, emit_packed, release_packed, restore_packed, shared
 
 
 def lower(
@@ -145,6 +145,14 @@ class TorchRunner(nn.Module):
                 return outputs
         return list(self.program(*inputs))
 
+    def release_constants(self) -> None:
+        """Let the graph drop its int4 arrays that this program holds packed (one copy of
+        the weights, not two); :meth:`restore_constants` rebuilds them."""
+        release_packed(self.program, self.program.meta.get("packed_int4", []))
+
+    def restore_constants(self) -> None:
+        restore_packed(self.program, self.program.meta.get("packed_int4", []))
+
     def __getstate__(self) -> dict[str, Any]:
         # Captured CUDA graphs cannot be copied or pickled; a copy captures its own.
         state = self.__dict__.copy()
@@ -201,6 +209,7 @@ class _ProgramBuilder:
         self.device_node: Any = None
         self.placeholder_names: set[str] = set()
         self.const_names: set[str] = set()
+        self.packed: PackedSources = []  # int4 weights emitted on torch's packed layout
 
     def build(self) -> fx.GraphModule:
         for v in self.graph.inputs:
@@ -215,6 +224,7 @@ class _ProgramBuilder:
         name = _identifier(self.graph.name, set())
         program = fx.GraphModule(self.root, self.fx, class_name=name)
         program.graph.lint()
+        program.meta["packed_int4"] = self.packed
         return program
 
     # -- values ------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from tgraph.backends.policy import int8_dot
-from tgraph.ir import Node
+from tgraph.ir import Node, Value
 from tgraph.ir.ops.quant import INT8_MAX, TINY_SCALE
 
 Tensor = torch.Tensor
@@ -154,6 +154,36 @@ def pack_int4(packed: np.ndarray, scales: np.ndarray) -> tuple[Tensor, Tensor]:
     return weight, torch.from_numpy(np.ascontiguousarray(scales_zeros)).to(torch.bfloat16)
 
 
+def _pack_sources(rows: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """For torch's packed (rows, k/2) layout: the flat (rows * k) index of the code in each
+    byte's low and high nibble. ``_convert_weight_to_int4pack_for_cpu`` only permutes
+    nibbles, so converting the digits of every code's own index, four bits at a time,
+    reveals where each one went."""
+    index = np.arange(rows * k, dtype=np.int64).reshape(rows, k)
+    low = np.zeros((rows, k // 2), np.int64)
+    high = np.zeros((rows, k // 2), np.int64)
+    for shift in range(0, max(int(rows * k - 1).bit_length(), 1), 4):
+        digits = torch.from_numpy(((index >> shift) & 0x0F).astype(np.int32))
+        out = torch.ops.aten._convert_weight_to_int4pack_for_cpu(digits, 1).numpy()
+        low |= (out & 0x0F).astype(np.int64) << shift
+        high |= (out >> 4).astype(np.int64) << shift
+    return low, high
+
+
+def unpack_int4pack(weight: Tensor, n: int, block: int) -> np.ndarray:
+    """torch's packed int4 weight (N', K'/2) back in the IR's (N, blocks, block/2) layout
+    (the inverse of :func:`pack_int4`'s weight conversion)."""
+    rows, half = weight.shape
+    k = half * 2
+    low, high = _pack_sources(rows, k)
+    packed = weight.numpy()
+    codes = np.empty(rows * k, np.uint8)
+    codes[low.ravel()] = (packed & 0x0F).ravel()
+    codes[high.ravel()] = (packed >> 4).ravel()
+    codes = codes.reshape(rows, k // block, block)[:n]
+    return (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
+
+
 def shared(array: Any) -> Tensor:
     """A tensor over a constant's own memory (the kernels only read it)."""
     array = np.ascontiguousarray(array)
@@ -193,11 +223,13 @@ def emit_packed(builder: Any, node: Node) -> bool:
     fn, tensors, attrs = packed
     from .torch_backend import _identifier
 
-    weights = []
+    weights, names = [], []
     for i, tensor in enumerate(tensors):
         name = _identifier(f"{node.inputs[1].name}_packed{i}", builder.const_names)
         builder.root.consts.register_buffer(name, tensor.to(builder.device))
         weights.append(builder.fx.get_attr(f"consts.{name}"))
+        names.append(name)
+    builder.packed.append((node.inputs[1], names[0], attrs["n"], attrs["block_size"]))
     bias = node.inputs[3] if len(node.inputs) > 3 else None
     x = builder.value(node.inputs[0])
     args = (x, *weights, None if bias is None else builder.value(bias))
@@ -205,6 +237,27 @@ def emit_packed(builder: Any, node: Node) -> bool:
     call = builder.fx.create_node("call_function", fn, args, attrs, name=name)
     builder.env[id(node.outputs[0])] = call
     return True
+
+
+# (graph value, its packed buffer under program.consts, N, block) per packed int4 weight
+PackedSources = list[tuple[Value, str, int, int]]
+
+
+def release_packed(program: Any, sources: PackedSources) -> None:
+    """Drop the graph's own int4 arrays of weights the program holds packed: only torch's
+    layout stays alive. Each becomes a zero-strided stand-in of the same shape and dtype
+    until :func:`restore_packed` rebuilds it (``CompiledModel.graph`` does, when read)."""
+    for value, _name, _n, _block in sources:
+        if value.const is not None and value.const.strides != (0,) * value.const.ndim:
+            value.const = np.broadcast_to(np.zeros((), value.const.dtype), value.const.shape)
+
+
+def restore_packed(program: Any, sources: PackedSources) -> None:
+    """Rebuild the IR's int4 arrays from the program's packed buffers (exactly)."""
+    for value, name, n, block in sources:
+        if value.const is not None and value.const.strides == (0,) * value.const.ndim:
+            weight = getattr(program.consts, name).cpu()
+            value.const = unpack_int4pack(weight, n, block)
 
 
 QUANT_OPS: dict[str, Callable[..., Tensor]] = {

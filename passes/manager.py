@@ -57,9 +57,10 @@ class Pass:
     def run(self, graph: Graph) -> PassResult:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def approximate_linear(self, x: Any, w: Any) -> Any:
+    def approximate_linear(self, x: Any, w: Any, hessian: Any = None) -> Any:
         """What this (lossy) pass makes of one ``linear`` layer: ``x @ w.T`` as its
-        compressed form computes it, in NumPy. Lossy passes take a ``keep`` option (layer
+        compressed form computes it, in NumPy (``hessian``: the layer's calibration
+        statistics ``X^T X``, or None; passes that calibrate use it). Lossy passes take a ``keep`` option (layer
         patterns left in full precision) and list the layers they converted in
         ``stats["layers"]``; the accuracy budget ranks layers with this method and keeps
         the most sensitive ones."""

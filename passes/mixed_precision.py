@@ -82,7 +82,9 @@ class MixedPrecision(Pass):
         self.keep_trainable = bool(keep_trainable)
         self.keep_layers = tuple(p for p in str(keep).split("|") if p)
 
-    def approximate_linear(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    def approximate_linear(
+        self, x: np.ndarray, w: np.ndarray, hessian: np.ndarray | None = None
+    ) -> np.ndarray:
         # Inputs and weights rounded to the low type, products summed in fp32, the result
         # rounded: the IR's rule for a low-precision matmul.
         low = self.low.numpy

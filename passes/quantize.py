@@ -36,7 +36,12 @@ from tgraph.ir.ops.quant import (
 from tgraph.passes.manager import PassResult, PipelineError, register
 from tgraph.passes.rewrite import Builder, Match, P, RewritePass, Rule
 
+from ._gptq import gptq_codes
+
 INT4_MAX = 7
+# graph.meta key of calibration statistics: {layer name: H = X^T X of its input, (K, K)},
+# put there by tgraph.calibration before the compression passes run (docs/compression.md).
+CALIBRATION = "calibration"
 
 
 def layer_name(w: Value) -> str:
@@ -66,14 +71,36 @@ def quantize_int4(w: np.ndarray, block: int, search: bool = False) -> tuple[np.n
     padded = np.zeros((n, blocks * block), np.float32)
     padded[:, :k] = w
     grouped = padded.reshape(n, blocks, block)
+    scale = int4_scales(grouped, search)
+    codes = np.clip(np.round(grouped / scale[..., None]), -8, INT4_MAX)
+    return pack_int4_codes(codes.reshape(n, -1), block), scale
+
+
+def int4_scales(grouped: np.ndarray, search: bool) -> np.ndarray:
+    """Scales (N, G) of weights grouped (N, G, block): ``max|w| / 7`` or the searched ones."""
     amax = np.abs(grouped).max(axis=-1)
     scale = np.where(amax > 0, amax / INT4_MAX, 1.0).astype(np.float32)
-    if search:
-        scale = _best_scales(grouped, scale)
-    codes = np.clip(np.round(grouped / scale[..., None]), -8, INT4_MAX).astype(np.int16) + 8
-    codes = codes.astype(np.uint8)
-    packed = codes[..., 0::2] | (codes[..., 1::2] << 4)
-    return packed.astype(np.uint8), scale
+    return _best_scales(grouped, scale) if search else scale
+
+
+def pack_int4_codes(codes: np.ndarray, block: int) -> np.ndarray:
+    """Codes (N, K) in -8..7 as the IR's packed (N, blocks, block/2) u8 (low nibble first,
+    K padded with zero weights to whole blocks)."""
+    n, k = codes.shape
+    blocks = -(-k // block)
+    u = np.full((n, blocks * block), 8, np.uint8)
+    u[:, :k] = (codes.astype(np.int16) + 8).astype(np.uint8)
+    u = u.reshape(n, blocks, block)
+    return (u[..., 0::2] | (u[..., 1::2] << 4)).astype(np.uint8)
+
+
+def quantize_int4_gptq(
+    w: np.ndarray, hessian: np.ndarray, block: int, search: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`quantize_int4` with GPTQ error feedback on the calibration Hessian ``X^T X``
+    (``passes/_gptq.py``); the same packed layout and scale rule."""
+    codes, scale = gptq_codes(w, hessian, block, lambda g: int4_scales(g, search))
+    return pack_int4_codes(codes, block), scale
 
 
 # Scale candidates of the search: (base, factor); "absmax" is max|w| / 7, "signed" maps the
@@ -208,7 +235,9 @@ class QuantizeInt8(_QuantizeLinear):
 
     rule_name = "int8-linear"
 
-    def approximate_linear(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    def approximate_linear(
+        self, x: np.ndarray, w: np.ndarray, hessian: np.ndarray | None = None
+    ) -> np.ndarray:
         q, scale = quantize_int8(w)
         return int8_linear_reference(x, q, scale, None)
 
@@ -229,6 +258,9 @@ class QuantizeInt4(_QuantizeLinear):
         scales: ``mse`` (default: per block the least-squares scale of a few candidates)
             or ``absmax`` (``max|w| / 7``).
         compute: ``f32`` (default) or ``int8`` (activations rounded to int8 per block).
+        calibration: ``gptq`` (default: GPTQ error feedback for every layer with a
+            calibration Hessian in ``graph.meta["calibration"]``; without one,
+            round-to-nearest) or ``off`` (round-to-nearest always).
         keep: ``|``-separated layer name patterns to leave in fp32.
         keep_trainable: leave trainable weights alone.
         head: convert the LM head too (default true; the int4 pipeline gives it int8).
@@ -245,6 +277,7 @@ class QuantizeInt4(_QuantizeLinear):
         block: int = 32,
         compute: str = "f32",
         scales: str = "mse",
+        calibration: str = "gptq",
     ):
         block = int(block)
         if block < 16 or block & (block - 1):
@@ -255,18 +288,37 @@ class QuantizeInt4(_QuantizeLinear):
         if str(scales) not in ("mse", "absmax"):
             raise PipelineError(f"quantize-int4: scales={scales}; want mse or absmax")
         self.search = str(scales) == "mse"
+        if str(calibration) not in ("gptq", "off"):
+            raise PipelineError(f"quantize-int4: calibration={calibration}; want gptq or off")
+        self.calibration = str(calibration)
 
-    def approximate_linear(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
-        packed, scale = quantize_int4(w, self.block, self.search)
+    def approximate_linear(
+        self, x: np.ndarray, w: np.ndarray, hessian: np.ndarray | None = None
+    ) -> np.ndarray:
+        packed, scale = self._quantize(w, hessian)
         return int4_linear_reference(x, packed, scale, None, self.block, w.shape[1], self.compute)
+
+    def _quantize(self, w: np.ndarray, hessian: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        if hessian is None or self.calibration == "off":
+            return quantize_int4(w, self.block, self.search)
+        return quantize_int4_gptq(w, hessian, self.block, self.search)
 
     def _replace(self, b: Builder, m: Match, bias: Value | None) -> Value:
         w = m["w"]
         layer = self._record(b, m)
-        packed, scale = quantize_int4(np.asarray(w.const), self.block, self.search)
+        meta = self._graph.meta if self._graph is not None else {}
+        hessian = (meta.get(CALIBRATION) or {}).get(layer)
+        packed, scale = self._quantize(np.asarray(w.const), hessian)
+        if hessian is not None and self.calibration != "off":
+            self.applied[-1]["calibrated"] = layer
         wq = b.const(packed, DType.uint8, hint=f"{layer}.weight_int4")
         ws = b.const(scale, DType.float32, hint=f"{layer}.weight_scale")
         return b.op(
             "linear_int4", m["x"], wq, ws, bias,
             block_size=self.block, in_features=w.shape[1], compute=self.compute,
         )  # fmt: skip
+
+    def run(self, graph) -> PassResult:
+        result = super().run(graph)
+        result.stats["calibrated"] = [s["calibrated"] for s in self.applied if "calibrated" in s]
+        return result

@@ -77,7 +77,9 @@ class QuantizeInt8Weight(_QuantizeLinear):
                 ),
             )
 
-    def approximate_linear(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    def approximate_linear(
+        self, x: np.ndarray, w: np.ndarray, hessian: np.ndarray | None = None
+    ) -> np.ndarray:
         q, scale = quantize_int8(w)
         return int8w_linear_reference(x, q, scale, None, self.compute, self.block)
 

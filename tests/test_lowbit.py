@@ -146,6 +146,28 @@ def test_torch_program_holds_packed_weights_only():
             assert shared and shared[0].data_ptr() == w.const.ctypes.data
 
 
+def test_torch_int4_weights_live_once_and_the_graph_rebuilds_them_exactly(tmp_path):
+    from tgraph.api import compile_plain
+
+    case = get_case("hf-llama")
+    example, run = case.make(2, 8, 0), case.make(3, 11, 1)
+    ref = compile_plain(case.model, example, backend="reference", pipeline="int4")
+    cm = compile_plain(case.model, example, backend="torch", pipeline="int4")
+    held = {n: v for n, v in cm._graph.initializers.items() if n.endswith("weight_int4")}
+    assert held and all(v.const.strides == (0,) * v.const.ndim for v in held.values())
+    with torch.no_grad():  # runs on the packed copy alone
+        assert _rel(cm(**run).logits, ref(**run).logits) <= 1e-2
+    assert all(v.const.strides == (0,) * v.const.ndim for v in held.values())
+    cm.save(str(tmp_path / "int4"))  # saving reads the graph: its arrays are rebuilt
+    graph = cm.graph
+    for name in held:
+        np.testing.assert_array_equal(graph.initializers[name].const,
+                                      ref.graph.initializers[name].const)  # fmt: skip
+    with torch.no_grad():
+        got = tgraph.load(str(tmp_path / "int4"))(**run).logits
+        assert _rel(got, cm(**run).logits) <= 1e-6
+
+
 @pytest.mark.parametrize("backend", ["ort", "torch"])
 def test_replaced_fp32_weights_are_not_kept_alive(backend):
     from tgraph.api import compile_plain  # a Generator holds the model for its lazy forward

@@ -14,7 +14,7 @@ and ``min_top1`` in the budget makes it part of the test.
 
 The measures that trained models need (docs/compression.md): ``min_cosine`` (the mean
 cosine similarity of each output row, over the last dim, to fp32: sentence embeddings,
-hidden states) and ``max_ppl_increase`` (a relative perplexity change: for a language model
+hidden states; rows of padding, where an ``attention_mask`` input is 0, do not count) and ``max_ppl_increase`` (a relative perplexity change: for a language model
 traced with integer token ids (B, T) and logits (B, T, V), the perplexity of the ids' own
 next tokens, ``exp(mean -log p(ids[:, t+1] | logits[:, t]))``, may grow at most this much).
 Any of the four keys may be given; the budget holds when all given ones hold. Every lossy
@@ -170,6 +170,21 @@ def _token_ids(graph: Graph, arrays: Sequence[np.ndarray]) -> np.ndarray | None:
     return None
 
 
+def _padding_mask(graph: Graph, arrays: Sequence[np.ndarray]) -> np.ndarray | None:
+    """The (B, T) rows that are real tokens: a graph input named ``attention_mask``."""
+    for v, a in zip(graph.inputs, arrays):
+        if v.name == "attention_mask" and a.ndim == 2:
+            return np.asarray(a) != 0
+    return None
+
+
+def _rows(out: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """The output's rows (last dim) at real tokens when ``mask`` matches its (B, T)."""
+    if mask is not None and out.ndim == 3 and out.shape[:2] == mask.shape and mask.any():
+        return out[mask]
+    return out
+
+
 def compare_outputs(
     graph: Graph,
     got: Sequence[Sequence[np.ndarray]],
@@ -178,8 +193,10 @@ def compare_outputs(
 ) -> Measures:
     """Largest relative L2 error, top-1 agreement, mean row cosine and perplexity change.
 
-    Perplexity needs ``inputs`` (the samples): it is measured on every (B, T, V) output
-    whose V exceeds every token id of the (B, T) integer input (logits over the vocabulary).
+    With ``inputs`` (the samples), top-1 and cosine count only the rows of real tokens when
+    the model takes an ``attention_mask`` (padding rows carry no meaning), and perplexity is
+    measured on every (B, T, V) output whose V exceeds every token id of the (B, T) integer
+    input (logits over the vocabulary).
     """
     worst = 0.0
     agree: dict[str, list[float]] = {}
@@ -187,10 +204,12 @@ def compare_outputs(
     nll_got, nll_want = [], []
     for i, (g_out, w_out) in enumerate(zip(got, want)):
         ids = _token_ids(graph, inputs[i]) if i < len(inputs) else None
-        for v, g, w in zip(graph.outputs, g_out, w_out):
-            if not v.dtype.is_float or g.size == 0:
+        mask = _padding_mask(graph, inputs[i]) if i < len(inputs) else None
+        for v, g_all, w_all in zip(graph.outputs, g_out, w_out):
+            if not v.dtype.is_float or g_all.size == 0:
                 continue
-            worst = max(worst, _rel_error(g, w))
+            worst = max(worst, _rel_error(g_all, w_all))
+            g, w = _rows(g_all, mask), _rows(w_all, mask)
             if g.ndim >= 2 and g.shape[-1] > 1:
                 same = np.argmax(g, axis=-1) == np.argmax(w, axis=-1)
                 agree.setdefault(v.name, []).append(float(same.mean()))
@@ -201,13 +220,13 @@ def compare_outputs(
                 cosine.setdefault(v.name, []).append(float(cos.mean()))
             if (
                 ids is not None
-                and g.ndim == 3
-                and g.shape[:2] == ids.shape
+                and g_all.ndim == 3
+                and g_all.shape[:2] == ids.shape
                 and 0 <= ids.min()
-                and ids.max() < g.shape[-1]
+                and ids.max() < g_all.shape[-1]
             ):
-                nll_got.append(_nll(g, ids))
-                nll_want.append(_nll(w, ids))
+                nll_got.append(_nll(g_all, ids))
+                nll_want.append(_nll(w_all, ids))
     ppl = math.exp(np.mean(nll_got) - np.mean(nll_want)) - 1 if nll_got else None
     return Measures(
         worst,
@@ -235,8 +254,9 @@ def _layer_sensitivity(
     pass that converted it computes it (``approximate_linear``); for an embedding table,
     the relative error of its int8 table."""
     from tgraph.backends.reference import run_graph
-    from tgraph.passes.quantize import layer_name, quantize_int8
+    from tgraph.passes.quantize import CALIBRATION, layer_name, quantize_int8
 
+    hessians = head.meta.get(CALIBRATION) or {}
     owner = _owners(specs, records)
     compressors: dict[PassSpec, Pass] = {}
     sites, errors = [], {}
@@ -263,7 +283,7 @@ def _layer_sensitivity(
             w = np.asarray(node.inputs[1].const, dtype=np.float32)
             b = None if len(node.inputs) < 3 or node.inputs[2] is None else node.inputs[2].const
             exact = np.matmul(x.astype(np.float64), w.T.astype(np.float64))
-            approx = compressors[spec].approximate_linear(x, w)
+            approx = compressors[spec].approximate_linear(x, w, hessians.get(name))
             if b is not None:
                 exact, approx = exact + b, approx + b
             errors[name] = max(errors.get(name, 0.0), _rel_error(approx, exact))
@@ -297,10 +317,13 @@ def fit_budget(
     accuracy: dict[str, Any],
     samples: Sequence[Sequence[np.ndarray]],
     progress: Callable[[str], None] | None = None,
+    calibrator: Any = None,
 ) -> tuple[Graph, list[PassRecord], str, AccuracyReport]:
     """Run ``pipeline`` over ``graph``, keeping layers in fp32 until the budget holds.
 
-    Returns the optimized graph, the per-pass records, the pipeline actually run (with its
+    ``calibrator`` (a :class:`tgraph.calibration.Calibrator`): its statistics, collected on
+    the fp32 head graph, go to every trial's compression passes and to the sensitivities,
+    so each layer is ranked as the calibrated pass compresses it. Returns the optimized graph, the per-pass records, the pipeline actually run (with its
     ``keep=`` option) and the report.
     """
     from tgraph.backends.reference import run_graph
@@ -311,6 +334,11 @@ def fit_budget(
     head_graph, head_records = PassManager(format_pipeline(head_specs), progress=progress).run(
         graph
     )
+    if calibrator is not None:
+        from tgraph.passes.quantize import CALIBRATION
+
+        say("accuracy budget: calibration statistics")
+        head_graph.meta[CALIBRATION] = calibrator.statistics(head_graph)
     say("accuracy budget: fp32 reference outputs")
     want = [run_graph(head_graph, arrays) for arrays in samples]
 
@@ -321,8 +349,7 @@ def fit_budget(
             say(f"accuracy budget: trying with {k} layer(s) in fp32")
             tail = PassManager(format_pipeline(_with_keep(tail_specs, order[:k])))
             g, records = tail.run(head_graph)
-            ppl_inputs = samples if "max_ppl_increase" in budget else ()
-            measures = compare_outputs(g, [run_graph(g, a) for a in samples], want, ppl_inputs)
+            measures = compare_outputs(g, [run_graph(g, a) for a in samples], want, samples)
             tried[k] = _Trial(g, records, measures, _meets(budget, measures))
         return tried[k]
 

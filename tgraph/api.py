@@ -143,9 +143,23 @@ class CompiledModel(torch.nn.Module):
         self.sharding = None  # a tgraph.sharded.Sharding for a tensor-parallel model
         self.runner = runner  # an nn.Module runner registers as a submodule
 
+    @property
+    def graph(self) -> Graph:
+        """The optimized graph. On the torch backend the int4 weights live only in the
+        program's packed layout after compile; reading ``graph`` rebuilds the graph's own
+        arrays of them (exactly) the first time."""
+        restore = getattr(self.runner, "restore_constants", None)
+        if restore is not None:
+            restore()
+        return self._graph
+
+    @graph.setter
+    def graph(self, graph: Graph) -> None:
+        self._graph = graph
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        tensors = flatten_call(self.graph, args, kwargs)
-        return unflatten_outputs(self.graph, self.runner(tensors))
+        tensors = flatten_call(self._graph, args, kwargs)  # structure only: no constants
+        return unflatten_outputs(self._graph, self.runner(tensors))
 
     def save(self, directory: str) -> None:
         """Write an artifact directory atomically; ``tgraph.load(directory)`` reloads it."""
@@ -154,9 +168,27 @@ class CompiledModel(torch.nn.Module):
         save(self, directory)
 
     def extra_repr(self) -> str:
-        return f"{self.graph.name}, backend={self.backend!r}, device={self.device!r}, " + (
-            f"{len(self.graph.nodes)} nodes"
+        return f"{self._graph.name}, backend={self.backend!r}, device={self.device!r}, " + (
+            f"{len(self._graph.nodes)} nodes"
         )
+
+
+def _calibrator(calibration: Any, graph: Graph, manager: PassManager) -> Any:
+    """The :class:`tgraph.calibration.Calibrator` of ``compile(..., calibration=)``, bound
+    to the traced graph, or None."""
+    if calibration is None:
+        return None
+    from tgraph.calibration import CalibrationError, Calibrator
+    from tgraph.passes.manager import get_pass
+
+    if not any(get_pass(spec.name).lossy for spec in manager.specs):
+        raise CalibrationError(
+            f"calibration needs a compression pipeline (int4, ...); got {manager.pipeline!r}"
+        )
+
+    calibrator = calibration if isinstance(calibration, Calibrator) else Calibrator(calibration)
+    calibrator.bind(graph)
+    return calibrator
 
 
 def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -189,6 +221,7 @@ def compile(
     verify: bool = False,
     accuracy: dict[str, float] | None = None,
     world_size: int = 1,
+    calibration: Sequence[Any] | None = None,
 ) -> CompiledModel:
     """Trace, optimize and lower ``model``.
 
@@ -212,6 +245,9 @@ def compile(
             (``tgraph.accuracy``); the result is ``cm.accuracy``.
         world_size: shard the model over this many ranks (tensor parallel, torch backend,
             one process per rank under torchrun; ``tgraph.sharded``, docs/sharding.md).
+        calibration: a list of inputs, each called like ``example_inputs``, for the
+            compression passes: ``int4`` quantizes with GPTQ error feedback on each
+            layer's input statistics (``tgraph.calibration``, docs/compression.md).
 
     Returns:
         A :class:`CompiledModel` called like ``model``; for a Hugging Face causal LM a
@@ -219,7 +255,8 @@ def compile(
         (docs/generation.md).
     """
     options = dict(backend=backend, device=device, pipeline=pipeline, dynamic=dynamic,
-                   dump_dir=dump_dir, progress=progress, verify=verify, accuracy=accuracy)  # fmt: skip
+                   dump_dir=dump_dir, progress=progress, verify=verify, accuracy=accuracy,
+                   calibration=calibration)  # fmt: skip
     from tgraph.generation.compile import compile_generator, is_causal_lm
 
     # A sharded causal LM compiles its forward (the decode graph is not sharded yet).
@@ -251,9 +288,11 @@ def compile_plain(
     accuracy: dict[str, float] | None = None,
     lazy: bool = False,
     world_size: int = 1,
+    calibration: Any = None,
 ) -> CompiledModel:
     """:func:`compile` of the model's forward alone (the same arguments); ``lazy`` opens an
-    ONNX Runtime session only at the first call."""
+    ONNX Runtime session only at the first call; ``calibration`` is a list of inputs or a
+    :class:`tgraph.calibration.Calibrator`."""
     from tgraph.backends import get_backend
 
     check_target(backend, device)
@@ -272,6 +311,10 @@ def compile_plain(
         from tgraph.debug.numcheck import compile_verifier
 
         manager.instruments.append(compile_verifier(graph, model, example_inputs, backend))
+    rerun = bool(dump_dir or manager.instruments)
+    calibrator = _calibrator(calibration, graph, manager)
+    if calibrator is not None:
+        manager.instruments.append(calibrator)
     fitted = None
     if accuracy is not None:
         from tgraph.accuracy import fit_budget
@@ -279,15 +322,21 @@ def compile_plain(
         samples = [[t.detach().cpu().numpy() for t in flatten_call(graph, *normalize_inputs(
             example_inputs))]]  # fmt: skip
         traced = graph
-        graph, report, text, fitted = fit_budget(graph, manager.pipeline, accuracy, samples, say)
+        graph, report, text, fitted = fit_budget(
+            graph, manager.pipeline, accuracy, samples, say, calibrator
+        )
         manager = PassManager(
             text, dump_dir=dump_dir, progress=progress, instruments=manager.instruments
         )
-        if dump_dir or manager.instruments:
+        if rerun:
             # the trials ran without dumps and verification: run the chosen pipeline with them
             graph, report = manager.run(traced)
     else:
         graph, report = manager.run(graph)
+    if calibrator is not None:
+        from tgraph.calibration import drop
+
+        drop(graph)
     params = model_tensors(model) if isinstance(model, torch.nn.Module) else None
     say(f"lowering to {backend}")
     lower = get_backend(backend).lower
@@ -295,6 +344,9 @@ def compile_plain(
         runner = LazyRunner(lower, graph, device, params=params)
     else:
         runner = lower(graph, device, params=params)
+    release = getattr(runner, "release_constants", None)
+    if release is not None:  # torch: the packed int4 weights are the only copy held
+        release()
     cm = CompiledModel(graph, runner, backend, device, report, manager.pipeline)
     cm.accuracy = fitted
     cm.sharding = sharding.finish(graph) if sharding else None

