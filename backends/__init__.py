@@ -71,8 +71,8 @@ __all__ = [
 
 class LazyRunner:
     """A runner that lowers its graph on the first call (``lower`` is a backend's
-    ``lower(graph, device, params=...)``): a compiled causal LM keeps its plain forward this
-    way on ONNX Runtime, so ``generate`` alone never holds a second session's weights."""
+    ``lower(graph, device, params=...)``): a loaded causal LM keeps its plain graph this
+    way, so ``generate`` alone never holds a second session's weights."""
 
     def __init__(self, lower: Callable[..., Runner], *args: Any, **kwargs: Any):
         self._lower = (lower, args, kwargs)

@@ -74,6 +74,7 @@ class Lowering:
         self.external = external  # see to_onnx: big arrays go here, not into the proto
         self.fold_at_load = True  # ORT folds constant Transposes at load (see to_onnx)
         self._folded: set[str] = set()  # outputs of the Transposes ORT folds at load
+        self.load_only: set[str] = set()  # external arrays only those Transposes read
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._names: dict[int, str] = {}  # id(Value) -> ONNX name
@@ -140,6 +141,8 @@ class Lowering:
             for name, v in self._const_values.items()
             if name in read
         ]
+        if self.external is not None:
+            self.load_only.update(n for n in self.external if n in read and n not in direct)
         return weights + self.initializers
 
     @contextlib.contextmanager

@@ -32,6 +32,7 @@ def to_onnx(
     external: dict[str, np.ndarray] | None = None,
     fold_at_load: bool = True,
     device: str = "cpu",
+    load_only: set[str] | None = None,
 ) -> onnx.ModelProto:
     """Lower ``graph`` to an ONNX model.
 
@@ -51,6 +52,8 @@ def to_onnx(
         device: the device whose execution provider will run the model ("cpu" or
             "cuda"). A few fused kernels are slower than their unfused form on one
             provider (``policy.SLOWER_FUSED``); those are lowered unfused there.
+        load_only: when given, gets the names in ``external`` that only a Transpose folded
+            at load reads: ONNX Runtime is done with those arrays once the session exists.
 
     Raises:
         LoweringError: an op has no lowering, naming the node.
@@ -92,6 +95,8 @@ def to_onnx(
         outputs,
         initializer=ctx.finish([o.name for o in outputs]),
     )
+    if load_only is not None:
+        load_only.update(ctx.load_only)
     opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)]
     model = helper.make_model(onnx_graph, opset_imports=opsets, producer_name="tgraph")
     if ctx.fp32_emulated:  # which 16-bit float nodes run in float32, visible in the file

@@ -155,10 +155,10 @@ def lower(
     refuse_sharded(graph)
     providers = _providers(device)  # fail fast, before lowering
     weights: dict[str, np.ndarray] = {}
+    load_only: set[str] = set()
     optimize = _optimizations_on(ort_optimizations)
-    model = to_onnx(
-        graph, fused_kernels=fused_kernels, external=weights, fold_at_load=optimize, device=device
-    )
+    model = to_onnx(graph, fused_kernels=fused_kernels, external=weights, fold_at_load=optimize,
+                    device=device, load_only=load_only)  # fmt: skip
     options = ort.SessionOptions()
     options.intra_op_num_threads = min(physical_cores(), torch.get_num_threads())
     options.inter_op_num_threads = 1
@@ -170,8 +170,11 @@ def lower(
     )
     off = ORT_OPTIMIZERS_OFF.get(device, ()) if optimize else ()
     session, tmp = _session(model, options, providers, weights, off)
+    del model  # only the session's own copies from here on
     options_used = {"ort_optimizations": ort_optimizations, "fused_kernels": fused_kernels}
-    return OrtRunner(graph, session, device, options_used, tmp)
+    runner = OrtRunner(graph, session, device, options_used, tmp)
+    runner.load_only = load_only if weights else set()
+    return runner
 
 
 class OrtRunner:
@@ -190,8 +193,24 @@ class OrtRunner:
         self.device = device
         self.options = dict(options or {})  # lower()'s keyword options, to re-lower on unpickle
         self._tmp = tmp  # keeps external weights (files or arrays) alive as long as the session
+        self.load_only: set[str] = set()  # external arrays ORT only read while loading
         self.input_names = [i.name for i in session.get_inputs()]
         self.output_names = [o.name for o in session.get_outputs()]
+
+    def external_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays ONNX Runtime reads in place (``add_external_initializers``), by name."""
+        return self._tmp[1] if isinstance(self._tmp, tuple) else {}
+
+    def release_load_only(self) -> None:
+        """Drop this runner's references to the arrays ONNX Runtime only read at load (the
+        weights it folded into its own prepacked copies): the session never reads them
+        again (tests/test_generation_memory.py overwrites them to check)."""
+        if not isinstance(self._tmp, tuple) or not self.load_only:
+            return
+        values, weights = self._tmp
+        keep = [i for i, name in enumerate(weights) if name not in self.load_only]
+        names = list(weights)
+        self._tmp = ([values[i] for i in keep], {names[i]: weights[names[i]] for i in keep})
 
     def __reduce__(self):
         # A session does not pickle: unpickling lowers the graph again.

@@ -23,6 +23,7 @@ decode step copies no cache and allocates nothing but the (batch, 1, vocab) logi
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,16 +34,69 @@ from tgraph.tensors import torch_dtype
 
 
 def lower_step(graph: Graph, device: str = "cpu") -> StepRunner:
-    """Open the step graph's session (the ort backend's own) behind a :class:`StepRunner`."""
+    """Open the step graph's session (the ort backend's own) behind a :class:`StepRunner`.
+
+    Afterwards the process holds the weights once, in ONNX Runtime: ``graph``'s constants
+    stop viewing the model (see :func:`one_weight_copy`), so dropping the model frees it.
+    """
     from .ort import lower
 
     if device != "cpu":
         raise NotImplementedError("generation on the ort backend runs on cpu; use backend='torch'")
-    return StepRunner(graph, lower(graph, device))
+    runner = lower(graph, device)
+    one_weight_copy(graph, runner)
+    return StepRunner(graph, runner)
+
+
+def one_weight_copy(graph: Graph, runner) -> None:
+    """Leave ``graph``'s constants (needed only to save, pickle or show the graph) holding
+    no second in-memory copy of what the session holds.
+
+    - Arrays ONNX Runtime reads in place: the graph takes the very array the session reads.
+    - Arrays it only read at load (weights folded into its prepacked MatMul copies): written
+      to one unlinked temporary file and mapped back read-only; untouched pages of a map
+      are not resident, so they cost no memory until ``save`` reads them.
+    - Small constants in the ONNX proto that view memory they do not own (the model's
+      parameters): copied, so no view keeps the model's storage alive.
+    """
+    read_in_place = {k: a for k, a in runner.external_arrays().items()
+                     if k not in runner.load_only}  # fmt: skip
+    spilled = {v.name: v.const for v in graph.initializers.values() if v.name in runner.load_only}
+    mapped = _spill(spilled)
+    for v in graph.initializers.values():
+        if v.name in mapped:
+            v.const = mapped[v.name]
+        elif v.name in read_in_place and read_in_place[v.name].shape == v.const.shape:
+            v.const = read_in_place[v.name]
+        elif v.const is not None and not v.const.flags.owndata:
+            v.const = np.array(v.const)
+    runner.release_load_only()
+
+
+def _spill(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``arrays`` written to one unlinked temporary file, returned as read-only maps of it."""
+    if not arrays:
+        return {}
+    out: dict[str, np.ndarray] = {}
+    with tempfile.TemporaryFile(prefix="tgraph-weights-") as f:
+        offsets = {}
+        for name, a in arrays.items():
+            offsets[name] = f.tell()
+            f.write(np.ascontiguousarray(a).data)  # no tobytes() copy
+            f.seek((f.tell() + 63) // 64 * 64)  # keep each array 64-byte aligned
+        f.flush()
+        size = max(f.tell(), 1)
+        f.truncate(size)
+        whole = np.memmap(f, dtype=np.uint8, mode="r", shape=(size,))  # the map outlives f
+    for name, a in arrays.items():
+        start = offsets[name]
+        out[name] = whole[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
+    return out
 
 
 class StepRunner:
-    """``runner([ids, past_len, q_len, *caches]) -> [logits, *caches]``, the caches in place."""
+    """``runner([ids, past_len, q_len, logits_at, *caches]) -> [logits, *caches]``, the caches
+    in place (the inputs after the first ``len(inputs) - len(caches)`` are the caches)."""
 
     def __init__(self, graph: Graph, runner):
         self.graph = graph
@@ -52,21 +106,23 @@ class StepRunner:
         self.output_names = runner.output_names
         logits = graph.outputs[0]
         self._logits = (torch_dtype(logits.dtype), int(logits.shape[-1]))
+        self._plain = len(graph.inputs) - (len(graph.outputs) - 1)  # inputs before the caches
         self._binding = self.session.io_binding()
         self._bound: tuple = ()  # (data_ptr, shape) of the caches bound now
 
     def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         inputs = [t if t.is_contiguous() else t.contiguous() for t in inputs]
-        caches = inputs[3:]
+        n = self._plain
+        caches = inputs[n:]
         dtype, vocab = self._logits
-        logits = torch.empty(inputs[0].shape[0], 1, vocab, dtype=dtype)
+        logits = torch.empty(*inputs[n - 1].shape, vocab, dtype=dtype)  # (B, P, V), P = logits_at's
         binding = self._binding
-        for name, t in zip(self.input_names[:3], inputs[:3]):
+        for name, t in zip(self.input_names[:n], inputs[:n]):
             _bind(binding.bind_input, name, t)
         _bind(binding.bind_output, self.output_names[0], logits)
         bound = tuple((t.data_ptr(), tuple(t.shape)) for t in caches)
         if bound != self._bound:  # a new generate call: bind its buffers once
-            for name, t in zip(self.input_names[3:], caches):
+            for name, t in zip(self.input_names[n:], caches):
                 _bind(binding.bind_input, name, t)
             for name, t in zip(self.output_names[1:], caches):  # present == past: one buffer
                 _bind(binding.bind_output, name, t)

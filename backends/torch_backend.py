@@ -356,10 +356,11 @@ class _ProgramBuilder:
 def _from_numpy(array: np.ndarray) -> torch.Tensor:
     """A torch copy of a constant, keeping 0-d arrays 0-d (bf16 through its int16 bits).
 
-    Integer arrays of at least 4 KiB (quantized weight codes, which no kernel writes) are
-    shared with the graph instead, so a compressed model holds its codes once.
+    Arrays of at least 4 KiB (weights a pass made, such as a merged QKV weight, and
+    quantized codes: no kernel writes a constant) are shared with the graph instead, so the
+    program and the graph hold them once.
     """
-    if array.dtype.kind in "iu" and array.nbytes >= 4096:
+    if array.dtype.kind in "iuf" and array.dtype.name != "bfloat16" and array.nbytes >= 4096:
         return shared(array)
     array = np.array(array, copy=True)  # writable and contiguous, any rank
     if array.dtype.name == "bfloat16":

@@ -161,7 +161,7 @@ def test_step_graph_declares_cache_state():
     nodes = [n for n in graph.nodes if n.op == "cache_attention"]
     assert len(nodes) == 2 and all(n.attrs["window"] == 8 for n in nodes)
     assert get_op("cache_attention").updates == {1: 3, 2: 4}
-    for out, state in zip(graph.outputs[1:], graph.inputs[3:]):
+    for out, state in zip(graph.outputs[1:], graph.inputs[4:]):
         assert out.meta["updates"] == state.name
         assert out.producer.inputs[3 + graph.outputs[1:].index(out) % 2] is state
     assert "updates %k_cache_0" in graph.dump()

@@ -257,7 +257,7 @@ def load(
         graph.meta["shard"] = {"world": world, "rank": rank}
         params = tensors if manifest["backend"] == "torch" else None
     lower = get_backend(manifest["backend"]).lower
-    if "generation" in manifest and manifest["backend"] == "ort":  # see LazyRunner
+    if "generation" in manifest:  # lowered only if the plain forward runs this graph
         runner = LazyRunner(lower, graph, device)
     else:
         runner = lower(graph, device, params=params)

@@ -46,7 +46,10 @@ def write_step(gen: Generator, tmp: str) -> dict[str, Any]:
     _copy_tokenizer(getattr(gen, "tokenizer_dir", None), tmp)
     with open(os.path.join(tmp, STEP_GRAPH), "w") as f:
         json.dump(doc, f)
-    return {"generation": {"info": gen.step.info, "shared": shared}}
+    entry = {"info": gen.step.info, "shared": shared}
+    if gen.plain_from_step:  # graph.json is the step graph itself: calls run the step
+        entry["plain"] = "step"
+    return {"generation": entry}
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -90,5 +93,10 @@ def load_generator(cm: CompiledModel, directory: str, entry: dict[str, Any],
         raise ArtifactError(f"{directory}: weights.safetensors lacks step constant {missing[0]}")
     arrays.update({k: plain[k] for k in entry["shared"]})
     graph = from_json(doc, arrays)
+    if "logits_at" not in {v.name for v in graph.inputs}:
+        raise ArtifactError(f"{directory}: a generation step of an older tgraph (no logits_at "
+                            "input); compile the model again")  # fmt: skip
     graph.meta["generation"] = entry["info"]
-    return Generator(cm, lower_step(graph, cm.backend, cm.device))
+    plain = None if entry.get("plain") == "step" else cm
+    return Generator(plain, lower_step(graph, cm.backend, cm.device), report=cm.report,
+                     pipeline=cm.pipeline)  # fmt: skip

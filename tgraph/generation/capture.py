@@ -6,10 +6,12 @@ forward with
   input_ids (batch, seq)         the new tokens (a right-padded prompt, or one token),
   past_len  (batch,) int64       tokens already in each sequence's cache,
   q_len     (batch,) int64       real tokens among the seq new ones,
+  logits_at (batch, positions)   which of the seq rows the LM head reads (int64),
   k_cache_i, v_cache_i           (batch, kv_heads, cache_len, head_dim) per layer,
 
-and returns ``logits`` (batch, 1, vocab) of each sequence's last real token (the LM head
-runs on that position only) followed by every updated cache. Position ids are
+and returns ``logits`` (batch, positions, vocab) at those rows followed by every updated
+cache. ``generate`` asks for each sequence's last real token (positions = 1: the LM head
+runs on one row); the plain forward for every row (positions = seq). Position ids are
 ``past_len + arange(seq)``: a token's position is its cache slot.
 
 How the model's attention becomes one op without per-architecture code: transformers
@@ -43,6 +45,7 @@ from tgraph.frontend.export import FrontendError
 from tgraph.ir import Graph
 
 ATTENTION_NAME = "tgraph_cache"
+STEP_INPUTS = ("input_ids", "past_len", "q_len", "logits_at")  # then the caches
 
 
 # -- the custom op ---------------------------------------------------------------------------
@@ -165,17 +168,18 @@ class StepModule(nn.Module):
         if head is None:
             raise FrontendError(f"{type(lm).__name__} has no output embeddings (LM head)")
 
-    def forward(self, input_ids: Tensor, past_len: Tensor, q_len: Tensor, caches: list[Tensor]):
+    def forward(self, input_ids: Tensor, past_len: Tensor, q_len: Tensor, logits_at: Tensor,
+                caches: list[Tensor]):  # fmt: skip
         b, t = input_ids.shape
         state = _StepState(list(caches), past_len, q_len)
         position_ids = past_len[:, None] + torch.arange(t, device=input_ids.device)[None, :]
-        last = (q_len - 1).clamp(min=0)[:, None, None]  # (B, 1, 1)
+        rows = logits_at[:, :, None]  # (B, P, 1)
 
-        def last_token_only(_module, args):  # the LM head sees (B, 1, C), not (B, T, C)
+        def chosen_rows_only(_module, args):  # the LM head sees (B, P, C), not (B, T, C)
             hidden = args[0]
-            return (hidden.gather(1, last.expand(b, 1, hidden.shape[-1])), *args[1:])
+            return (hidden.gather(1, rows.expand(b, rows.shape[1], hidden.shape[-1])), *args[1:])
 
-        hook = self._head[0].register_forward_pre_hook(last_token_only)
+        hook = self._head[0].register_forward_pre_hook(chosen_rows_only)
         _ACTIVE.append(state)
         try:
             out = self.lm(input_ids=input_ids, position_ids=position_ids, cache=state,
@@ -192,8 +196,9 @@ class StepModule(nn.Module):
 # -- tracing -------------------------------------------------------------------------------------
 
 
-def cache_geometry(lm: nn.Module) -> list[tuple[int, int, int]]:
-    """(kv_heads, key head size, value head size) per layer, read off one eager probe step."""
+def cache_geometry(lm: nn.Module) -> tuple[list[tuple[int, int, int]], str]:
+    """(kv_heads, key head size, value head size) per layer, read off one eager probe step,
+    and the import path of the model's output class (the plain forward returns one)."""
     shapes: list[tuple[int, int, int]] = []
 
     def probe(module, query, key, value, attention_mask, **kwargs):
@@ -201,8 +206,8 @@ def cache_geometry(lm: nn.Module) -> list[tuple[int, int, int]]:
         return query.new_zeros(query.shape[0], query.shape[2], query.shape[1], value.shape[3]), None
 
     with _attention_set(lm, probe), torch.no_grad():
-        lm(input_ids=torch.zeros(1, 1, dtype=torch.long), use_cache=False)
-    return shapes
+        out = lm(input_ids=torch.zeros(1, 1, dtype=torch.long), use_cache=False)
+    return shapes, f"{type(out).__module__}:{type(out).__qualname__}"
 
 
 def trace_step(lm: nn.Module, max_length: int) -> Graph:
@@ -211,7 +216,7 @@ def trace_step(lm: nn.Module, max_length: int) -> Graph:
 
     from tgraph.frontend import trace
 
-    geometry = cache_geometry(lm)
+    geometry, output_class = cache_geometry(lm)
     dtype = next(lm.parameters()).dtype
     b, t, cache_len = 3, 5, 11  # distinct example sizes, so export keeps them apart
     caches = []
@@ -222,10 +227,12 @@ def trace_step(lm: nn.Module, max_length: int) -> Graph:
         torch.zeros(b, t, dtype=torch.long),
         torch.zeros(b, dtype=torch.long),
         torch.full((b,), t, dtype=torch.long),
+        torch.full((b, 2), t - 1, dtype=torch.long),
         caches,
     )
     batch, seq, length = Dim("batch"), Dim("seq"), Dim("cache_len", max=max_length)
-    shapes = ({0: batch, 1: seq}, {0: batch}, {0: batch}, [{0: batch, 2: length}] * len(caches))
+    shapes = ({0: batch, 1: seq}, {0: batch}, {0: batch}, {0: batch, 1: Dim("positions")},
+              [{0: batch, 2: length}] * len(caches))  # fmt: skip
     step = StepModule(lm).eval()
     with _attention_set(lm):
         try:
@@ -238,6 +245,7 @@ def trace_step(lm: nn.Module, max_length: int) -> Graph:
     graph = trace(ep)
     graph.name = f"{type(lm).__name__}_step"
     _name_io(graph, len(geometry))
+    graph.meta["output_class"] = output_class
     return graph
 
 
@@ -245,7 +253,7 @@ def _name_io(graph: Graph, layers: int) -> None:
     for name, v in sorted(graph.initializers.items()):  # the model's own names, as in forward
         if name.startswith("lm."):
             graph.rename(v, name[3:])
-    names = ["input_ids", "past_len", "q_len"]
+    names = list(STEP_INPUTS)
     for i in range(layers):
         names += [f"k_cache_{i}", f"v_cache_{i}"]
     for v, name in zip(graph.inputs, names):
@@ -253,7 +261,7 @@ def _name_io(graph: Graph, layers: int) -> None:
             graph.rename(v, name)
     if graph.outputs[0].name != "logits":
         graph.rename(graph.outputs[0], "logits")
-    for i, (out, state) in enumerate(zip(graph.outputs[1:], graph.inputs[3:])):
+    for i, (out, state) in enumerate(zip(graph.outputs[1:], graph.inputs[len(STEP_INPUTS) :])):
         if out.producer is None or out.producer.op != "cache_attention":
             raise FrontendError(f"step output {i + 1} is not a cache update")
         graph.rename(out, f"{state.name}_next")

@@ -58,16 +58,17 @@ def generation_info(lm: nn.Module) -> dict[str, Any]:
     }
 
 
-def compile_step(lm: nn.Module, manager: Any) -> Graph:
-    """Trace the step graph of ``lm`` and run the pass pipeline on it."""
+def compile_step(lm: nn.Module, manager: Any) -> tuple[Graph, list]:
+    """Trace the step graph of ``lm`` and run the pass pipeline on it (graph, pass records)."""
     from .capture import trace_step
 
     info = generation_info(lm)
     graph = trace_step(lm, info["max_length"])
+    info["output_class"] = graph.meta.pop("output_class")
     graph.meta["generation"] = info
-    graph, _report = manager.run(graph)
+    graph, report = manager.run(graph)
     graph.meta["generation"] = info
-    return graph
+    return graph, report
 
 
 def lower_step(graph: Graph, backend: str, device: str, params: Any = None) -> StepProgram:
@@ -75,21 +76,31 @@ def lower_step(graph: Graph, backend: str, device: str, params: Any = None) -> S
     if backend == "ort":
         from tgraph.backends.ort_cache import lower_step as ort_lower
 
-        return StepProgram(graph, ort_lower(graph, device))
+        return StepProgram(graph, ort_lower(graph, device), backend, device)
     from tgraph.backends import get_backend
 
-    return StepProgram(graph, get_backend(backend).lower(graph, device, params=params))
+    runner = get_backend(backend).lower(graph, device, params=params)
+    return StepProgram(graph, runner, backend, device)
 
 
-# Options that inspect the plain forward at compile time: with any of them it is compiled
-# right away, otherwise at its first use (a call, save, ``gen.graph``).
+# Options that inspect the plain forward at compile time: with any of them the model's own
+# forward is traced and compiled too (and serves ``gen(...)``); otherwise the plain forward
+# runs on the step graph (tgraph/generation/plain.py).
 _EAGER_OPTIONS = ("dump_dir", "verify", "accuracy", "calibration")
 
 
+def _plain(model: nn.Module, example_inputs: Any, options: dict[str, Any]) -> Any:
+    from tgraph.api import compile_plain
+
+    with _no_cache(model):
+        return compile_plain(model, example_inputs, **options)
+
+
 def compile_generator(model: nn.Module, example_inputs: Any, **options: Any) -> Generator:
-    """``tgraph.compile`` for a causal LM (same options); a step that fails is reported by
-    ``generate``, and the plain forward still works."""
-    from tgraph.api import check_target, compile_plain, model_tensors
+    """``tgraph.compile`` for a causal LM (same options). The Generator keeps no reference
+    to ``model``: the torch backend runs on its parameters, ORT on its own copy. A step that
+    fails is reported by ``generate``; the plain forward is then compiled on its own."""
+    from tgraph.api import check_target, model_tensors
     from tgraph.frontend import normalize_inputs
     from tgraph.passes.manager import PassManager
 
@@ -97,12 +108,6 @@ def compile_generator(model: nn.Module, example_inputs: Any, **options: Any) -> 
     check_target(backend, device)
     normalize_inputs(example_inputs)  # type check with a clear message
     dump_dir = options.get("dump_dir")  # the step graph's dumps go to DIR/step
-
-    def plain() -> Any:
-        with _no_cache(model):
-            return compile_plain(model, example_inputs, **options, lazy=True)
-
-    eager = any(options.get(k) for k in _EAGER_OPTIONS)
     forward, instruments = None, []
     if options.get("calibration") is not None:
         # its fp32 graph yields the statistics; the step graph's layers have the same names
@@ -111,11 +116,11 @@ def compile_generator(model: nn.Module, example_inputs: Any, **options: Any) -> 
 
         calibrator = Calibrator(options["calibration"])
         options = {**options, "calibration": calibrator}
-        forward = plain()
+        forward = _plain(model, example_inputs, options)
         instruments.append(Calibrator(hessians=calibrator.statistics(forward._graph)))
         calibrator.hessians = None
-    elif eager:
-        forward = plain()
+    elif any(options.get(k) for k in _EAGER_OPTIONS):
+        forward = _plain(model, example_inputs, options)
     # the forward's pipeline has the accuracy budget's keep= list: the step keeps the same
     pipeline = forward.pipeline if forward is not None else options["pipeline"]
     manager = PassManager(pipeline, progress=options.get("progress"), instruments=instruments,
@@ -123,10 +128,15 @@ def compile_generator(model: nn.Module, example_inputs: Any, **options: Any) -> 
     say = options.get("progress") or (lambda _msg: None)
     say("tracing the generation step (KV cache)")
     params = model_tensors(model) if backend == "torch" else None
+    report: list = []
     try:
-        step = lower_step(compile_step(model, manager), backend, device, params)
+        graph, report = compile_step(model, manager)
+        say(f"lowering the step to {backend}")
+        step = lower_step(graph, backend, device, params)
         error = ""
     except Exception as e:  # noqa: BLE001 - the plain forward still works; generate reports it
         step, error = None, f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
-    forward = forward if forward is not None else plain
-    return Generator(forward, step, error, backend=backend, device=device)
+    del params
+    if step is None and forward is None:
+        forward = _plain(model, example_inputs, options)
+    return Generator(forward, step, error, report=report, pipeline=manager.pipeline)

@@ -10,7 +10,6 @@ and the cache holds no padding (the layout of ONNX Runtime's GroupQueryAttention
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,13 +51,16 @@ class Timings:
 
 
 class StepProgram:
-    """The lowered step graph: ``runner([ids, past_len, q_len, *caches]) -> [logits, *caches]``."""
+    """The lowered step graph: ``runner([ids, past_len, q_len, logits_at, *caches])
+    -> [logits, *caches]`` (tgraph/generation/capture.py)."""
 
-    def __init__(self, graph: Graph, runner: Any):
+    def __init__(self, graph: Graph, runner: Any, backend: str, device: str):
         self.graph = graph
         self.runner = runner
+        self.backend, self.device = backend, device
         self.info: dict[str, Any] = graph.meta["generation"]
-        self.caches = [(v.shape[1], v.shape[3], v.dtype) for v in graph.inputs[3:]]
+        state = graph.inputs[len(graph.inputs) - (len(graph.outputs) - 1) :]  # the caches
+        self.caches = [(v.shape[1], v.shape[3], v.dtype) for v in state]
 
     def new_caches(self, batch: int, length: int, device: str) -> list[Tensor]:
         from tgraph.tensors import torch_dtype
@@ -67,43 +69,38 @@ class StepProgram:
                 for heads, d, dt in self.caches]  # fmt: skip
 
 
-_PLAIN_FIELDS = ("_graph", "runner", "report", "pipeline", "accuracy")  # graph reads _graph
-
-
 class Generator(CompiledModel):
     """A compiled causal LM: called like the model (its plain forward), plus ``generate``.
 
+    The plain forward runs on the step graph (every row's logits from one prefill-shaped
+    step), so the weights exist once and the model is not kept; with ``plain`` (a compiled
+    forward, from ``verify``/``accuracy``/``dump_dir``) it runs that graph instead.
     Attributes beyond :class:`CompiledModel`'s: ``step`` (the :class:`StepProgram`, None when
     the step could not be captured; ``step_error`` says why) and ``last_timings``.
     """
 
-    def __init__(self, plain: CompiledModel | Callable[[], CompiledModel], step: StepProgram | None,
-                 step_error: str = "", backend: str = "", device: str = ""):  # fmt: skip
-        """``plain`` is the compiled plain forward, or a function that compiles it on first use
-        of any of :data:`_PLAIN_FIELDS` (a call, ``save``, ``gen.graph``)."""
-        if isinstance(plain, CompiledModel):
+    def __init__(self, plain: CompiledModel | None, step: StepProgram | None,
+                 step_error: str = "", report: list | None = None, pipeline: str = ""):  # fmt: skip
+        if plain is not None:
             super().__init__(plain._graph, plain.runner, plain.backend, plain.device,
                              plain.report, plain.pipeline)  # fmt: skip
             self.accuracy = plain.accuracy
-            self._plain = None
+        elif step is not None:
+            super().__init__(step.graph, step.runner, step.backend, step.device, report, pipeline)
         else:
-            torch.nn.Module.__init__(self)
-            self.backend, self.device = backend, device
-            self.sharding = None  # a generator is never sharded (compile's world_size)
-            self._plain = plain
+            raise ValueError("a Generator needs a plain forward or a step program")
+        self.plain_from_step = plain is None
         self.step = step
         self.step_error = step_error
         self.last_timings: Timings | None = None
 
-    def __getattr__(self, name: str) -> Any:
-        plain = self.__dict__.get("_plain")
-        if name in _PLAIN_FIELDS and plain is not None:
-            self.__dict__["_plain"] = None
-            cm = plain()
-            self._graph, self.report, self.pipeline = cm._graph, cm.report, cm.pipeline
-            self.accuracy, self.runner = cm.accuracy, cm.runner
-            return getattr(self, name)
-        return super().__getattr__(name)
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.plain_from_step:
+            return super().forward(*args, **kwargs)
+        from .plain import step_forward
+
+        with torch.inference_mode():
+            return step_forward(self, *args, **kwargs)
 
     def extra_repr(self) -> str:
         step = f"{len(self.step.graph.nodes)} step nodes" if self.step else "no step"
@@ -223,12 +220,15 @@ class Generator(CompiledModel):
             streamer.end()
         return torch.cat([ids, torch.stack(out, dim=1)], dim=1)
 
-    def _run(self, ids: Tensor, past_len: Tensor, q_len: Tensor, caches: list[Tensor]) -> Tensor:
-        """One step; ``caches`` is updated to the step's state outputs. Returns (B, V)."""
+    def _run(self, ids: Tensor, past_len: Tensor, q_len: Tensor, caches: list[Tensor],
+             logits_at: Tensor | None = None) -> Tensor:  # fmt: skip
+        """One step; ``caches`` is updated to the step's state outputs. Returns the (B, V)
+        logits of each row's last real token, or (B, P, V) at ``logits_at`` (B, P)."""
         device = caches[0].device
-        outs = self.step.runner([t.to(device) for t in (ids, past_len, q_len)] + caches)
+        rows = (q_len - 1).clamp(min=0)[:, None] if logits_at is None else logits_at
+        outs = self.step.runner([t.to(device) for t in (ids, past_len, q_len, rows)] + caches)
         caches[:] = outs[1:]
-        return outs[0][:, -1].cpu()
+        return outs[0][:, -1].cpu() if logits_at is None else outs[0].cpu()
 
 
 def _prompt(input_ids: Any, attention_mask: Any, vocab: int) -> tuple[Tensor, Tensor]:
