@@ -92,3 +92,28 @@ def test_ort_never_reads_the_arrays_it_only_read_at_load():
     runner.release_load_only()
     assert not set(runner.external_arrays()) & runner.load_only
     torch.testing.assert_close(runner([x])[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_gen_memory_tool_reports_flat_decode_rss(tmp_path):
+    """tools/gen_memory.py on a tiny model: the plain forward after ``del lm`` matches, and
+    decode allocates nothing that grows from context 16 to 128."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import transformers as T
+
+    torch.manual_seed(0)
+    config = T.LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, intermediate_size=128, vocab_size=1000,
+                           max_position_embeddings=256)  # fmt: skip
+    T.LlamaForCausalLM(config).save_pretrained(str(tmp_path))
+    tool = os.path.join(os.path.dirname(__file__), "..", "tools", "gen_memory.py")
+    cmd = [sys.executable, tool, "--one", "--model", str(tmp_path), "--backends", "ort",
+           "--contexts", "16,128", "--steps", "4"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=300)
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    assert row["plain_err"] < 1e-4
+    assert [c["context"] for c in row["contexts"]] == [16, 128]
+    assert all(c["decode_peak"] < 2.0 for c in row["contexts"]), row["contexts"]
