@@ -24,6 +24,8 @@ decode step copies no cache and allocates nothing but the (batch, 1, vocab) logi
 from __future__ import annotations
 
 import tempfile
+import threading
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -44,33 +46,53 @@ def lower_step(graph: Graph, device: str = "cpu") -> StepRunner:
     if device != "cpu":
         raise NotImplementedError("generation on the ort backend runs on cpu; use backend='torch'")
     runner = lower(graph, device)
-    one_weight_copy(graph, runner)
-    return StepRunner(graph, runner)
+    step = StepRunner(graph, runner)
+    step.release = one_weight_copy(graph, runner)
+    return step
 
 
-def one_weight_copy(graph: Graph, runner) -> None:
+def one_weight_copy(graph: Graph, runner, background: bool = True) -> threading.Thread | None:
     """Leave ``graph``'s constants (needed only to save, pickle or show the graph) holding
     no second in-memory copy of what the session holds.
 
     - Arrays ONNX Runtime reads in place: the graph takes the very array the session reads.
     - Arrays it only read at load (weights folded into its prepacked MatMul copies): written
       to one unlinked temporary file and mapped back read-only; untouched pages of a map
-      are not resident, so they cost no memory until ``save`` reads them.
+      are not resident, so they cost no memory until ``save`` reads them. Writing 1.2 GB
+      can take seconds on a busy disk, so with ``background`` a thread does it and swaps
+      the arrays in when done (returned; until then the graph keeps the arrays it had,
+      which hold the same values, so a ``save`` meanwhile is still right).
     - Small constants in the ONNX proto that view memory they do not own (the model's
       parameters): copied, so no view keeps the model's storage alive.
     """
     read_in_place = {k: a for k, a in runner.external_arrays().items()
                      if k not in runner.load_only}  # fmt: skip
-    spilled = {v.name: v.const for v in graph.initializers.values() if v.name in runner.load_only}
-    mapped = _spill(spilled)
+    spill = {}
     for v in graph.initializers.values():
-        if v.name in mapped:
-            v.const = mapped[v.name]
+        if v.name in runner.load_only:
+            spill[v.name] = v
         elif v.name in read_in_place and read_in_place[v.name].shape == v.const.shape:
             v.const = read_in_place[v.name]
         elif v.const is not None and not v.const.flags.owndata:
             v.const = np.array(v.const)
-    runner.release_load_only()
+
+    def work() -> None:
+        try:
+            mapped = _spill({name: v.const for name, v in spill.items()})
+        except OSError as e:  # a full disk: keep the arrays (correct, just not released)
+            warnings.warn(f"tgraph: could not release the graph's copy of the weights: {e}",
+                          stacklevel=1)  # fmt: skip
+            return
+        for name, v in spill.items():
+            v.const = mapped[name]
+        runner.release_load_only()
+
+    if not spill or not background:
+        work()
+        return None
+    thread = threading.Thread(target=work, name="tgraph-weight-spill", daemon=True)
+    thread.start()
+    return thread
 
 
 def _spill(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -108,7 +130,13 @@ class StepRunner:
         self._logits = (torch_dtype(logits.dtype), int(logits.shape[-1]))
         self._plain = len(graph.inputs) - (len(graph.outputs) - 1)  # inputs before the caches
         self._binding = self.session.io_binding()
+        self.release: threading.Thread | None = None  # see one_weight_copy
         self._bound: tuple = ()  # (data_ptr, shape) of the caches bound now
+
+    def wait_released(self) -> None:
+        """Return once the graph's second copy of the weights is released (one_weight_copy)."""
+        if self.release is not None:
+            self.release.join()
 
     def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         inputs = [t if t.is_contiguous() else t.contiguous() for t in inputs]

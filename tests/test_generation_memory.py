@@ -65,6 +65,7 @@ def test_plain_forward_refuses_inputs_it_does_not_take():
 def test_ort_step_graph_views_no_model_memory():
     """After lowering, no step-graph constant points into a parameter of the model."""
     lm, gen = _compiled("ort")
+    gen.step.runner.wait_released()
     spans = [(p.data_ptr(), p.data_ptr() + p.numel() * p.element_size()) for p in lm.parameters()]
     for v in gen.step.graph.initializers.values():
         start = v.const.ctypes.data

@@ -12,7 +12,9 @@ compiling loads are not what a compiled model holds), then reads the resident se
   touched), ``compile_peak``: the RSS high-water mark while ``tgraph.compile`` runs
   (``/proc/self/clear_refs`` resets it before), ``compile_s``;
 - ``held``: RSS after the model is dropped (``del``, garbage collection, ``malloc_trim``),
-  minus ``base``: what the Generator keeps (anon and file-backed parts listed too);
+  minus ``base``: what the Generator keeps (anon and file-backed parts listed too), once
+  the ort step's background release of the graph's weight copy is done
+  (``release_wait_s``: how long that took after compile returned);
 - per context n: a prompt of n tokens is prefilled, then ``--steps`` decode steps run one
   at a time; ``decode_peak`` is the high-water mark over those steps minus the RSS before
   them (the cache is allocated before), and ``cache`` the bytes of that call's K/V buffers.
@@ -137,13 +139,18 @@ def measure_one(model_dir: str, backend: str, contexts: list[int], steps: int,
     gen = tgraph.compile(lm, {"input_ids": probe.repeat(2, 1)}, backend=backend)
     seconds = time.perf_counter() - start
     peak = status_mib()["VmHWM"] - base
+    start = time.perf_counter()
+    wait = getattr(gen.step.runner, "wait_released", None)  # ort: the background release
+    if wait is not None:
+        wait()
+    released = time.perf_counter() - start
     del lm
     trim()
     now = status_mib()
     row = {"backend": backend, "weights": "random" if random else "mmap", "model_mib": round(model), "compile_s": round(seconds, 1),
            "compile_peak_mib": round(peak), "held_mib": round(now["VmRSS"] - base),
            "held_anon_mib": round(now["RssAnon"]), "held_file_mib": round(now["RssFile"]),
-           "base_mib": round(base)}  # fmt: skip
+           "base_mib": round(base), "release_wait_s": round(released, 1)}  # fmt: skip
     with torch.inference_mode():
         row["plain_err"] = float((gen(input_ids=probe).logits - want).abs().max())
         row["contexts"] = [_context_row(gen, n, steps) for n in contexts]
