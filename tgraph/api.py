@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
-from tgraph.backends import LazyRunner, Runner
+from tgraph.backends import Runner
 from tgraph.frontend import ir_dtype, normalize_inputs, trace
 from tgraph.frontend.limits import LimitError, check_limits
 from tgraph.ir import Graph, SymDim
@@ -286,13 +286,11 @@ def compile_plain(
     progress: Callable[[str], None] | None = None,
     verify: bool = False,
     accuracy: dict[str, float] | None = None,
-    lazy: bool = False,
     world_size: int = 1,
     calibration: Any = None,
 ) -> CompiledModel:
-    """:func:`compile` of the model's forward alone (the same arguments); ``lazy`` opens an
-    ONNX Runtime session only at the first call; ``calibration`` is a list of inputs or a
-    :class:`tgraph.calibration.Calibrator`."""
+    """:func:`compile` of the model's forward alone (the same arguments); ``calibration`` is a
+    list of inputs or a :class:`tgraph.calibration.Calibrator`."""
     from tgraph.backends import get_backend
 
     check_target(backend, device)
@@ -339,11 +337,7 @@ def compile_plain(
         drop(graph)
     params = model_tensors(model) if isinstance(model, torch.nn.Module) else None
     say(f"lowering to {backend}")
-    lower = get_backend(backend).lower
-    if lazy and backend == "ort":
-        runner = LazyRunner(lower, graph, device, params=params)
-    else:
-        runner = lower(graph, device, params=params)
+    runner = get_backend(backend).lower(graph, device, params=params)
     release = getattr(runner, "release_constants", None)
     if release is not None:  # torch: the packed int4 weights are the only copy held
         release()

@@ -11,8 +11,8 @@ backend's weights, ONNX Runtime's prepacked copies). The fp32 weights a compress
 replaced must not be part of it.
 
 The model's forward is compiled with ``tgraph.api.compile_plain`` (what ``tgraph.compile``
-did for every model before causal LMs became generators): a ``Generator`` compiles its
-plain forward lazily and holds the model until then (docs/compression.md).
+did for every model before causal LMs became generators): a ``Generator`` runs its
+plain forward on its step graph instead (docs/generation.md, Memory).
 """
 
 from __future__ import annotations
