@@ -128,7 +128,7 @@ class StepRunner:
         self.output_names = runner.output_names
         logits = graph.outputs[0]
         self._logits = (torch_dtype(logits.dtype), int(logits.shape[-1]))
-        self._plain = len(graph.inputs) - (len(graph.outputs) - 1)  # inputs before the caches
+        self._n_inputs = len(graph.inputs) - (len(graph.outputs) - 1)  # inputs before the caches
         self._binding = self.session.io_binding()
         self.release: threading.Thread | None = None  # see one_weight_copy
         self._bound: tuple = ()  # (data_ptr, shape) of the caches bound now
@@ -140,7 +140,7 @@ class StepRunner:
 
     def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         inputs = [t if t.is_contiguous() else t.contiguous() for t in inputs]
-        n = self._plain
+        n = self._n_inputs
         caches = inputs[n:]
         dtype, vocab = self._logits
         logits = torch.empty(*inputs[n - 1].shape, vocab, dtype=dtype)  # (B, P, V), P = logits_at's
