@@ -19,6 +19,18 @@ class InputError(ValueError):
     """Arguments passed to a compiled model do not fit what it was traced with."""
 
 
+def name_inputs(names: Sequence[str], args: tuple, kwargs: dict) -> dict[str, Any]:
+    """A call's arguments by name: positional ones take ``names`` in order."""
+    if len(args) > len(names):
+        raise InputError(f"takes at most {len(names)} positional inputs, got {len(args)}")
+    named = dict(zip(names, args))
+    for key, value in kwargs.items():
+        if key in named:
+            raise InputError(f"input {key!r} given twice")
+        named[key] = value
+    return named
+
+
 def flatten_call(graph: Graph, args: tuple, kwargs: dict) -> list[torch.Tensor]:
     """Match a call to the traced structure and return the tensors for the graph inputs."""
     signature = graph.meta.get("signature")
@@ -26,13 +38,7 @@ def flatten_call(graph: Graph, args: tuple, kwargs: dict) -> list[torch.Tensor]:
     if signature is not None:
         traced = graph.meta["traced_names"]
         n_args = graph.meta["n_args"]
-        if len(args) > len(signature):
-            raise InputError(f"takes at most {len(signature)} positional inputs, got {len(args)}")
-        named = dict(zip(signature, args))
-        for k, v in kwargs.items():
-            if k in named:
-                raise InputError(f"input {k!r} given twice")
-            named[k] = v
+        named = name_inputs(signature, args, kwargs)
         extra = sorted(set(named) - set(traced))
         _fill_defaults(graph, named)
         missing = [n for n in traced if n not in named]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from tgraph.api import InputError
+from tgraph.api import InputError, name_inputs
 
 if TYPE_CHECKING:
     from .generator import Generator
@@ -51,20 +51,15 @@ def step_forward(gen: Generator, *args: Any, **kwargs: Any) -> Any:
 
 
 def _named(args: tuple, kwargs: dict) -> dict[str, Any]:
-    if len(args) > len(_NAMES):
-        raise InputError(f"takes at most {len(_NAMES)} positional inputs, got {len(args)}")
-    named = dict(zip(_NAMES, args))
-    for key, value in kwargs.items():
-        if key in named:
-            raise InputError(f"input {key!r} given twice")
+    named = name_inputs(_NAMES, args, kwargs)
+    for key, value in list(named.items()):
         if key in _IGNORED and value in (None, _IGNORED[key]):
-            continue
-        if key not in _NAMES:
+            del named[key]
+        elif key not in _NAMES:
             raise InputError(
                 f"input {key!r}: the compiled causal LM's forward takes input_ids and "
                 "attention_mask (compile with verify=True for the model's full forward)"
             )
-        named[key] = value
     if named.get("input_ids") is None:
         raise InputError("inputs missing ['input_ids']")
     return named
