@@ -148,6 +148,13 @@ def check_compute(pass_name: str, compute: str) -> str:
     return compute
 
 
+def check_block(pass_name: str, block: int | str) -> int:
+    block = int(block)
+    if block < 16 or block & (block - 1):
+        raise PipelineError(f"{pass_name}: block={block}; want a power of two >= 16")
+    return block
+
+
 class _QuantizeLinear(RewritePass):
     """Shared matching: which linear layers may be compressed, and why not."""
 
@@ -279,9 +286,7 @@ class QuantizeInt4(_QuantizeLinear):
         scales: str = "mse",
         calibration: str = "gptq",
     ):
-        block = int(block)
-        if block < 16 or block & (block - 1):
-            raise PipelineError(f"quantize-int4: block={block}; want a power of two >= 16")
+        block = check_block("quantize-int4", block)
         super().__init__(max_matches, keep, keep_trainable, head)
         self.block = block
         self.compute = check_compute("quantize-int4", str(compute))

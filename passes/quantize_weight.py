@@ -25,7 +25,7 @@ from tgraph.ir.ops.quant import int8w_linear_reference
 from tgraph.passes.manager import PassResult, PipelineError, register
 from tgraph.passes.rewrite import Builder, Match, P, Rule
 
-from .quantize import _QuantizeLinear, check_compute, layer_name, quantize_int8
+from .quantize import _QuantizeLinear, check_block, check_compute, layer_name, quantize_int8
 
 EMBEDDING = ("fp32", "int8")
 
@@ -60,9 +60,7 @@ class QuantizeInt8Weight(_QuantizeLinear):
             raise PipelineError(
                 f"quantize-int8-weight: embedding={embedding}; want one of {', '.join(EMBEDDING)}"
             )
-        block = int(block)
-        if block < 16 or block & (block - 1):
-            raise PipelineError(f"quantize-int8-weight: block={block}; want a power of two >= 16")
+        block = check_block("quantize-int8-weight", block)
         self.embedding = str(embedding)
         self.compute = check_compute("quantize-int8-weight", str(compute))
         self.block = block

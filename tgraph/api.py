@@ -266,7 +266,7 @@ def compile(
     from tgraph.generation.compile import compile_generator, is_causal_lm
 
     # A sharded causal LM compiles its forward (the decode graph is not sharded yet).
-    if world_size == 1 and is_causal_lm(model) and not (model.training and _trains(model)):
+    if world_size == 1 and is_causal_lm(model) and not _trains(model):
         return compile_generator(model, example_inputs, **options)
     return compile_plain(model, example_inputs, **options, world_size=world_size)
 
