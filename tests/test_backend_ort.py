@@ -164,6 +164,24 @@ def test_attention_cross_lengths_bhsd():
     _check(_attention_graph("bhsd", 4, 2, "float", True, MEM), ["Attention"])
 
 
+@pytest.mark.parametrize("layout, kv_heads", [("bsd", 4), ("bhsd", 4), ("bhsd", 2)])
+def test_attention_fully_masked_query_matches_reference(layout, kv_heads):
+    """A per-query mask of finfo.min (DeBERTa's padded query rows: every key masked): eager and
+    the reference give that row the mean of v; ORT's kernels read finfo.min as -inf and gave 0."""
+    graph = _attention_graph(layout, 4, kv_heads, "float")
+    batch, seq = 2, 6
+    arrays = _inputs(graph, batch, seq, 0)
+    keep = np.ones((batch, 1, seq, seq), bool)
+    keep[1, :, :, -2:] = False  # row 1's last two tokens are padding: masked as keys ...
+    keep[1, :, -2:, :] = False  # ... and as queries, whose rows are then fully masked
+    arrays[3] = np.where(keep, 0.0, np.finfo(np.float32).min).astype(np.float32)
+    want = run_graph(graph, arrays)[0]
+    for fused in (True, False):
+        runner = ort_backend.lower(graph, fused_kernels=fused)
+        got = runner([torch.from_numpy(a) for a in arrays])[0].numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
 def _norm_graph(op: str, with_bias: bool = True, sum_used: bool = True) -> Graph:
     g, (x, skip) = _graph(("x", F32, (BATCH, SEQ, 16)), ("skip", F32, (BATCH, SEQ, 16)))
     rng = np.random.default_rng(7)

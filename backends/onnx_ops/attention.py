@@ -96,6 +96,19 @@ def _heads_shape(shape: Sequence[DimLike], heads: int) -> tuple[DimLike, ...]:
     return (b, heads, t, simplify(hd // heads))
 
 
+def _finite_bias(ctx, mask: str, dtype: DType) -> str:
+    """An additive float mask with its most negative finite value raised by one ulp.
+
+    ORT's standard Attention kernel (not the contrib ones) reads a bias of exactly finfo.min
+    (Hugging Face's "masked" value) as -inf and gives 0 for a query whose keys are all masked
+    (a padded query of a per-query mask, as in DeBERTa). Eager adds finfo.min, which absorbs
+    the scores, and gives that row the mean of v. One ulp above finfo.min absorbs the scores
+    the same way, so every row matches eager."""
+    lowest = np.finfo(dtype.numpy).min
+    floor = np.nextafter(lowest, np.zeros((), dtype.numpy))
+    return ctx.op("Max", [mask, scalar(ctx, floor, dtype)])
+
+
 def _additive_bias(ctx, mask: str, mt: TensorType | None, dtype: DType, q_len, k_len) -> str:
     """The mask as the (B|1, H|1, q_len, k_len) additive attention_bias of ORT's contrib
     attention kernels ("" without a mask): bool True = attend becomes 0 / -inf."""
@@ -131,6 +144,8 @@ def _multi_head_attention(ctx, attrs, q, k, v, mask, qt, kt, mt) -> str:
 def _onnx_attention(ctx, q, k, v, mask, qt, kt, mt, scale, causal, heads=None, kv_heads=None):
     """The standard Attention op (opset 23): 3-D (with head counts) or 4-D inputs, GQA."""
     q_axis = 1 if qt.rank == 3 else 2
+    if mask and mt.dtype is not DType.bool:
+        mask = _finite_bias(ctx, mask, mt.dtype)
     if mask:
         mask = _mask_to(ctx, mask, mt.shape, qt.shape[q_axis], kt.shape[q_axis], max(mt.rank, 2))
     return ctx.op(
