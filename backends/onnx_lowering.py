@@ -17,7 +17,7 @@ node reads (a weight that only a ``linear`` reads gets a transposed copy) is lef
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -87,6 +87,7 @@ class Lowering:
         self._shapes: dict[tuple[DimLike, ...], str] = {}
         self._transposed: dict[tuple[int, DType], str] = {}
         self._widened: dict[str, str] = {}  # ONNX name of a 16-bit float -> its float32 Cast
+        self._shared: dict[tuple, str] = {}  # see shared()
         self.fp32_emulated: dict[str, int] = {}  # IR op -> nodes lowered via lower_in_fp32
         self._const_values: dict[str, Value] = {}
         self._pinned: set[str] = set()  # cached names: never renamed
@@ -263,6 +264,14 @@ class Lowering:
         proto.data_location = onnx.TensorProto.EXTERNAL
         proto.external_data.add(key="location", value=EXTERNAL_LOCATION)
         return proto
+
+    def shared(self, key: tuple, build: Callable[[], str]) -> str:
+        """The ONNX name ``build()`` returned the first time ``key`` was asked for: one node
+        for a value every layer needs (the int32 sequence lengths of each cache attention)."""
+        if key not in self._shared:
+            self._shared[key] = build()
+            self._pinned.add(self._shared[key])
+        return self._shared[key]
 
     def ints(self, values: Sequence[int]) -> str:
         """A 1-D int64 constant."""

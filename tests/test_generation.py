@@ -97,6 +97,21 @@ def test_rope_is_folded_into_cache_attention(arch):
     assert attention and all(len(n.inputs) == 9 for n in attention)
 
 
+def test_ort_step_casts_the_lengths_once():
+    """Every layer's GroupQueryAttention reads one int32 seqlens_k / total length / q_len."""
+    from tgraph.backends.onnx_model import to_onnx
+
+    _, gen = compiled("hf-llama", "torch")
+    graph = gen.step.graph
+    layers = sum(n.op == "cache_attention" for n in graph.nodes)
+    model = to_onnx(graph, external={})
+    gqa = [n for n in model.graph.node if n.op_type == "GroupQueryAttention"]
+    assert layers > 1 and len(gqa) == layers
+    for slot in (5, 6, 16):  # seqlens_k, total_sequence_length, the query lengths
+        assert len({n.input[slot] for n in gqa}) == 1, slot
+    assert sum(n.op_type == "Cast" and n.input[0] == "q_len" for n in model.graph.node) == 1
+
+
 @pytest.mark.parametrize("backend", ["reference", "torch"])
 def test_eos_stops_each_row_and_pads(backend):
     lm, gen = compiled("hf-llama", backend)
@@ -122,6 +137,19 @@ def test_sampling_is_seeded_and_filtered():
     assert torch.equal(one, gen.generate(ids, attention_mask=mask, max_new_tokens=10))
     nucleus = gen.generate(ids, seed=6, top_p=1e-6, **kw)  # only the most likely token is left
     assert torch.equal(nucleus, one)
+
+
+def test_greedy_pick_is_torch_argmax():
+    """The NumPy argmax of greedy picks: torch's result, the first index on ties and NaN."""
+    from tgraph.generation.sampling import greedy
+
+    logits = torch.randn(4, 32000, generator=torch.Generator().manual_seed(0))
+    logits[1, 7] = logits[1, 9] = 50.0  # a tie: the first index
+    logits[2, 11] = float("nan")  # NaN wins, as in torch
+    for x in (logits, logits.half(), logits.bfloat16(), logits[:, ::2]):
+        got = greedy(x)
+        assert got.dtype == torch.int64
+        assert torch.equal(got, x.argmax(dim=-1))
 
 
 def test_streamer_gets_prompt_then_each_token():

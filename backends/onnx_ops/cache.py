@@ -27,9 +27,6 @@ def gqa_rotary_fits(head: int, rotary_half: int) -> bool:
 @lowers("cache_attention")
 def _cache_attention(ctx, node, q, k, v, k_cache, v_cache, past_len, q_len, cos="", sin=""):
     a = node.attrs
-    seqlens = ctx.op("Sub", [ctx.op("Add", [past_len, q_len]), ctx.const(np.int64(1))])
-    capacity = ctx.dim(node.inputs[3].shape[2], scalar=True)
-    int32 = ONNX_DTYPE[DType.int32]
     rotary: dict[str, int] = {}
     if cos:
         head, half = node.inputs[3].shape[3], node.inputs[7].shape[1]
@@ -39,9 +36,8 @@ def _cache_attention(ctx, node, q, k, v, k_cache, v_cache, past_len, q_len, cos=
             q, k = (_rotary_embedding(ctx, node, x, heads, past_len, cos, sin)
                     for x, heads in ((q, a["num_heads"]), (k, a["kv_heads"])))  # fmt: skip
             cos = sin = ""
-    inputs = [q, k, v, k_cache, v_cache, ctx.op("Cast", [seqlens], to=int32),
-              ctx.op("Cast", [capacity], to=int32), cos, sin]  # fmt: skip
-    inputs += [""] * 7 + [ctx.op("Cast", [q_len], to=int32)]  # no position ids, bias, sink, ...
+    inputs = [q, k, v, k_cache, v_cache, *_lengths(ctx, node, past_len, q_len), cos, sin]
+    inputs += [""] * 7 + [_int32(ctx, q_len)]  # no position ids, bias, sink, ...
     return ctx.op_n(
         "GroupQueryAttention",
         inputs,
@@ -54,6 +50,23 @@ def _cache_attention(ctx, node, q, k, v, k_cache, v_cache, past_len, q_len, cos=
         softcap=float(a["softcap"]),
         **rotary,
     )
+
+
+def _int32(ctx, x: str) -> str:
+    """``x`` cast to int32 once per graph (every layer's GQA reads the same lengths)."""
+    return ctx.shared(("int32", x), lambda: ctx.op("Cast", [x], to=ONNX_DTYPE[DType.int32]))
+
+
+def _lengths(ctx, node: Node, past_len: str, q_len: str) -> tuple[str, str]:
+    """GQA's seqlens_k (past + new tokens - 1 per row) and total_sequence_length (the cache
+    capacity), int32, emitted once for all layers."""
+
+    def seqlens() -> str:
+        total = ctx.op("Add", [past_len, q_len])
+        return _int32(ctx, ctx.op("Sub", [total, ctx.const(np.int64(1))]))
+
+    capacity = ctx.dim(node.inputs[3].shape[2], scalar=True)
+    return ctx.shared(("seqlens_k", past_len, q_len), seqlens), _int32(ctx, capacity)
 
 
 def _rotary_embedding(ctx, node: Node, x: str, heads: int, past_len: str, cos: str, sin: str):
