@@ -115,7 +115,8 @@ def evaluate(
     model = T.LlamaForCausalLM.from_pretrained(CACHE).eval()
     ids = windows(count)
     example = {"input_ids": ids[:chunk], "use_cache": False}
-    calibration = [{"input_ids": w[None], "use_cache": False} for w in windows(calibrate, True)]
+    calibration = [{"input_ids": w[None], "use_cache": False}
+                   for w in (windows(calibrate, True) if calibrate else ())]  # fmt: skip
 
     def run(cm) -> torch.Tensor:
         with torch.no_grad():
