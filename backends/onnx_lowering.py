@@ -73,8 +73,8 @@ class Lowering:
         self.device = device  # the execution provider's device: some kernels only pay on one
         self.external = external  # see to_onnx: big arrays go here, not into the proto
         self.fold_at_load = True  # ORT folds constant Transposes at load (see to_onnx)
-        self._folded: set[str] = set()  # outputs of the Transposes ORT folds at load
-        self.load_only: set[str] = set()  # external arrays only those Transposes read
+        self._folded: set[str] = set()  # outputs of the nodes ORT folds at load (see at_load)
+        self.load_only: set[str] = set()  # external arrays only those folded nodes read
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._names: dict[int, str] = {}  # id(Value) -> ONNX name
@@ -135,7 +135,7 @@ class Lowering:
         direct = set(outputs)  # read by a node that runs, not only by a load-time Transpose
         for n in self.nodes:
             read.update(n.input)
-            if not (n.op_type == "Transpose" and n.output[0] in self._folded):
+            if n.output[0] not in self._folded:
                 direct.update(n.input)
         weights = [
             self.tensor(np.asarray(v.const), name, snapshot=name in direct)
@@ -264,6 +264,14 @@ class Lowering:
         proto.data_location = onnx.TensorProto.EXTERNAL
         proto.external_data.add(key="location", value=EXTERNAL_LOCATION)
         return proto
+
+    def at_load(self, name: str) -> str:
+        """Mark ``name``, the output of a node whose inputs are all constants or outputs
+        marked so, as computed once by ONNX Runtime's constant folding at session load
+        (``fold_at_load``): an external array only such nodes read is load-only, which the
+        generator releases after load (backends/ort_cache.py)."""
+        self._folded.add(name)
+        return name
 
     def shared(self, key: tuple, build: Callable[[], str]) -> str:
         """The ONNX name ``build()`` returned the first time ``key`` was asked for: one node

@@ -95,6 +95,28 @@ def test_ort_never_reads_the_arrays_it_only_read_at_load():
     torch.testing.assert_close(runner([x])[0], want, rtol=1e-5, atol=1e-5)
 
 
+def test_ort_never_reads_the_int8_codes_it_converted_at_load():
+    """linear_int8w's Cast/Add/Cast/Reshape of the graph's int8 codes is folded at load: the
+    codes are load-only; zeroing them after load changes no output."""
+    from tgraph.backends.ort import lower
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.GELU(), torch.nn.Linear(96, 64))
+    x = torch.randn(3, 64)
+    graph, _ = tgraph.optimize(tgraph.trace(model.eval(), (x,)), "int8-weight")
+    assert "linear_int8w" in graph.op_histogram()
+    runner = lower(graph, "cpu", ort_optimizations=True)
+    arrays = runner.external_arrays()
+    codes = {n.inputs[1].name for n in graph.nodes if n.op == "linear_int8w"}
+    assert codes and codes <= runner.load_only <= set(arrays)
+    want = runner([x])[0]
+    for name in runner.load_only:
+        arrays[name].setflags(write=True)
+        arrays[name][...] = 0
+    runner.release_load_only()
+    torch.testing.assert_close(runner([x])[0], want, rtol=0, atol=0)
+
+
 def test_gen_memory_tool_reports_flat_decode_rss(tmp_path):
     """tools/gen_memory.py on a tiny model: the plain forward after ``del lm`` matches, and
     decode allocates nothing that grows from context 16 to 128."""

@@ -10,9 +10,10 @@ is the difference: what the compiled model keeps alive (its graph's constants, t
 backend's weights, ONNX Runtime's prepacked copies). The fp32 weights a compressed layer
 replaced must not be part of it.
 
-The model's forward is compiled with ``tgraph.api.compile_plain`` (what ``tgraph.compile``
-did for every model before causal LMs became generators): a ``Generator`` runs its
-plain forward on its step graph instead (docs/generation.md, Memory).
+``--entry generator`` (the default) measures what ``tgraph.compile`` returns for a causal LM:
+a ``Generator``, after its background release of the weights ONNX Runtime only read at load
+(docs/generation.md, Memory). ``--entry plain`` measures ``tgraph.api.compile_plain``, the
+forward alone (what ``tgraph.compile`` returned before causal LMs became generators).
 """
 
 from __future__ import annotations
@@ -48,11 +49,31 @@ def _trim() -> None:
         pass
 
 
-def measure_one(config: str, pipeline: str, backend: str) -> dict:
+def _compile(entry: str, model, ids, backend: str, pipeline: str):
+    """The compiled model ``entry`` names, its background weight release finished."""
+    import tgraph
+    from tgraph.api import compile_plain
+
+    if entry == "plain":
+        return compile_plain(model, {"input_ids": ids, "use_cache": False}, backend=backend,
+                             pipeline=pipeline)  # fmt: skip
+    gen = tgraph.compile(model, {"input_ids": ids}, backend=backend, pipeline=pipeline)
+    wait = getattr(gen.step.runner, "wait_released", None)
+    if wait is not None:
+        wait()
+    return gen
+
+
+def _run(cm, ids) -> None:
+    if hasattr(cm, "generate"):
+        cm.generate(ids, max_new_tokens=2)
+    else:
+        cm(input_ids=ids, use_cache=False)
+
+
+def measure_one(config: str, pipeline: str, backend: str, entry: str = "generator") -> dict:
     import torch
     import transformers as T
-
-    from tgraph.api import compile_plain
 
     torch.set_num_threads(1)
     ids = torch.randint(0, CONFIGS[config]["vocab_size"], (1, 8))
@@ -60,10 +81,9 @@ def measure_one(config: str, pipeline: str, backend: str) -> dict:
     # libraries, transformers' modeling modules) is not what the compiled model holds.
     warm = T.LlamaForCausalLM(T.LlamaConfig(hidden_size=64, num_hidden_layers=1,
         num_attention_heads=4, intermediate_size=128, vocab_size=256)).eval()  # fmt: skip
-    warm = compile_plain(warm, {"input_ids": ids % 256, "use_cache": False}, backend=backend,
-                          pipeline=pipeline)  # fmt: skip
+    warm = _compile(entry, warm, ids % 256, backend, pipeline)
     with torch.no_grad():
-        warm(input_ids=ids % 256, use_cache=False)
+        _run(warm, ids % 256)
     del warm
     _trim()
     base = rss_mb()
@@ -72,16 +92,16 @@ def measure_one(config: str, pipeline: str, backend: str) -> dict:
     model = T.LlamaForCausalLM(cfg).eval()
     params = sum(p.numel() for p in model.parameters())
     start = time.perf_counter()
-    cm = compile_plain(model, {"input_ids": ids, "use_cache": False}, backend=backend,
-                        pipeline=pipeline)  # fmt: skip
+    cm = _compile(entry, model, ids, backend, pipeline)
     seconds = time.perf_counter() - start
     del model
     _trim()
     held = rss_mb() - base
     with torch.no_grad():
-        cm(input_ids=ids, use_cache=False)  # still runs without the model
+        _run(cm, ids)  # still runs without the model
     consts = sum(v.const.nbytes for v in cm.graph.initializers.values() if v.const is not None)
     return {"config": config, "params": params, "pipeline": pipeline, "backend": backend,
+            "entry": entry,
             "held_mb": round(held, 1), "graph_consts_mb": round(consts / 1e6, 1),
             "compile_s": round(seconds, 1)}  # fmt: skip
 
@@ -91,17 +111,23 @@ def main() -> None:
     ap.add_argument("--config", default="llama-336m", choices=sorted(CONFIGS))
     ap.add_argument("--pipelines", default="default,int8-weight,int4")
     ap.add_argument("--backends", default="ort,torch")
+    ap.add_argument(
+        "--entry",
+        default="generator",
+        choices=("generator", "plain"),
+        help="what is compiled: tgraph.compile's Generator, or the forward alone",
+    )
     ap.add_argument("--one", action="store_true", help="measure one pipeline/backend here")
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(measure_one(args.config, args.pipelines, args.backends)))
+        print(json.dumps(measure_one(args.config, args.pipelines, args.backends, args.entry)))
         return
     rows = []
     for backend in args.backends.split(","):
         for pipeline in args.pipelines.split(","):
             cmd = [sys.executable, __file__, "--one", "--config", args.config,
-                   "--pipelines", pipeline, "--backends", backend]  # fmt: skip
+                   "--pipelines", pipeline, "--backends", backend, "--entry", args.entry]  # fmt: skip
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             row = json.loads(out.strip().splitlines()[-1])
             fp32 = next(

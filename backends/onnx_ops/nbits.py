@@ -19,7 +19,8 @@ prepacks it. ``linear_int8w``: symmetric int8 codes ``q`` become ``q + 128`` in 
 ``block_size`` with the channel's scale repeated per block. In an in-memory session with
 constant folding on, that conversion is ONNX ops on the graph's own int8 array (Cast, Add,
 Cast, Pad, Reshape) which ONNX Runtime folds at load and drops after prepacking, so no
-converted copy stays alive; otherwise (files, optimizations off) it is a stored constant.
+converted copy stays alive, and the graph's array is load-only (``Lowering.at_load``): the
+generator releases it after load; otherwise (files, optimizations off) it is a stored constant.
 
 ``embedding_int8``: ``Gather`` of the int8 rows and of their scales, ``Cast``, ``Mul``.
 """
@@ -68,13 +69,14 @@ def _linear_int8w(ctx: Lowering, node: Node, x: str, w: str, w_scale: str, b: st
     blocks = -(-k // block)
     scales = ctx.const(np.repeat(const_input(node, 2).astype(np.float32)[:, None], blocks, axis=1))
     if ctx.external is not None and ctx.fold_at_load and codes.nbytes >= 4096:
-        wide = ctx.op("Cast", [w], to=ONNX_DTYPE[DType.int16])
-        shifted = ctx.op("Add", [wide, ctx.const(np.int16(128))])
-        u8 = ctx.op("Cast", [shifted], to=ONNX_DTYPE[DType.uint8])
+        fold = ctx.at_load  # every node here reads constants only
+        wide = fold(ctx.op("Cast", [w], to=ONNX_DTYPE[DType.int16]))
+        shifted = fold(ctx.op("Add", [wide, ctx.const(np.int16(128))]))
+        u8 = fold(ctx.op("Cast", [shifted], to=ONNX_DTYPE[DType.uint8]))
         if blocks * block != k:
             pads = ctx.ints([0, 0, 0, blocks * block - k])
-            u8 = ctx.op("Pad", [u8, pads, ctx.const(np.uint8(128))])
-        b_u8 = ctx.op("Reshape", [u8, ctx.ints([n, blocks, block])])
+            u8 = fold(ctx.op("Pad", [u8, pads, ctx.const(np.uint8(128))]))
+        b_u8 = fold(ctx.op("Reshape", [u8, ctx.ints([n, blocks, block])]))
     else:
         padded = np.full((n, blocks * block), 128, np.uint8)
         padded[:, :k] = (codes.astype(np.int16) + 128).astype(np.uint8)
