@@ -95,19 +95,20 @@ def test_ort_never_reads_the_arrays_it_only_read_at_load():
     torch.testing.assert_close(runner([x])[0], want, rtol=1e-5, atol=1e-5)
 
 
-def test_ort_never_reads_the_int8_codes_it_converted_at_load():
-    """linear_int8w's Cast/Add/Cast/Reshape of the graph's int8 codes is folded at load: the
-    codes are load-only; zeroing them after load changes no output."""
+@pytest.mark.parametrize("pipeline, op", [("int8-weight", "linear_int8w"), ("int4", "linear_int4")])
+def test_ort_never_reads_the_codes_it_converted_at_load(pipeline, op):
+    """linear_int8w's Cast/Add/Cast/Reshape and linear_int4's BitwiseXor of the graph's codes
+    are folded at load: the codes are load-only; zeroing them after load changes no output."""
     from tgraph.backends.ort import lower
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.GELU(), torch.nn.Linear(96, 64))
-    x = torch.randn(3, 64)
-    graph, _ = tgraph.optimize(tgraph.trace(model.eval(), (x,)), "int8-weight")
-    assert "linear_int8w" in graph.op_histogram()
+    model = torch.nn.Sequential(torch.nn.Linear(128, 256), torch.nn.GELU(), torch.nn.Linear(256, 64))
+    x = torch.randn(3, 128)
+    graph, _ = tgraph.optimize(tgraph.trace(model.eval(), (x,)), pipeline)
+    assert op in graph.op_histogram()
     runner = lower(graph, "cpu", ort_optimizations=True)
     arrays = runner.external_arrays()
-    codes = {n.inputs[1].name for n in graph.nodes if n.op == "linear_int8w"}
+    codes = {n.inputs[1].name for n in graph.nodes if n.op == op}
     assert codes and codes <= runner.load_only <= set(arrays)
     want = runner([x])[0]
     for name in runner.load_only:

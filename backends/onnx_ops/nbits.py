@@ -14,8 +14,10 @@ level 0 dequantizes the whole weight per call) and faster at M=128 with blocks o
 (docs/compression.md). ``compute="f32"`` -> 0: dequantize and multiply in fp32.
 
 ``linear_int4``: the IR's packing is MatMulNBits' (two codes per byte, low nibble first,
-zero point 8), so the graph's own array is ``B``: ONNX Runtime reads it in place and
-prepacks it. ``linear_int8w``: symmetric int8 codes ``q`` become ``q + 128`` in blocks of
+zero point 8), so the graph's own array is ``B``. In an in-memory session with constant
+folding on it reaches MatMulNBits through ``BitwiseXor(B, 0)``, which ONNX Runtime folds at
+load into an array of its own, prepacks and drops: the graph's array is then load-only and
+the generator releases it (an Identity would not do: ORT removes it and reads our array). ``linear_int8w``: symmetric int8 codes ``q`` become ``q + 128`` in blocks of
 ``block_size`` with the channel's scale repeated per block. In an in-memory session with
 constant folding on, that conversion is ONNX ops on the graph's own int8 array (Cast, Add,
 Cast, Pad, Reshape) which ONNX Runtime folds at load and drops after prepacking, so no
@@ -54,7 +56,10 @@ def _matmul_nbits(
 
 @lowers("linear_int4")
 def _linear_int4(ctx: Lowering, node: Node, x: str, w: str, scales: str, b: str = "") -> str:
-    n, blocks, _ = const_input(node, 1).shape
+    codes = const_input(node, 1)
+    n, blocks, _ = codes.shape
+    if ctx.external is not None and ctx.fold_at_load and codes.nbytes >= 4096:
+        w = ctx.at_load(ctx.op("BitwiseXor", [w, ctx.const(np.uint8(0))]))
     return _matmul_nbits(
         ctx, node, x, w, scales, b,
         K=node.attrs["in_features"], N=n, bits=4, block_size=node.attrs["block_size"],
