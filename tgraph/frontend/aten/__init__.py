@@ -5,17 +5,20 @@ names) and returns the IR value(s). Shapes that torch.export already computed (v
 targets, expand sizes, split sizes) are read from the node's metadata, so no ``-1`` or
 size arithmetic survives into the IR. An op missing here fails tracing with its name.
 
-One module per family, mirroring tgraph/ir/ops/: ``elementwise``, ``shape_ops``, ``reduce``
-(with creation ops), ``nn``, ``einsum`` (a decomposition), ``sampling`` (random ops, refused) and ``vision`` (batch norm, pooling, mobile activations); ``base`` holds the table, the ``@aten`` decorator and the
-shared helpers.
+One module per family, mirroring tgraph/ir/ops/: ``elementwise``, ``shape_ops``, ``scatter``,
+``reduce`` (with creation ops), ``nn``, ``einsum`` (a decomposition), ``grids`` (meshgrid, eye),
+``sampling`` (random ops, refused) and ``vision`` (batch norm, pooling, mobile activations);
+``base`` holds the table, the ``@aten`` decorator and the shared helpers.
 """
 
 from tgraph.frontend.aten import (  # noqa: F401  (fill the table)
     einsum,
     elementwise,
+    grids,
     nn,
     reduce,
     sampling,
+    scatter,
     shape_ops,
     vision,
 )

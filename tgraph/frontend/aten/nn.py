@@ -177,13 +177,27 @@ def _upsample(ctx, x, output_size, *args):
     return _resize(ctx, x, mode, align, scales if len(scales) == 2 else ())
 
 
-def _resize(ctx, x, mode: str, align_corners: bool, scales: tuple):
+def _resize(ctx, x, mode: str, align_corners: bool, scales: tuple, size=None):
     x = ctx.value(x)
-    size = tuple(ctx.meta_type().shape[2:])
+    size = tuple(ctx.meta_type().shape[2:]) if size is None else size
     return ctx.emit(
         "resize", [x], size=size, scales=tuple(float(s) for s in scales), mode=mode,
         align_corners=bool(align_corners),
     )  # fmt: skip
+
+
+@aten("upsample_linear1d.vec", "upsample_linear1d.default")
+def _upsample_linear1d(ctx, x, output_size, align_corners, scales=None):
+    # (N, C, L) resampled as the (N, C, 1, L) image, whose height of 1 maps onto itself (SAM's
+    # relative positions). vec: scales is a list of one factor or None; default: a float.
+    x = ctx.value(x)
+    if isinstance(scales, (list, tuple)):
+        scales = scales[0] if scales else None
+    image = ctx.emit("unsqueeze", [x], axes=(2,))
+    length = ctx.meta_type().shape[2]
+    factors = () if scales is None else (1.0, scales)
+    y = _resize(ctx, image, "linear", align_corners, factors, size=(1, length))
+    return ctx.emit("squeeze", [y], axes=(2,))
 
 
 @aten("_weight_norm.default")
