@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from sweep_helpers import BACKENDS, check_eager, features
 from torch import nn
 
+import tgraph
+
 
 class Meshgrid(nn.Module):
     def forward(self, x):  # (B, T, 8): grids over the symbolic T and a static 8 (DINOv3, Pixtral)
@@ -74,6 +76,7 @@ class Bitwise(nn.Module):
             pos ^ (x < 1),  # bools: logical
             torch.logical_xor(ints, neg),  # logical ops on ints give bools
             torch.logical_and(ints, x),
+            neg[..., None].logical_not() & pos[..., None, :],  # CPM-Ant's not of an i32
         )
 
 
@@ -86,9 +89,12 @@ class TruncDiv(nn.Module):
 
 class ArangeDown(nn.Module):
     def forward(self, x):  # Funnel's relative positions count down with a negative step
-        # (static bounds: export writes a symbolic one's length as a floor division by -k)
-        return x[:, :, :1] * torch.arange(7, -1, -1), torch.arange(4, -6, -3), torch.arange(
-            4.0, 0.0, -0.5
+        return (
+            x[:, :, :1] * torch.arange(7, -1, -1),
+            torch.arange(4, -6, -3),
+            torch.arange(4.0, 0.0, -0.5),
+            torch.arange(x.shape[1], -3, -1.0, dtype=torch.int64),  # XLNet: whole float steps
+            torch.arange(0, x.shape[1], 2.0, dtype=torch.int64),
         )
 
 
@@ -109,7 +115,29 @@ class ScatterReduce(nn.Module):
         return flat, ints
 
 
+class ComplexRotary(nn.Module):
+    def forward(self, x):  # Llama 4's rotary: polar tables times query pairs viewed as complex
+        b, t, _ = x.shape
+        inv = 1.0 / (10000 ** (torch.arange(0, 4, 2).float() / 4))
+        freqs = torch.outer(torch.arange(t).float(), inv)[None].expand(b, -1, -1)  # (B, T, 2)
+        cis = torch.polar(torch.ones_like(freqs), freqs) * 0.7
+        q = x.view(b, t, 2, 4)
+        q_ = torch.view_as_complex(q.float().reshape(*q.shape[:-1], -1, 2))  # (B, T, 2, 2)
+        out = torch.view_as_real(q_ * cis[:, :, None, :]).flatten(3)
+        pairs = torch.view_as_complex(x.reshape(b, t, 4, 2))
+        mixed = torch.view_as_real(pairs * pairs - 2 * pairs + x[..., :4] + cis.sum(-1, True))
+        return out.type_as(x), mixed
+
+
+class Fourier(nn.Module):
+    def forward(self, x):  # FNet's mixing: the real part of a 2-d DFT over (seq, hidden)
+        two_step = torch.fft.fft(torch.fft.fft(x, dim=-1), dim=1)  # FNet's TPU variant
+        return torch.fft.fftn(x, dim=(1, 2)).real, torch.view_as_real(two_step)
+
+
 CASES = {
+    "complex-rotary": ComplexRotary,
+    "fourier": Fourier,
     "arange-down": ArangeDown,
     "bitwise": Bitwise,
     "clamp-tensor": ClampTensor,
@@ -138,7 +166,22 @@ def test_scatter_reduce_matches_eager(reduce, include_self, backend):
 def test_scatter_add_matches_eager(backend):
     class ScatterAdd(nn.Module):
         def forward(self, x):
-            index = ((x[..., :3].abs() * 5).long() % 4)  # (B, T, 3) into 4 rows
+            index = (x[..., :3].abs() * 5).long() % 4  # (B, T, 3) into 4 rows
             return torch.zeros(x.shape[0], 4, 8).scatter_add(1, index, x)
 
     check_eager(ScatterAdd(), features(), backend)
+
+
+def test_a_complex_output_or_op_is_refused_naming_it():
+    class ComplexOut(nn.Module):
+        def forward(self, x):
+            return torch.view_as_complex(x.reshape(*x.shape[:2], 4, 2))
+
+    class ComplexAbs(nn.Module):
+        def forward(self, x):
+            return torch.view_as_complex(x.reshape(*x.shape[:2], 4, 2)).abs()
+
+    with pytest.raises(tgraph.FrontendError, match="output view_as_complex is complex"):
+        tgraph.trace(ComplexOut(), features()(2, 16, 0))
+    with pytest.raises(tgraph.FrontendError, match=r"ATen op aten::abs.default on a complex"):
+        tgraph.trace(ComplexAbs(), features()(2, 16, 0))

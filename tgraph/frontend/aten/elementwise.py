@@ -107,7 +107,12 @@ for _name in [
     "round", "acos",
 ]:  # fmt: skip
     aten(f"{_name}.default")(_unary(_name))
-aten("logical_not.default")(_unary("logical_not"))
+
+
+@aten("logical_not.default")
+def _logical_not(ctx, x):
+    # any dtype reads as bool first (CPM-Ant negates an i32 mask); ONNX Not takes only bools
+    return ctx.emit("logical_not", [ctx.cast(ctx.value(x), DType.bool)])
 
 
 @aten("bitwise_not.default")

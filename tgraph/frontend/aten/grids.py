@@ -1,5 +1,5 @@
-"""ATen ops that build index grids from sizes or 1-d tensors: meshgrid and eye, as
-decompositions into arange, reshape, expand and comparisons."""
+"""ATen ops that build grids from sizes or 1-d tensors: meshgrid, eye and outer products, as
+decompositions into arange, reshape, expand, comparisons and broadcast products."""
 
 from __future__ import annotations
 
@@ -39,3 +39,12 @@ def _eye(ctx, n, m=None, **kwargs):
     cols = ctx.emit("arange", [], start=0, end=m, step=1, dtype=DType.int64)
     hit = ctx.emit("eq", [ctx.emit("unsqueeze", [rows], axes=(1,)), cols])
     return ctx.cast(hit, ctx.meta_type().dtype)
+
+
+@aten("outer.default", "ger.default")
+def _outer(ctx, a, b):
+    # a[:, None] * b[None, :]
+    a, b = ctx.value(a), ctx.value(b)
+    dtype = ctx.meta_type().dtype
+    column = ctx.emit("unsqueeze", [ctx.cast(a, dtype)], axes=(1,))
+    return ctx.emit("mul", [column, ctx.cast(b, dtype)])
