@@ -135,8 +135,27 @@ class Fourier(nn.Module):
         return torch.fft.fftn(x, dim=(1, 2)).real, torch.view_as_real(two_step)
 
 
+class ConvTranspose(nn.Module):
+    """SAM3's FPN upsampling (k = s = 2) and the other geometries: padding that crops,
+    output padding, dilation, groups, 1-d."""
+
+    def __init__(self):
+        super().__init__()
+        self.fpn = nn.ConvTranspose2d(1, 4, 2, stride=2)
+        self.odd = nn.ConvTranspose2d(1, 2, (3, 2), stride=(2, 3), padding=(2, 1),
+                                      output_padding=(1, 2), dilation=(2, 1))  # fmt: skip
+        self.grouped = nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, groups=2, bias=False)
+        self.seq = nn.ConvTranspose1d(8, 4, 4, stride=2, padding=1)
+
+    def forward(self, x):  # (B, T, 8)
+        img = x.unsqueeze(1)  # (B, 1, T, 8)
+        up = self.fpn(img)
+        return up, self.odd(img), self.grouped(up), self.seq(x.transpose(1, 2))
+
+
 CASES = {
     "complex-rotary": ComplexRotary,
+    "conv-transpose": ConvTranspose,
     "fourier": Fourier,
     "arange-down": ArangeDown,
     "bitwise": Bitwise,

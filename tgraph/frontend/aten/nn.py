@@ -86,9 +86,11 @@ def _rms_norm(ctx, x, normalized_shape, weight=None, eps=None):
       "conv2d.padding")  # fmt: skip
 def _conv(ctx, x, weight, bias=None, stride=1, padding=0, dilation=1, *rest):
     if ctx.node.target is torch.ops.aten.convolution.default:
-        transposed, _out_pad, groups = rest
+        transposed, out_pad, groups = rest
         if transposed:
-            raise UnsupportedError("transposed convolution")
+            from tgraph.frontend.aten.conv_transpose import conv_transpose
+
+            return conv_transpose(ctx, x, weight, bias, stride, padding, out_pad, groups, dilation)
     else:
         groups = rest[0] if rest else 1
     x, w = ctx.value(x), ctx.value(weight)
