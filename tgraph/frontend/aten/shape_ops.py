@@ -103,7 +103,10 @@ def _slice(ctx, x, dim=0, start=None, end=None, step=1):
     start, end = ctx.value(start), ctx.value(end)
     start = _bound(start, size, 0)
     end = _bound(end, size, size)
-    if start == 0 and end == size and step == 1:
+    # A step-1 slice as long as the dim is all of it: export knows x[-512:] keeps every row
+    # when seq <= 512 (XLNet's memory), which the bound seq - 512 cannot say.
+    whole = step == 1 and ctx.meta_type().shape[axis] == size
+    if whole or (start == 0 and end == size and step == 1):
         return ctx.emit("identity", [x])
     return ctx.emit("slice", [x], axis=axis, start=start, end=end, step=step)
 
