@@ -207,6 +207,12 @@ def test_a_complex_output_or_op_is_refused_naming_it():
         def forward(self, x):
             return torch.view_as_complex(x.reshape(*x.shape[:2], 4, 2)).abs()
 
+    class ComplexCast(nn.Module):
+        def forward(self, x):
+            return torch.view_as_real(x.to(torch.complex64) * 2)
+
+    with pytest.raises(tgraph.FrontendError, match="_to_copy.default makes a complex tensor"):
+        tgraph.trace(ComplexCast(), features()(2, 16, 0))
     with pytest.raises(tgraph.FrontendError, match="output view_as_complex is complex"):
         tgraph.trace(ComplexOut(), features()(2, 16, 0))
     with pytest.raises(tgraph.FrontendError, match=r"ATen op aten::abs.default on a complex"):

@@ -168,6 +168,8 @@ def _translate_node(ctx: TranslationContext, node: torch.fx.Node) -> Any:
 def _check_types(ctx: TranslationContext, node: torch.fx.Node, result: Any) -> None:
     """The translated value must have exactly the dtype and shape torch.export recorded."""
     val = node.meta.get("val")
+    if isinstance(val, torch.Tensor) and val.dtype.is_complex and not isinstance(result, Complex):
+        raise UnsupportedError(f"{_op_key(node.target)} makes a complex tensor from real ones")
     if isinstance(result, Value) and isinstance(val, torch.Tensor):
         want = ctx.meta_type()
         if result.type != want:
