@@ -19,6 +19,16 @@ def logsumexp(x: Tensor, axes, keepdim) -> Tensor:
     return torch.logsumexp(x, dim=tuple(axes) or tuple(range(x.dim())), keepdim=keepdim)
 
 
+def scatter_reduce(x: Tensor, index: Tensor, updates: Tensor, axis, reduce) -> Tensor:
+    kind = {"max": "amax", "min": "amin"}.get(reduce, reduce)
+    return torch.scatter_reduce(x, axis, index.long(), updates, kind, include_self=True)
+
+
 EXT_OPS: dict[str, Callable[..., Tensor]] = {
     "logsumexp": logsumexp,
+    "bitwise_not": torch.bitwise_not,
+    "bitwise_and": torch.bitwise_and,
+    "bitwise_or": torch.bitwise_or,
+    "bitwise_xor": torch.bitwise_xor,
+    "scatter_reduce": scatter_reduce,
 }

@@ -53,7 +53,7 @@ KEEP_FP32 = {
     **{op: "softmax kept fp32 for accuracy" for op in ("softmax", "log_softmax")},
     **{
         op: "reduction kept fp32 (accumulates)"
-        for op in "reduce_sum reduce_mean reduce_prod var cumsum logsumexp".split()
+        for op in "reduce_sum reduce_mean reduce_prod var cumsum logsumexp scatter_reduce".split()
     },
 }
 _UNSAFE = "not safe in low precision (range or accuracy)"

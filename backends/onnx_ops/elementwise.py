@@ -32,6 +32,7 @@ _UNARY = {
     "round": "Round",
     "acos": "Acos",
     "logical_not": "Not",
+    "bitwise_not": "BitwiseNot",
 }
 _BINARY = {
     "add": "Add",
@@ -48,6 +49,9 @@ _BINARY = {
     "ge": "GreaterOrEqual",
     "logical_and": "And",
     "logical_or": "Or",
+    "bitwise_and": "BitwiseAnd",
+    "bitwise_or": "BitwiseOr",
+    "bitwise_xor": "BitwiseXor",
 }
 
 

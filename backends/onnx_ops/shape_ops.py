@@ -160,3 +160,10 @@ def _full(ctx, node):
 @lowers("scatter_elements")
 def _scatter_elements(ctx, node, x, index, updates):
     return ctx.op("ScatterElements", [x, index, updates], axis=node.attrs["axis"])
+
+
+@lowers("scatter_reduce")
+def _scatter_reduce(ctx, node, x, index, updates):
+    a = node.attrs
+    reduction = {"sum": "add", "prod": "mul"}.get(a["reduce"], a["reduce"])
+    return ctx.op("ScatterElements", [x, index, updates], axis=a["axis"], reduction=reduction)

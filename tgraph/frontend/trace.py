@@ -20,6 +20,7 @@ from torch.export.graph_signature import InputKind
 from tgraph.ir import DType, Graph, TensorType, Value
 
 from .aten import TRANSLATORS, Translator
+from .aten.complex_pairs import Complex, is_complex_node, translate_complex
 from .convert import SymbolTable, UnsupportedError, ir_dtype, shared_view
 from .defaults import example_sizes
 from .export import SEQ_LIMIT_FIELDS, FrontendError, export, normalize_inputs
@@ -91,7 +92,9 @@ class TranslationContext:
         val = self.node.meta["val"]
         if index is not None:
             val = val[index]
-        return TensorType(ir_dtype(val.dtype), self.symbols.shape(val))
+        # a complex tensor's parts (aten/complex_pairs.py) have its shape and real dtype
+        dtype = val.dtype.to_real() if val.dtype.is_complex else val.dtype
+        return TensorType(ir_dtype(dtype), self.symbols.shape(val))
 
     # -- emitting ----------------------------------------------------------------------------------
 
@@ -154,6 +157,8 @@ def _translate_node(ctx: TranslationContext, node: torch.fx.Node) -> Any:
     if key in ("_operator.getitem", "operator.getitem"):
         seq, index = node.args
         return ctx.value(seq)[index]
+    if is_complex_node(ctx, node):
+        return translate_complex(ctx, key, node)
     translator: Translator | None = TRANSLATORS.get(key) or TRANSLATORS.get(key.split(".")[0])
     if translator is None:
         raise UnsupportedError(f"ATen op {key} has no tgraph mapping")
@@ -163,6 +168,8 @@ def _translate_node(ctx: TranslationContext, node: torch.fx.Node) -> Any:
 def _check_types(ctx: TranslationContext, node: torch.fx.Node, result: Any) -> None:
     """The translated value must have exactly the dtype and shape torch.export recorded."""
     val = node.meta.get("val")
+    if isinstance(val, torch.Tensor) and val.dtype.is_complex and not isinstance(result, Complex):
+        raise UnsupportedError(f"{_op_key(node.target)} makes a complex tensor from real ones")
     if isinstance(result, Value) and isinstance(val, torch.Tensor):
         want = ctx.meta_type()
         if result.type != want:
@@ -233,6 +240,8 @@ def _outputs(ctx: TranslationContext, node: torch.fx.Node, ep: ExportedProgram) 
     for arg, kind in zip(node.args[0], kinds):
         if kind != OutputKind.USER_OUTPUT:
             continue
+        if isinstance(arg, torch.fx.Node) and isinstance(ctx.value(arg), Complex):
+            raise FrontendError(f"output {arg.name} is complex: return torch.view_as_real of it")
         if isinstance(arg, torch.fx.Node):
             leaves.append(ctx.value(arg))
         else:

@@ -5,17 +5,23 @@ names) and returns the IR value(s). Shapes that torch.export already computed (v
 targets, expand sizes, split sizes) are read from the node's metadata, so no ``-1`` or
 size arithmetic survives into the IR. An op missing here fails tracing with its name.
 
-One module per family, mirroring tgraph/ir/ops/: ``elementwise``, ``shape_ops``, ``reduce``
-(with creation ops), ``nn``, ``einsum`` (a decomposition), ``sampling`` (random ops, refused) and ``vision`` (batch norm, pooling, mobile activations); ``base`` holds the table, the ``@aten`` decorator and the
-shared helpers.
+One module per family, mirroring tgraph/ir/ops/: ``elementwise``, ``shape_ops``, ``scatter``,
+``reduce`` (with creation ops), ``nn`` (``conv_transpose`` beside it), ``einsum`` (a
+decomposition), ``grids`` (meshgrid, eye, outer), ``complex_pairs`` (complex values as pairs
+of real ones), ``sampling`` (random ops, refused) and ``vision`` (batch norm, pooling, mobile
+activations); ``base`` holds the table, the ``@aten`` decorator and the shared helpers.
 """
 
 from tgraph.frontend.aten import (  # noqa: F401  (fill the table)
+    complex_pairs,
+    conv_transpose,
     einsum,
     elementwise,
+    grids,
     nn,
     reduce,
     sampling,
+    scatter,
     shape_ops,
     vision,
 )

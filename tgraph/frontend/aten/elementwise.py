@@ -76,7 +76,22 @@ def _div(ctx, x, other, rounding_mode=None):
             ],
         )
         return ctx.emit("mul", [ctx.emit("floor", [ctx.emit("abs", [q])]), sign])
+    if rounding_mode == "trunc":
+        return _trunc_divide(ctx, x, other)
     raise UnsupportedError(f"div with rounding_mode={rounding_mode!r} on {out.dtype}")
+
+
+def _trunc_divide(ctx, x, other) -> Value:
+    # Integer division toward zero: floor(x / y), plus 1 where the division is inexact and
+    # the operands' signs differ (floor went one below). Exact for every int.
+    dtype = ctx.meta_type().dtype
+    x, other = operand(ctx, x, dtype), operand(ctx, other, dtype)
+    zero = ctx.const(0, dtype)
+    q = ctx.emit("floor_divide", [x, other])
+    inexact = ctx.emit("ne", [ctx.emit("remainder", [x, other]), zero])
+    signs = ctx.emit("ne", [ctx.emit("lt", [x, zero]), ctx.emit("lt", [other, zero])])
+    up = ctx.emit("logical_and", [inexact, signs])
+    return ctx.emit("add", [q, ctx.cast(up, dtype)])
 
 
 def _unary(op: str) -> Translator:
@@ -92,15 +107,18 @@ for _name in [
     "round", "acos",
 ]:  # fmt: skip
     aten(f"{_name}.default")(_unary(_name))
-aten("logical_not.default")(_unary("logical_not"))
+
+
+@aten("logical_not.default")
+def _logical_not(ctx, x):
+    # any dtype reads as bool first (CPM-Ant negates an i32 mask); ONNX Not takes only bools
+    return ctx.emit("logical_not", [ctx.cast(ctx.value(x), DType.bool)])
 
 
 @aten("bitwise_not.default")
 def _bitwise_not(ctx, x):
     x = ctx.value(x)
-    if x.dtype is not DType.bool:
-        raise UnsupportedError("bitwise_not on integers")
-    return ctx.emit("logical_not", [x])
+    return ctx.emit("logical_not" if x.dtype is DType.bool else "bitwise_not", [x])
 
 
 @aten("gelu.default")
@@ -115,22 +133,28 @@ for _names, _op in [
     (("le.Tensor", "le.Scalar"), "le"),
     (("gt.Tensor", "gt.Scalar"), "gt"),
     (("ge.Tensor", "ge.Scalar"), "ge"),
-    (("logical_and.default", "bitwise_and.Tensor", "__and__.Tensor"), "logical_and"),
-    (("logical_or.default", "bitwise_or.Tensor", "__or__.Tensor"), "logical_or"),
 ]:
+    aten(*_names)(lambda ctx, x, other, op=_op: compare(ctx, op, ctx.value(x), ctx.value(other)))
 
-    def _make(op):
-        def translate(ctx, x, other):
-            x, other = ctx.value(x), ctx.value(other)
-            if op.startswith("logical") and DType.bool not in {
-                v.dtype for v in (x, other) if isinstance(v, Value)
-            }:
-                raise UnsupportedError(f"bitwise {op[8:]} on integers")
-            return compare(ctx, op, x, other)
 
-        return translate
+def _bitwise(logical: str) -> Translator:
+    # On bools (torch.export's output dtype says which) the logical op, else the bitwise op
+    # on the promoted integer dtype: a bool and an i32 mask or to an i32 (CPM-Ant).
+    def translate(ctx, x, other):
+        x, other = ctx.value(x), ctx.value(other)
+        if ctx.meta_type().dtype is not DType.bool:
+            return binary(ctx, f"bitwise_{logical}", x, other)
+        a, b = operand(ctx, x, DType.bool), operand(ctx, other, DType.bool)
+        return ctx.emit("ne" if logical == "xor" else f"logical_{logical}", [a, b])
 
-    aten(*_names)(_make(_op))
+    return translate
+
+
+for _logical in ("and", "or", "xor"):
+    aten(
+        f"logical_{_logical}.default", f"bitwise_{_logical}.Tensor",
+        f"bitwise_{_logical}.Scalar", f"__{_logical}__.Tensor", f"__{_logical}__.Scalar",
+    )(_bitwise(_logical))  # fmt: skip
 
 
 @aten("where.self", "where.ScalarSelf", "where.ScalarOther", "where.Scalar")
@@ -154,6 +178,21 @@ def _clamp(ctx, x, min=None, max=None):
     if ctx.node.target is torch.ops.aten.clamp_max.default:
         min, max = None, min
     return ctx.emit("clamp", [ctx.value(x)], min=min, max=max)
+
+
+@aten("clamp.Tensor", "clamp_min.Tensor", "clamp_max.Tensor", "clip.Tensor")
+def _clamp_tensor(ctx, x, min=None, max=None):
+    # Tensor bounds, broadcast with x: minimum(maximum(x, min), max), as torch computes it (a
+    # min above max gives max). PhiMoE's router clamps by a per-token threshold.
+    if ctx.node.target is torch.ops.aten.clamp_max.Tensor:
+        min, max = None, min
+    dtype = ctx.meta_type().dtype
+    y = operand(ctx, ctx.value(x), dtype)
+    if min is not None:
+        y = ctx.emit("maximum", [y, operand(ctx, ctx.value(min), dtype)])
+    if max is not None:
+        y = ctx.emit("minimum", [y, operand(ctx, ctx.value(max), dtype)])
+    return y if y.producer is not None else ctx.emit("identity", [y])
 
 
 @aten("_to_copy.default", "to.dtype", "to.dtype_layout", "to.device", "_to_dtype")

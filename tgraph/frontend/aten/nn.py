@@ -86,9 +86,11 @@ def _rms_norm(ctx, x, normalized_shape, weight=None, eps=None):
       "conv2d.padding")  # fmt: skip
 def _conv(ctx, x, weight, bias=None, stride=1, padding=0, dilation=1, *rest):
     if ctx.node.target is torch.ops.aten.convolution.default:
-        transposed, _out_pad, groups = rest
+        transposed, out_pad, groups = rest
         if transposed:
-            raise UnsupportedError("transposed convolution")
+            from tgraph.frontend.aten.conv_transpose import conv_transpose
+
+            return conv_transpose(ctx, x, weight, bias, stride, padding, out_pad, groups, dilation)
     else:
         groups = rest[0] if rest else 1
     x, w = ctx.value(x), ctx.value(weight)
@@ -177,13 +179,27 @@ def _upsample(ctx, x, output_size, *args):
     return _resize(ctx, x, mode, align, scales if len(scales) == 2 else ())
 
 
-def _resize(ctx, x, mode: str, align_corners: bool, scales: tuple):
+def _resize(ctx, x, mode: str, align_corners: bool, scales: tuple, size=None):
     x = ctx.value(x)
-    size = tuple(ctx.meta_type().shape[2:])
+    size = tuple(ctx.meta_type().shape[2:]) if size is None else size
     return ctx.emit(
         "resize", [x], size=size, scales=tuple(float(s) for s in scales), mode=mode,
         align_corners=bool(align_corners),
     )  # fmt: skip
+
+
+@aten("upsample_linear1d.vec", "upsample_linear1d.default")
+def _upsample_linear1d(ctx, x, output_size, align_corners, scales=None):
+    # (N, C, L) resampled as the (N, C, 1, L) image, whose height of 1 maps onto itself (SAM's
+    # relative positions). vec: scales is a list of one factor or None; default: a float.
+    x = ctx.value(x)
+    if isinstance(scales, (list, tuple)):
+        scales = scales[0] if scales else None
+    image = ctx.emit("unsqueeze", [x], axes=(2,))
+    length = ctx.meta_type().shape[2]
+    factors = () if scales is None else (1.0, scales)
+    y = _resize(ctx, image, "linear", align_corners, factors, size=(1, length))
+    return ctx.emit("squeeze", [y], axes=(2,))
 
 
 @aten("_weight_norm.default")

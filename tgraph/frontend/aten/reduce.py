@@ -23,6 +23,14 @@ def _arange(ctx, *args, **kwargs):
     else:
         start, end = args[0], args[1]
         step = args[2] if len(args) > 2 else 1
+    # Whole floats are ints (XLNet's arange(klen, -qlen, -1.0)): the same values, and a length
+    # that symbolic bounds can carry; a fractional step with a symbolic bound is refused.
+    start, end, step = (int(b) if isinstance(b, float) and b.is_integer() else b
+                        for b in (start, end, step))  # fmt: skip
+    bounds = (start, end, step)
+    if any(isinstance(b, float) for b in bounds) and any(isinstance(b, SymDim) for b in bounds):
+        raise UnsupportedError(f"arange({start}, {end}, {step}): a fractional float bound next "
+                               "to a symbolic one")  # fmt: skip
     dtype = ctx.meta_type().dtype
     return ctx.emit("arange", [], start=start, end=end, step=step, dtype=dtype)
 

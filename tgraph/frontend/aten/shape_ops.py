@@ -103,7 +103,10 @@ def _slice(ctx, x, dim=0, start=None, end=None, step=1):
     start, end = ctx.value(start), ctx.value(end)
     start = _bound(start, size, 0)
     end = _bound(end, size, size)
-    if start == 0 and end == size and step == 1:
+    # A step-1 slice as long as the dim is all of it: export knows x[-512:] keeps every row
+    # when seq <= 512 (XLNet's memory), which the bound seq - 512 cannot say.
+    whole = step == 1 and ctx.meta_type().shape[axis] == size
+    if whole or (start == 0 and end == size and step == 1):
         return ctx.emit("identity", [x])
     return ctx.emit("slice", [x], axis=axis, start=start, end=end, step=step)
 
@@ -299,6 +302,13 @@ def _repeat(ctx, x, repeats):
     return ctx.emit("reshape", [y], shape=ctx.meta_type().shape)
 
 
+@aten("tile.default")
+def _tile(ctx, x, dims):
+    # torch.tile: repeat, with dims padded by leading 1s when fewer than x's rank
+    dims = tuple(ctx.value(dims))
+    return _repeat(ctx, x, (1,) * (ctx.value(x).rank - len(dims)) + dims)
+
+
 @aten("pad.default")
 def _pad_mode(ctx, x, pad, mode="constant", value=None):
     if mode != "constant":
@@ -352,20 +362,3 @@ def _roll_axis(ctx, x: Value, shift: Any, axis: int) -> Value:
     tail = ctx.emit("slice", [x], axis=axis, start=cut, end=size, step=1)
     head = ctx.emit("slice", [x], axis=axis, start=0, end=cut, step=1)
     return ctx.emit("concat", [tail, head], axis=axis)
-
-
-@aten("scatter.value", "scatter.src")
-def _scatter(ctx, x, dim, index, src):
-    # torch lets index be smaller than x and src on the other dims: src is cropped to it.
-    x = ctx.value(x)
-    axis = norm_dim(dim, x.rank)
-    index = ctx.cast(ctx.value(index), DType.int64)
-    src = ctx.value(src)
-    if isinstance(src, Value):
-        src = ctx.cast(src, x.dtype)
-        for d in range(src.rank):
-            if src.shape[d] != index.shape[d]:
-                src = ctx.emit("slice", [src], axis=d, start=0, end=index.shape[d], step=1)
-    else:
-        src = ctx.emit("expand", [ctx.const(src, x.dtype)], shape=tuple(index.shape))
-    return ctx.emit("scatter_elements", [x, index, src], axis=axis)

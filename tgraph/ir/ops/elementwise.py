@@ -59,6 +59,7 @@ _UNARY = {
     "sign": (np.sign, "sign: -1, 0 or 1"),
     "round": (np.round, "round half to even"),
     "acos": (np.arccos, "arc cosine"),
+    "bitwise_not": (np.invert, "bitwise not of integers"),
 }
 
 for _name, (_fn, _doc) in _UNARY.items():
@@ -136,6 +137,9 @@ _BINARY = {
     "pow": (np.power, False, "x ** y"),
     "maximum": (np.maximum, True, "max(x, y)"),
     "minimum": (np.minimum, True, "min(x, y)"),
+    "bitwise_and": (np.bitwise_and, True, "x & y of integers"),
+    "bitwise_or": (np.bitwise_or, True, "x | y of integers"),
+    "bitwise_xor": (np.bitwise_xor, True, "x ^ y of integers"),
 }
 _COMPARE = {
     "eq": (np.equal, True, "x == y"),

@@ -219,6 +219,8 @@ defop(
 def _arange_infer(start, end, step, dtype) -> TensorType:
     if isinstance(start, float) or isinstance(end, float) or isinstance(step, float):
         return TensorType(dtype, (max(0, math.ceil((end - start) / step)),))
+    if isinstance(step, int) and step < 0:  # range(a, b, -k) is as long as range(b, a, k)
+        return TensorType(dtype, (slice_len(0, end, start, -step),))
     return TensorType(dtype, (slice_len(0, start, end, step),))
 
 
