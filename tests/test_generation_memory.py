@@ -102,7 +102,9 @@ def test_ort_never_reads_the_codes_it_converted_at_load(pipeline, op):
     from tgraph.backends.ort import lower
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(128, 256), torch.nn.GELU(), torch.nn.Linear(256, 64))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(128, 256), torch.nn.GELU(), torch.nn.Linear(256, 64)
+    )
     x = torch.randn(3, 128)
     graph, _ = tgraph.optimize(tgraph.trace(model.eval(), (x,)), pipeline)
     assert op in graph.op_histogram()
