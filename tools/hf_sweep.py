@@ -1,8 +1,8 @@
 """Sweep every text, vision and audio architecture of the installed transformers through tgraph.
 
-    python tools/hf_sweep.py --out ~/.cache/tgraph-sweep            # run, write the table
-    python tools/hf_sweep.py --out DIR --only bert,gpt2,vit          # a few architectures
-    python tools/hf_sweep.py --out DIR --table-only                  # rewrite docs from the cache
+    python tools/hf_sweep.py --out ~/.cache/tgraph-sweep --write-docs   # run all, write the table
+    python tools/hf_sweep.py --out /tmp/sweep --only bert,gpt2,vit      # a few; docs untouched
+    python tools/hf_sweep.py --out DIR --table-only                     # rewrite docs from DIR
 
 The architectures are transformers' base-model mapping (``MODEL_MAPPING_NAMES``) plus the
 causal-LM classes of model types it lacks, so each architecture is counted once; multimodal
@@ -12,7 +12,9 @@ once; niced to 19, one thread, 6 GiB of address space) with a timeout, at most `
 time, in a fixed shuffled order (a sweep stopped part way still samples every family).
 Results are cached in ``OUT/results.json``; a rerun redoes only the architectures that did
 not pass (``--force`` redoes all). The coverage table goes into docs/models.md and the figure
-into README.md, each between markers this tool rewrites.
+into README.md, each between markers this tool rewrites, only when asked (``--write-docs``
+or ``--table-only``) and only from a cache that holds every architecture: a partial sweep
+into a scratch cache never overwrites the full table.
 """
 
 from __future__ import annotations
@@ -200,15 +202,29 @@ def rewrite_between(path: str, begin: str, end: str, body: str) -> None:
         f.write(f"{head}{begin}\n{body}\n{end}{tail}")
 
 
-def write_docs(cache: dict, total: int) -> None:
+def missing(cache: dict, archs: dict[str, str]) -> list[str]:
+    """The architectures ``cache`` holds no record of: a table from it would be partial."""
+    return sorted(a for a in archs if a not in cache)
+
+
+def write_docs(cache: dict, archs: dict[str, str], cache_path: str) -> None:
+    """Rewrite the table in docs/models.md and the figure in README.md, or exit with one line
+    when the cache lacks an architecture (the docs stay as they are)."""
     import transformers
 
-    records = list(cache.values())
+    absent = missing(cache, archs)
+    if absent:
+        raise SystemExit(
+            f"{cache_path} has no record of {len(absent)} of the {len(archs)} architectures "
+            f"({', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''}): the docs were not "
+            "rewritten; sweep all of them into this cache first (no --only or --limit)"
+        )
+    records = [cache[a] for a in archs]
     version = transformers.__version__
     rewrite_between(os.path.join(ROOT, "docs", "models.md"), BEGIN, END,
-                    table_text(records, total, version))  # fmt: skip
+                    table_text(records, len(archs), version))  # fmt: skip
     rewrite_between(os.path.join(ROOT, "README.md"), FIGURE_BEGIN, FIGURE_END,
-                    figure_text(records, total, version))  # fmt: skip
+                    figure_text(records, len(archs), version))  # fmt: skip
 
 
 def out_of_scope(todo: dict[str, str], cache: dict) -> dict[str, str]:
@@ -240,7 +256,7 @@ def preload() -> None:
         get_backend(backend)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.path.expanduser("~/.cache/tgraph-hf-sweep"),
                     help="directory of the result cache (results.json)")  # fmt: skip
@@ -249,8 +265,12 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="models run in parallel")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per model")
     ap.add_argument("--force", action="store_true", help="rerun cached passes too")
-    ap.add_argument("--table-only", action="store_true", help="only rewrite the docs")
-    args = ap.parse_args()
+    ap.add_argument("--write-docs", action="store_true",
+                    help="after the sweep, rewrite the table in docs/models.md and the figure in "
+                    "README.md from the cache; refused unless it holds every architecture")  # fmt: skip
+    ap.add_argument("--table-only", action="store_true",
+                    help="sweep nothing, only rewrite the docs from the cache (as --write-docs)")  # fmt: skip
+    args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     cache_path = os.path.join(args.out, "results.json")
     cache = load_cache(cache_path)
@@ -274,8 +294,9 @@ def main() -> None:
             todo = dict(list(todo.items())[: args.limit])
         preload()
         sweep(todo, cache, cache_path, args.jobs, args.timeout)
-    write_docs(cache, len(archs))
-    run, in_scope, exported, both = summary(list(cache.values()))
+    if args.write_docs or args.table_only:
+        write_docs(cache, archs, cache_path)
+    run, in_scope, exported, both = summary([cache[a] for a in archs if a in cache])
     print(f"{both}/{exported} exported architectures pass on ort and torch "
           f"({in_scope} in scope, {run} swept)")  # fmt: skip
 

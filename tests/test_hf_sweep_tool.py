@@ -1,0 +1,77 @@
+"""The sweep tool itself (tools/hf_sweep.py): when it writes the docs, and which sizes it
+checks a traced graph at."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
+
+import hf_sweep  # noqa: E402
+
+ARCHS = {"bert": "BertModel", "gpt2": "GPT2Model"}
+DOCS = {
+    "README.md": f"intro\n{hf_sweep.FIGURE_BEGIN}\nthe full figure\n{hf_sweep.FIGURE_END}\n",
+    "docs/models.md": f"head\n{hf_sweep.BEGIN}\nthe full table\n{hf_sweep.END}\ntail\n",
+}
+
+
+def _record(arch: str) -> dict:
+    return {"arch": arch, "class": ARCHS[arch], "modality": "text", "exports": "yes",
+            "reference": "ok", "ort": "ok", "torch": "ok", "failure": ""}  # fmt: skip
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch):
+    """A checkout of the two docs in tmp_path, the tool pointed at it, two architectures."""
+    for name, text in DOCS.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(hf_sweep, "ROOT", str(tmp_path))
+    monkeypatch.setattr(hf_sweep, "architectures", lambda: dict(ARCHS))
+    monkeypatch.setattr(hf_sweep, "preload", lambda: None)
+    return tmp_path
+
+
+def _cache(tmp_path, archs) -> str:
+    out = tmp_path / "cache"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({a: _record(a) for a in archs}))
+    return str(out)
+
+
+def _docs(root) -> dict[str, str]:
+    return {name: (root / name).read_text() for name in DOCS}
+
+
+def test_a_partial_sweep_leaves_the_docs_alone(root, monkeypatch):
+    # --only into a scratch cache: before, this rewrote the full table from one record
+    ran = []
+    monkeypatch.setattr(hf_sweep, "sweep", lambda todo, *a: ran.extend(todo))
+    monkeypatch.setattr(hf_sweep, "out_of_scope", lambda todo, cache: todo)
+    hf_sweep.main(["--out", _cache(root, ["bert"]), "--only", "bert"])
+    assert ran == ["bert"] and _docs(root) == DOCS
+
+
+def test_writing_the_docs_from_an_incomplete_cache_is_refused(root):
+    with pytest.raises(SystemExit, match=r"no record of 1 of the 2 architectures \(gpt2\)"):
+        hf_sweep.main(["--out", _cache(root, ["bert"]), "--table-only"])
+    assert _docs(root) == DOCS
+
+
+def test_a_complete_cache_rewrites_table_and_figure(root):
+    hf_sweep.main(["--out", _cache(root, ["bert", "gpt2"]), "--table-only"])
+    docs = _docs(root)
+    assert "**2 (100%) compile" in docs["README.md"] and "the full figure" not in docs["README.md"]
+    assert "| gpt2 | GPT2Model | text | yes | ok | ok | ok |" in docs["docs/models.md"]
+    assert docs["docs/models.md"].endswith(f"{hf_sweep.END}\ntail\n")
+
+
+def test_help_says_when_the_docs_are_written(capsys):
+    with pytest.raises(SystemExit):
+        hf_sweep.main(["--help"])
+    assert "refused unless it holds every architecture" in " ".join(capsys.readouterr().out.split())
