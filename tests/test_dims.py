@@ -363,13 +363,27 @@ def test_max_min_examples():
     assert dim_max(3, 5) == 5 and dim_min(3, 5) == 3
     assert dim_max(SEQ, SEQ) == SEQ
     assert dim_max(SEQ + 2, SEQ) == SEQ + 2 and dim_min(SEQ + 2, SEQ) == SEQ  # constant gap
-    clamp = dim_max(0, 1 - SEQ)
-    assert str(clamp) == "max(-seq+1,0)" and clamp.free_symbols() == {"seq"}
-    assert evaluate(clamp, {"seq": 0}) == 1 and evaluate(clamp, {"seq": 7}) == 0
-    assert parse_dim("max(-seq+1,0)") == clamp
+    clamp = dim_max(0, 20 - SEQ)  # a pad to a minimum length
+    assert str(clamp) == "max(-seq+20,0)" and clamp.free_symbols() == {"seq"}
+    assert evaluate(clamp, {"seq": 3}) == 17 and evaluate(clamp, {"seq": 27}) == 0
+    assert parse_dim("max(-seq+20,0)") == clamp
     assert parse_dim("min(batch,4)*2") == 2 * dim_min(BATCH, 4)
     with pytest.raises(ValueError, match="two arguments"):
         parse_dim("max(seq)")
+
+
+def test_max_min_of_dims_known_apart_for_every_size():
+    # symbols are sizes >= 1: MPT's 1 - max(1 - seq, 0) is 1, not a new atom
+    from tgraph.ir.dims import dim_max, dim_min, lower_bound
+
+    assert 1 - dim_max(1 - SEQ, 0) == 1 and dim_min(1 - SEQ, 0) == 1 - SEQ
+    assert dim_max(SEQ, 1) == SEQ and dim_max(BATCH, 1) * 2 == 2 * BATCH
+    assert dim_max(SEQ - 1, 0) == SEQ - 1 and dim_min(SEQ % 4, 0) == 0
+    assert dim_max(SEQ // 2, 0) == SEQ // 2
+    assert lower_bound(BATCH * SEQ + SEQ % 3 + 2) == 3 and lower_bound(SEQ // 4 - 1) == -1
+    # no sign for every size: the atom stays
+    assert str(dim_max(SEQ - 2, 0)) == "max(0,seq-2)" and str(dim_min(256, SEQ)) == "min(256,seq)"
+    assert lower_bound(3 - SEQ) is None and lower_bound(dim_min(SEQ - 4, BATCH)) is None
 
 
 def test_floordiv_and_mod_pull_out_multiples_of_the_divisor():

@@ -90,6 +90,11 @@ def check_inputs(graph: Graph, tensors: Sequence[torch.Tensor]) -> None:
             raise InputError(f"input {v.name}: {expected}, {got}")
         for want, have in zip(v.shape, t.shape):
             if isinstance(want, SymDim):
+                if have == 0:  # the dim algebra takes sizes >= 1 (max(1 - seq, 0) is 0)
+                    raise InputError(
+                        f"input {v.name}: {expected}, {got}: {want.name} is 0, and a compiled "
+                        "model takes sizes of at least 1 in its symbolic dims"
+                    )
                 if bindings.setdefault(want.name, have) != have:
                     raise InputError(
                         f"input {v.name}: {expected}, {got} ({want.name} is "

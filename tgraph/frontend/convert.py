@@ -8,7 +8,9 @@ import numpy as np
 import sympy
 import torch
 
-from tgraph.ir import DimLike, SymDim, dim_max, dim_min, simplify
+from tgraph.frontend.dim_facts import substitute
+from tgraph.frontend.periodic import exact_form
+from tgraph.ir import DimLike, SymDim, dim_max, dim_min
 from tgraph.tensors import DTypeError, shared_view, to_numpy, to_torch, torch_dtype
 from tgraph.tensors import ir_dtype as _ir_dtype
 
@@ -45,6 +47,8 @@ class SymbolTable:
         # a new symbol X for the dim, (X - r) / k, and (name, k, r): name % k must be r
         self.derived: dict[sympy.Symbol, sympy.Expr] = {}
         self.multiples: list[tuple[str, int, int]] = []
+        # sizes a checked guard of the trace fixes: atom text -> value (dim_facts.py)
+        self.fixed: dict[str, int] = {}
 
     def name(self, sym: sympy.Symbol, name: str) -> None:
         self.names[sym] = name
@@ -79,7 +83,7 @@ class SymbolTable:
             raise UnsupportedError(f"cannot read {expr!r} as a dimension")
         if self.derived and expr.free_symbols & set(self.derived):
             expr = sympy.expand(expr.xreplace(self.derived))  # 320*s23 -> seq, s23 -> seq/320
-        return simplify(self._convert(expr))
+        return substitute(self._convert(expr), self.fixed)
 
     def _convert(self, e: sympy.Basic) -> DimLike:
         if isinstance(e, sympy.Integer):
@@ -117,6 +121,9 @@ class SymbolTable:
             quotient = sympy.cancel(e.args[0] / e.args[1])
             if sympy.fraction(quotient)[1] == 1:
                 return self._convert(sympy.expand(quotient)) if fname == "FloorDiv" else 0
+            form = exact_form(e)  # a padded length // its chunk count: the chunk size
+            if form is not None:
+                return self._convert(form)
             raise UnsupportedError(
                 f"symbolic size {e}: a division by a symbolic size, which IR dims cannot hold"
             )

@@ -42,9 +42,8 @@ def shape_guards(guard_code: Sequence[str], graph: Graph) -> list[dict[str, Any]
     dims = {v.name: tuple(v.shape) for v in graph.inputs}
     out = []
     for code in guard_code:
-        try:
-            clauses = _clauses(ast.parse(code, mode="eval").body, dims)
-        except (_Inexpressible, SyntaxError, ValueError, ZeroDivisionError):
+        clauses = parse_guard(code, dims)
+        if clauses is None:
             continue
         texts = [f"{lhs} {sign} {rhs}" for lhs, sign, rhs in clauses]
         kept = [[str(simplify(lhs - rhs)), sign] for lhs, sign, rhs in clauses]
@@ -53,6 +52,15 @@ def shape_guards(guard_code: Sequence[str], graph: Graph) -> list[dict[str, Any]
         if kept and all(g["text"] != text for g in out):
             out.append({"text": text, "clauses": kept})
     return out
+
+
+def parse_guard(code: str, dims: Mapping[str, tuple]) -> list[tuple[DimLike, str, DimLike]] | None:
+    """The clauses ``(lhs, sign, rhs)`` of one guard of export's guard code (all must hold),
+    in IR dims (``dims``: each input's, by name); None when the IR cannot express it."""
+    try:
+        return _clauses(ast.parse(code, mode="eval").body, dims)
+    except (_Inexpressible, SyntaxError, ValueError, ZeroDivisionError):
+        return None
 
 
 def multiple_guards(multiples: Sequence[tuple[str, int, int]]) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ from .aten import TRANSLATORS, Translator
 from .aten.complex_pairs import Complex, is_complex_node, translate_complex
 from .convert import SymbolTable, UnsupportedError, ir_dtype, shared_view
 from .defaults import example_sizes
+from .dim_facts import fixed_sizes
 from .export import SEQ_LIMIT_FIELDS, FrontendError, export, normalize_inputs
 from .guards import multiple_guards, shape_guards
 from .limits import dim_limits, index_ranges
@@ -277,7 +278,21 @@ def _name_symbols(ep: ExportedProgram) -> SymbolTable:
             elif not table.name_derived(sym, name):
                 continue  # another expression: a use names it (convert's error)
             used.add(name)
+    table.fixed = fixed_sizes(getattr(ep, "_guards_code", None) or [], _input_shapes(ep, table))
     return table
+
+
+def _input_shapes(ep: ExportedProgram, table: SymbolTable) -> dict[str, tuple]:
+    """The IR shape of each user input whose dims the table can read, by name."""
+    shapes = {}
+    for node in ep.graph.nodes:
+        val = node.meta.get("val")
+        if node.op == "placeholder" and node.name in ep.graph_signature.user_inputs:
+            try:
+                shapes[node.name] = table.shape(val) if isinstance(val, torch.Tensor) else None
+            except UnsupportedError:
+                continue  # _placeholder reports it
+    return {k: v for k, v in shapes.items() if v is not None}
 
 
 def trace(

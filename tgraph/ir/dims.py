@@ -323,12 +323,48 @@ def _extremum(kind: str, a: DimLike, b: DimLike) -> DimLike:
         return max(a, b) if kind == "max" else min(a, b)
     if a == b:
         return a
-    # The difference of the two is a constant: the larger one is known (max(seq+2, seq) = seq+2).
-    gap = simplify(a - b)
-    if isinstance(gap, int):
-        return a if (gap > 0) == (kind == "max") else b
+    # The larger one is known when their difference has a sign for every size: a constant
+    # (max(seq+2, seq) = seq+2) or a polynomial bounded below (max(1-seq, 0) = 0).
+    for big, small in ((a, b), (b, a)):
+        low = lower_bound(big - small)
+        if low is not None and low >= 0:
+            return big if kind == "max" else small
     first, second = sorted((a, b), key=str)  # max and min commute: one canonical order
     return SymDim({(_Atom(kind, args=(first, second)),): 1})
+
+
+def lower_bound(d: DimLike) -> int | None:
+    """A lower bound of ``d`` for every value of its symbols, or None when there is none this
+    simple reasoning finds. Symbols are sizes of at least 1 (the call boundary refuses a
+    symbolic dim of 0); ``x % k`` is at least 0; a term with a negative coefficient has no
+    bound here (that would need an upper bound of its atoms)."""
+    if not isinstance(d, SymDim):
+        return int(d)
+    total = 0
+    for mono, coeff in d.terms:
+        term = coeff
+        for atom in mono:
+            low = _atom_lower_bound(atom)
+            if coeff < 0 or low is None or low < 0:
+                return None
+            term *= low
+        total += term
+    return total
+
+
+def _atom_lower_bound(atom: _Atom) -> int | None:
+    if atom.kind == "sym":
+        return 1
+    if atom.kind == "mod":
+        return 0
+    if atom.kind == "floordiv":
+        low = lower_bound(atom.expr)
+        return None if low is None else low // atom.k
+    lows = [lower_bound(a) for a in atom.args]
+    if atom.kind == "max":
+        known = [x for x in lows if x is not None]
+        return max(known) if known else None
+    return None if None in lows else min(lows)
 
 
 def format_shape(shape: Iterable[DimLike]) -> str:
@@ -337,92 +373,6 @@ def format_shape(shape: Iterable[DimLike]) -> str:
 
 def parse_dim(text: str) -> DimLike:
     """Parse the text form written by ``str(dim)`` (``batch``, ``2*seq+1``, ``(seq//2)``)."""
-    return _Parser(text).parse()
+    from .dim_text import Parser  # the parser builds dims with this module's arithmetic
 
-
-class _Parser:
-    """A tiny recursive-descent parser for ``+ - * // %`` over ints, symbols and parentheses."""
-
-    def __init__(self, text: str):
-        self.text = text.replace(" ", "")
-        self.pos = 0
-
-    def parse(self) -> DimLike:
-        value = self._sum()
-        if self.pos != len(self.text):
-            raise ValueError(f"cannot parse dim {self.text!r} at {self.pos}")
-        return value
-
-    def _peek(self, token: str) -> bool:
-        return self.text.startswith(token, self.pos)
-
-    def _sum(self) -> DimLike:
-        value = self._product()
-        while self.pos < len(self.text) and self.text[self.pos] in "+-":
-            op = self.text[self.pos]
-            self.pos += 1
-            rhs = self._product()
-            value = value + rhs if op == "+" else value - rhs
-        return value
-
-    def _product(self) -> DimLike:
-        value = self._unary()
-        while True:
-            if self._peek("//"):
-                self.pos += 2
-                value = _floordiv(value, self._unary())
-            elif self._peek("*"):
-                self.pos += 1
-                value = value * self._unary()
-            elif self._peek("%"):
-                self.pos += 1
-                value = _mod(value, self._unary())
-            else:
-                return value
-
-    def _unary(self) -> DimLike:
-        if self._peek("-"):
-            self.pos += 1
-            return -self._unary()
-        if self._peek("("):
-            self.pos += 1
-            value = self._sum()
-            if not self._peek(")"):
-                raise ValueError(f"cannot parse dim {self.text!r}: missing ')'")
-            self.pos += 1
-            return value
-        start = self.pos
-        while self.pos < len(self.text) and (
-            self.text[self.pos].isalnum() or self.text[self.pos] == "_"
-        ):
-            self.pos += 1
-        token = self.text[start : self.pos]
-        if not token:
-            raise ValueError(f"cannot parse dim {self.text!r} at {start}")
-        if token in ("max", "min") and self._peek("("):
-            return self._extremum(token)
-        return int(token) if token.isdigit() else SymDim.symbol(token)
-
-    def _extremum(self, kind: str) -> DimLike:
-        self.pos += 1  # "("
-        first = self._sum()
-        if not self._peek(","):
-            raise ValueError(f"cannot parse dim {self.text!r}: {kind} wants two arguments")
-        self.pos += 1
-        second = self._sum()
-        if not self._peek(")"):
-            raise ValueError(f"cannot parse dim {self.text!r}: missing ')'")
-        self.pos += 1
-        return _extremum(kind, first, second)
-
-
-def _floordiv(a: DimLike, b: DimLike) -> DimLike:
-    if isinstance(a, SymDim):
-        return a // b
-    return a // _positive_int(b, "//")
-
-
-def _mod(a: DimLike, b: DimLike) -> DimLike:
-    if isinstance(a, SymDim):
-        return a % b
-    return a % _positive_int(b, "%")
+    return Parser(text).parse()
