@@ -105,3 +105,45 @@ def test_a_symbolic_dim_of_zero_is_refused_at_the_call():
         InputError, match="seq is 0, and a compiled model takes sizes of at least 1"
     ):
         cm(torch.randn(2, 0, 8))
+
+
+class LastPositions(nn.Module):
+    """MPT's and MiniMax's bias of the last ``seq`` of 8 positions, ``bias[max(0, 8 - seq):]``
+    (size ``8 - max(0, 8 - seq)``), added to (B, T, C): export guards ``seq <= 8`` as
+    ``seq == 8 - max(0, 8 - seq)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.randn(8, 8))
+
+    def forward(self, x):
+        return x + self.bias[max(0, 8 - x.shape[1]) :]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_clamp_a_guard_equates_to_a_dim_is_substituted_and_checked(backend):
+    cm = check_eager(LastPositions(), features(), backend, ((1, 3), (3, 8)), (2, 5))
+    with pytest.raises(InputError, match="seq=9 break"):
+        cm(torch.randn(2, 9, 8))
+
+
+def test_guards_that_fix_a_size_give_its_value():
+    from tgraph.frontend.dim_facts import fixed_sizes
+    from tgraph.ir import SymDim
+
+    seq = SymDim.symbol("seq")
+    dims = {"x": (SymDim.symbol("batch"), seq)}
+    size = "L['x'].size()[1]"
+    code = [
+        f"(({size} + ((4 + (-1)*({size} % 4)) % 4)) // 4) == 1",  # one chunk
+        f"{size} == (8 + ((-1)*max(0, 8 + ((-1)*{size}))))",  # seq <= 8
+        f"2*min(16, {size}) == 2*{size} + 4",
+        f"2*min(32, {size}) == {size} + 3",  # not a whole solution: nothing fixed
+        f"{size} == 8 or {size} == 9",  # an or: not expressible
+        f"max(1, {size}) == max(1, {size})",
+    ]
+    assert fixed_sizes(code, dims) == {
+        "((((3*(seq%4))%4)+seq)//4)": 1,
+        "max(-seq+8,0)": 8 - seq,
+        "min(16,seq)": seq + 2,
+    }

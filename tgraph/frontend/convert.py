@@ -48,7 +48,7 @@ class SymbolTable:
         self.derived: dict[sympy.Symbol, sympy.Expr] = {}
         self.multiples: list[tuple[str, int, int]] = []
         # sizes a checked guard of the trace fixes: atom text -> value (dim_facts.py)
-        self.fixed: dict[str, int] = {}
+        self.fixed: dict[str, DimLike] = {}
 
     def name(self, sym: sympy.Symbol, name: str) -> None:
         self.names[sym] = name

@@ -18,28 +18,37 @@ from tgraph.ir import DimLike, SymDim, dim_max, dim_min, simplify
 from .guards import parse_guard
 
 
-def fixed_sizes(guard_code: Sequence[str], dims: Mapping[str, tuple]) -> dict[str, int]:
-    """``{atom text: value}`` for each guard clause ``a*X + c == 0`` (``X`` a floor division,
-    modulo, max or min of input dims; an input dim itself stays symbolic) that fixes
-    ``X``. ``dims``: the IR dims of each input, by name."""
-    fixed: dict[str, int] = {}
+def fixed_sizes(guard_code: Sequence[str], dims: Mapping[str, tuple]) -> dict[str, DimLike]:
+    """``{atom text: value}`` for each guard clause ``a*X + rest == 0`` that fixes ``X``, a
+    floor division, modulo, max or min of input dims (an input dim itself stays symbolic),
+    to ``-rest / a``: ``(padded // 128) == 1`` fixes the chunk count to 1, ``seq ==
+    min(256, seq)`` fixes ``min(256, seq)`` to ``seq``. ``dims``: each input's IR dims."""
+    fixed: dict[str, DimLike] = {}
     for code in guard_code:
-        clauses = parse_guard(code, dims)
-        for lhs, sign, rhs in clauses or ():
+        for lhs, sign, rhs in parse_guard(code, dims) or ():
             diff = simplify(lhs - rhs)
-            if sign != "==" or not isinstance(diff, SymDim):
-                continue
-            terms = dict(diff.terms)
-            c = terms.pop((), 0)
-            if len(terms) != 1:
-                continue
-            ((mono, a),) = terms.items()
-            if len(mono) == 1 and mono[0].kind != "sym" and (-c) % a == 0:
-                fixed[str(mono[0])] = -c // a
+            if sign == "==" and isinstance(diff, SymDim):
+                fixed.update(_solve(diff))
     return fixed
 
 
-def substitute(d: DimLike, fixed: Mapping[str, int]) -> DimLike:
+def _solve(diff: SymDim) -> dict[str, DimLike]:
+    """``{X: value}`` from ``diff == 0`` for the first non-symbol atom ``X`` that ``diff``
+    holds alone in a term whose coefficient divides the rest."""
+    terms = dict(diff.terms)
+    for mono, a in terms.items():
+        if len(mono) != 1 or mono[0].kind == "sym":
+            continue
+        rest = {m: c for m, c in terms.items() if m != mono}
+        if any(c % a for c in rest.values()):
+            continue
+        value = simplify(SymDim({m: -c // a for m, c in rest.items()})) if rest else 0
+        if str(mono[0]) not in str(value):  # X = f(X) fixes nothing (text: a false hit skips)
+            return {str(mono[0]): value}
+    return {}
+
+
+def substitute(d: DimLike, fixed: Mapping[str, DimLike]) -> DimLike:
     """``d`` with every atom ``fixed`` names replaced by its value, rebuilt through the dim
     algebra (so ``max(1, 64*X)`` with ``X = 1`` is 64)."""
     if not isinstance(d, SymDim) or not fixed:
@@ -53,7 +62,7 @@ def substitute(d: DimLike, fixed: Mapping[str, int]) -> DimLike:
     return simplify(out)
 
 
-def _atom(atom, fixed: Mapping[str, int]) -> DimLike:
+def _atom(atom, fixed: Mapping[str, DimLike]) -> DimLike:
     key = str(atom)
     if key in fixed:
         return fixed[key]
