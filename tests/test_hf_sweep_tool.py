@@ -8,6 +8,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
 
@@ -75,3 +76,25 @@ def test_help_says_when_the_docs_are_written(capsys):
     with pytest.raises(SystemExit):
         hf_sweep.main(["--help"])
     assert "refused unless it holds every architecture" in " ".join(capsys.readouterr().out.split())
+
+
+class PositionLoop(torch.nn.Module):
+    """A Python loop over the positions (Mamba's and RWKV's slow path): export specializes the
+    sequence to its traced length."""
+
+    def forward(self, input_ids):  # (B, T) -> (B, 1)
+        out = input_ids[:, :1]
+        for i in range(1, input_ids.shape[1]):
+            out = out + input_ids[:, i : i + 1]
+        return out
+
+
+def test_a_sequence_the_code_specializes_is_static():
+    # the shared-dims export fails ("specialized it to be a constant (6)") and the Dim.AUTO
+    # retry returns the dim as a SymInt whose expression is 6: static, not dynamic
+    from hf_sweep_case import dynamic_dims
+
+    from tgraph.frontend.trace import export
+
+    ep = export(PositionLoop(), (), {"input_ids": torch.randint(0, 9, (2, 6))})
+    assert dynamic_dims(ep, "input_ids") == (True, False)

@@ -75,11 +75,16 @@ def compare(got: Any, want: Any, size: tuple[int, int]) -> str | None:
 
 
 def dynamic_dims(ep: Any, main: str) -> tuple[bool, bool]:
-    """Whether export kept the main input's batch and sequence dims symbolic."""
+    """Whether export kept the main input's batch and sequence dims symbolic.
+
+    A dim the model's code specialized (a Python loop over the positions: Mamba, RWKV)
+    fails the shared-dims export and comes back from the ``Dim.AUTO`` retry as a SymInt
+    whose expression is the traced size itself (``16``): static, though a SymInt.
+    """
     for node in ep.graph.nodes:
         if node.op == "placeholder" and node.name == main:
             shape = node.meta["val"].shape
-            sym = [isinstance(d, torch.SymInt) for d in shape]
+            sym = [isinstance(d, torch.SymInt) and not d.node.expr.is_number for d in shape]
             return sym[0], len(sym) > 1 and sym[-1 if main != "input_ids" else 1]
     return False, False
 
