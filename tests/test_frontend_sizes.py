@@ -147,3 +147,37 @@ def test_guards_that_fix_a_size_give_its_value():
         "max(-seq+8,0)": 8 - seq,
         "min(16,seq)": seq + 2,
     }
+
+
+class Branch(nn.Module):
+    """Branches on the length: export keeps the branch taken at 16 steps as the range
+    ``seq >= 9``, with no guard code."""
+
+    def forward(self, x):
+        return x[:, 4:] * 2 if x.shape[1] > 8 else x
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_lower_bound_of_the_trace_is_checked_at_the_call(backend):
+    # before, a call at 7 steps ran the other branch's graph and returned a wrong shape
+    cm = check_eager(Branch(), features(), backend, ((1, 9), (3, 12)))
+    assert cm.graph.meta["dim_limits"] == {"seq": {"min": 9}}
+    with pytest.raises(InputError, match="sequence length 7 is below 9, the least the traced"):
+        cm(torch.randn(1, 7, 8))
+
+
+def test_export_s_floor_of_2_for_automatic_dims_is_no_limit():
+    from tgraph.frontend.limits import dim_limits
+
+    s, t = sympy.symbols("s0 s1", integer=True)
+    ranges = {s: _Range(2, sympy.oo), t: _Range(3, 64)}
+    names = {s: "batch", t: "seq"}
+    assert dim_limits(ranges, names, [("n_positions", 64)]) == {
+        "seq": {"max": 64, "source": "n_positions", "min": 3}
+    }
+    assert dim_limits(ranges, names, [], no_floor_below=1)["batch"] == {"min": 2}
+
+
+class _Range:
+    def __init__(self, lower, upper):
+        self.lower, self.upper = sympy.sympify(lower), sympy.sympify(upper)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import types
 
 import pytest
 import torch
@@ -98,3 +99,47 @@ def test_a_sequence_the_code_specializes_is_static():
 
     ep = export(PositionLoop(), (), {"input_ids": torch.randint(0, 9, (2, 6))})
     assert dynamic_dims(ep, "input_ids") == (True, False)
+
+
+class LongOnly(torch.nn.Module):
+    """Branches on the length: the trace at 16 tokens guards ``seq > 8``."""
+
+    main_input_name = "input_ids"
+
+    def __init__(self):
+        super().__init__()
+        self.config = types.SimpleNamespace(vocab_size=100)
+        self.emb = torch.nn.Embedding(100, 8)
+
+    def forward(self, input_ids):
+        h = self.emb(input_ids)
+        return h[:, 4:] * 2 if input_ids.shape[1] > 8 else h
+
+
+def test_the_check_sizes_are_the_first_two_the_traced_guards_accept():
+    # before, the sweep checked (1, 7) and (3, 11) whatever the trace assumed: (1, 7) breaks
+    # 'seq > 8' and the model failed the sweep though it is compiled correctly
+    from hf_sweep_case import BACKENDS, run_backends
+    from hf_sweep_config import make_inputs, shapes
+
+    model = LongOnly().eval()
+    traced, candidates = shapes(model, "text")
+    record = {}
+    results = run_backends(
+        model, "text", make_inputs(model, "text", *traced, 0), candidates, record
+    )
+    assert results == dict.fromkeys(BACKENDS, "ok")
+    assert record["checked_sizes"] == [[3, 11], [1, 11]]
+    assert sorted(record["refused_sizes"]) == ["1x7", "3x7"]
+    assert "sequence length 7 is below 9" in record["refused_sizes"]["1x7"]
+
+
+def test_a_graph_no_candidate_size_fits_fails_the_check():
+    from hf_sweep_case import BACKENDS, run_backends
+    from hf_sweep_config import make_inputs
+
+    model = LongOnly().eval()
+    record = {}
+    results = run_backends(model, "text", make_inputs(model, "text", 2, 16, 0), [(1, 7)], record)
+    assert results == dict.fromkeys(BACKENDS, results["ort"])
+    assert results["ort"].startswith("sizes: the traced graph accepts 0 of the 1 candidate sizes")

@@ -90,14 +90,52 @@ def dynamic_dims(ep: Any, main: str) -> tuple[bool, bool]:
 
 
 def check_sizes(kind: str, model: torch.nn.Module, seq_dynamic: bool):
+    """(traced size, candidate check sizes): a static sequence is checked at its size only."""
     traced, others = shapes(model, kind)
     if not seq_dynamic:
-        others = [(b, traced[1]) for b, _ in others]
+        others = list(dict.fromkeys((b, traced[1]) for b, _ in others if b != traced[0]))
     return traced, others
 
 
-def run_backends(model, kind, traced_kwargs, others) -> dict[str, str]:
-    """Per backend "ok" or the first failure: compile once (ort), lower the graph twice more."""
+def refusal(graph: Any, kwargs: dict) -> str | None:
+    """Why the traced graph refuses inputs of these sizes (a size guard of the trace, a
+    bound of a dim), or None. Inputs bind symbols by the graph input of their name."""
+    from tgraph.frontend.limits import LimitError, check_limits
+    from tgraph.ir import SymDim
+
+    bindings = {}
+    for v in graph.inputs:
+        t = kwargs.get(v.name)
+        if isinstance(t, torch.Tensor) and t.dim() == v.rank:
+            for d, n in zip(v.shape, t.shape):
+                if isinstance(d, SymDim) and d.is_symbol():
+                    bindings[d.name] = int(n)
+    try:
+        check_limits(graph, [], bindings)
+    except LimitError as e:
+        return one_line(e)
+    return None
+
+
+def pick_sizes(graph, model, kind, candidates, count: int = 2):
+    """The first ``count`` candidate (size, kwargs) the traced graph accepts, and the refused
+    ones: ``{"BxS": why}``. A model that branches on sizes is checked where its trace holds."""
+    chosen, refused = [], {}
+    for seed, (b, s) in enumerate(candidates, start=1):
+        kwargs = make_inputs(model, kind, b, s, seed)
+        why = refusal(graph, kwargs)
+        if why:
+            refused[f"{b}x{s}"] = why
+        else:
+            chosen.append(((b, s), kwargs))
+        if len(chosen) == count:
+            break
+    return chosen, refused
+
+
+def run_backends(model, kind, traced_kwargs, candidates, record: dict) -> dict[str, str]:
+    """Per backend "ok" or the first failure: compile once (ort), lower the graph twice more,
+    check at two candidate sizes the graph accepts (``record`` gets which, and the refused)."""
     import tgraph
     from tgraph.api import CompiledModel, model_tensors
     from tgraph.backends import get_backend
@@ -114,8 +152,13 @@ def run_backends(model, kind, traced_kwargs, others) -> dict[str, str]:
             compiled[backend] = CompiledModel(cm.graph, runner, backend, "cpu", cm.report)
         except Exception as e:  # noqa: BLE001
             results[backend] = f"lower: {one_line(e)}"
-    for seed, (b, s) in enumerate(others, start=1):
-        kwargs = make_inputs(model, kind, b, s, seed)
+    chosen, refused = pick_sizes(cm.graph, model, kind, candidates)
+    record.update(checked_sizes=[list(size) for size, _ in chosen], refused_sizes=refused)
+    if len(chosen) < 2:
+        first = next(iter(refused.values()), "no candidate sizes")
+        return {b: f"sizes: the traced graph accepts {len(chosen)} of the {len(candidates)} "
+                f"candidate sizes ({first})" for b in BACKENDS}  # fmt: skip
+    for (b, s), kwargs in chosen:
         with torch.no_grad():
             want = model(**kwargs)
             for backend, cmodel in compiled.items():
@@ -162,9 +205,9 @@ def sweep_one(model_type: str, class_name: str) -> dict[str, Any]:
         record.update(exports="static", failure="export: batch or sequence dim specialized")
         return record
     record.update(exports="yes", export_s=round(time.time() - started, 1))
-    traced, others = check_sizes(kind, model, seq_dyn)
+    traced, candidates = check_sizes(kind, model, seq_dyn)
     started = time.time()
-    record.update(run_backends(model, kind, kwargs, others))
+    record.update(run_backends(model, kind, kwargs, candidates, record))
     record["compile_and_check_s"] = round(time.time() - started, 1)
     bad = [record[b] for b in BACKENDS if record[b] != "ok"]
     record["failure"] = bad[0] if bad else ""

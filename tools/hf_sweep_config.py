@@ -238,13 +238,14 @@ def _required_extras(kwargs: dict, params, batch: int, seq: int, g: torch.Genera
 
 
 def shapes(model: torch.nn.Module, kind: str) -> tuple[tuple[int, int], list[tuple[int, int]]]:
-    """(traced (batch, seq), the two other sizes checked) for the model's inputs."""
+    """(traced (batch, seq), the other sizes to check, in order of preference): the sweep
+    checks the first two that the traced graph's size guards accept."""
     config = model.config
     if kind == "audio" and model.main_input_name == "input_values":
-        return (2, 1600), [(1, 1200), (3, 2000)]
+        return (2, 1600), [(1, 1200), (3, 2000), (1, 2400), (3, 1800), (1, 2800), (3, 3200)]
     if kind == "audio":  # a sequence dim that export keeps static is checked at its size only
-        frames = 2 * getattr(config, "max_source_positions", 0) or 64
-        return (2, frames), [(1, frames - 16), (3, frames + 16)]
+        f = 2 * getattr(config, "max_source_positions", 0) or 64
+        return (2, f), [(1, f - 16), (3, f + 16), (1, f + 32), (3, f - 32), (1, f + 48)]
     if kind == "vision":
-        return (2, 0), [(1, 0), (3, 0)]
-    return (2, 16), [(1, 7), (3, 11)]
+        return (2, 0), [(1, 0), (3, 0), (4, 0)]
+    return (2, 16), [(1, 7), (3, 11), (3, 7), (1, 11), (3, 13), (1, 5), (4, 9), (3, 24), (1, 32)]

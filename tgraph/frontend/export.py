@@ -145,9 +145,13 @@ def export(
             {n: pytree.tree_map(plan.spec, bound.arguments[n]) for n in names} if plan else None
         )
         try:
-            return _export_refined(model, wargs, wkwargs, dynamic_shapes)
+            ep = _export_refined(model, wargs, wkwargs, dynamic_shapes)
         except Exception as e:  # noqa: BLE001 - retried with the lenient plan, then reported
             error = error or e
+            continue
+        if call_info is not None:  # Dim.AUTO dims start at 2: export's own floor (limits.py)
+            call_info["auto_dims"] = plan is not None and not plan.shared
+        return ep
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if "Cache" in first and "output" in first:
         first += (

@@ -7,8 +7,8 @@ limits in ``graph.meta`` and :func:`check_limits` enforces them at the call boun
 
 - ``index_ranges``: ``{input name: [0, rows)}`` for integer inputs whose values index a
   constant table (through relayouts and integer casts), found on the traced graph;
-- ``dim_limits``: ``{symbol: {"max": n, "source": config field or None}}``, the upper
-  bounds torch.export proved for the symbolic dims;
+- ``dim_limits``: ``{symbol: {"max": n, "source": config field or None, "min": m}}``, the
+  bounds torch.export proved for the symbolic dims (each key only where there is a bound);
 - ``shape_guards``: the other size conditions export's trace relied on (``guards.py``).
 """
 
@@ -62,15 +62,20 @@ def index_ranges(graph: Graph) -> dict[str, list[int]]:
 
 def dim_limits(
     range_constraints: Mapping[Any, Any], names: Mapping[Any, str],
-    config_fields: Sequence[tuple[str, Any]],
+    config_fields: Sequence[tuple[str, Any]], no_floor_below: int = 2,
 ) -> dict[str, dict[str, Any]]:  # fmt: skip
-    """Finite upper bounds export proved, by symbol name, each with the config field that
-    sets it (a position table bounds ``seq`` by ``max_position_embeddings``).
+    """The bounds export proved, by symbol name: a finite upper bound ``max`` with the config
+    field that sets it (a position table bounds ``seq`` by ``max_position_embeddings``), and
+    a lower bound ``min`` the trace relied on (a model that branches on ``seq > 8`` exports
+    the branch taken with ``seq >= 9`` as a range, not as a guard).
 
     Args:
         range_constraints: ``ExportedProgram.range_constraints`` (sympy symbol -> range).
         names: the IR's name of each sympy symbol.
         config_fields: ``(field, value)`` pairs from the model's config, first wins.
+        no_floor_below: lower bounds up to this are no limit: 2 is torch.export's own floor
+            for an automatic dim (it specializes sizes 0 and 1; a graph traced at 2 takes 1),
+            1 where every dim was given as a ``Dim`` of minimum 0.
     """
     sources: dict[int, str] = {}
     for field, value in config_fields:
@@ -78,10 +83,17 @@ def dim_limits(
             sources.setdefault(value, field)
     out = {}
     for sym, bounds in range_constraints.items():
-        upper = bounds.upper
+        if sym not in names:
+            continue
+        upper, lower = bounds.upper, bounds.lower
+        limit: dict[str, Any] = {}
         # int_oo (no bound) is not an Integer; a huge int is no bound either
-        if sym in names and getattr(upper, "is_Integer", False) and int(upper) < _UNBOUNDED:
-            out[names[sym]] = {"max": int(upper), "source": sources.get(int(upper))}
+        if getattr(upper, "is_Integer", False) and int(upper) < _UNBOUNDED:
+            limit.update(max=int(upper), source=sources.get(int(upper)))
+        if getattr(lower, "is_Integer", False) and int(lower) > no_floor_below:
+            limit["min"] = int(lower)
+        if limit:
+            out[names[sym]] = limit
     return out
 
 
@@ -97,10 +109,15 @@ def check_limits(graph: Graph, tensors: Sequence[Any], bindings: Mapping[str, in
     """
     for name, limit in (graph.meta.get("dim_limits") or {}).items():
         value = bindings.get(name)
-        if value is not None and value > limit["max"]:
-            what = _DIM_WORDS.get(name, f"dim {name}")
+        what = _DIM_WORDS.get(name, f"dim {name}")
+        if value is not None and value > limit.get("max", value):
             source = f" ({limit['source']})" if limit["source"] else ""
             raise LimitError(f"{what} {value} exceeds the model's maximum {limit['max']}{source}")
+        if value is not None and value < limit.get("min", value):
+            raise LimitError(
+                f"{what} {value} is below {limit['min']}, the least the traced graph assumes "
+                "(the model may branch on sizes): compile with example inputs of this size"
+            )
     broken = failed_guard(graph, bindings)
     if broken is not None:
         sizes = ", ".join(f"{k}={v}" for k, v in sorted(bindings.items()))

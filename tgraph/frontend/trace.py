@@ -344,7 +344,9 @@ def trace(
     graph.meta["index_ranges"] = index_ranges(graph)
     fields = [(f, getattr(getattr(model, "config", None), f, None)) for f in SEQ_LIMIT_FIELDS]
     symbols = _name_symbols(ep)
-    graph.meta["dim_limits"] = dim_limits(ep.range_constraints, symbols.names, fields)
+    # an explicit Dim starts at 0, Dim.AUTO and a given program's dims at export's floor 2
+    floor = 1 if call_info.get("auto_dims") is False else 2
+    graph.meta["dim_limits"] = dim_limits(ep.range_constraints, symbols.names, fields, floor)
     guards = multiple_guards(symbols.multiples)
     graph.meta["shape_guards"] = guards + shape_guards(
         getattr(ep, "_guards_code", None) or [], graph
