@@ -143,3 +143,42 @@ def test_a_graph_no_candidate_size_fits_fails_the_check():
     results = run_backends(model, "text", make_inputs(model, "text", 2, 16, 0), [(1, 7)], record)
     assert results == dict.fromkeys(BACKENDS, results["ort"])
     assert results["ort"].startswith("sizes: the traced graph accepts 0 of the 1 candidate sizes")
+
+
+class Masking(torch.nn.Module):
+    """ViTMAE's random masking: noise sampled per patch unless given, its sort keeps half."""
+
+    main_input_name = "pixel_values"
+
+    def __init__(self, samples: bool = True):
+        super().__init__()
+        self.config = types.SimpleNamespace(image_size=4, num_channels=2)
+        self.samples = samples
+
+    def forward(self, pixel_values, noise=None):  # (B, 2, 4, 4) -> (B, 2, 2*4)
+        patches = pixel_values.flatten(2)  # 4 patches of 4 pixels per channel
+        patches = patches.reshape(*patches.shape[:2], 4, 4)
+        if noise is None:
+            b = pixel_values.shape[0]
+            noise = torch.rand(b, 4) if self.samples else torch.arange(4.0).expand(b, 4)
+        keep = noise.sort(dim=1).indices[:, :2]  # (B, 2); ViTMAE: argsort
+        index = keep[:, None, :, None].expand(-1, patches.shape[1], -1, 4)
+        return patches.gather(2, index).flatten(2)
+
+
+def test_a_forward_that_samples_its_noise_gets_noise_as_an_input():
+    # before, the sweep left ViTMAE to sample and tgraph rightly refused aten::rand
+    from hf_sweep_case import BACKENDS, run_backends
+    from hf_sweep_config import make_inputs, shapes
+
+    model = Masking().eval()
+    inputs = make_inputs(model, "vision", 3, 0, seed=1)
+    assert inputs["noise"].shape == (3, 4) and "noise" not in make_inputs(
+        Masking(False), "vision", 3, 0, 1
+    )
+    traced, candidates = shapes(model, "vision")
+    record = {}
+    results = run_backends(
+        model, "vision", make_inputs(model, "vision", *traced, 0), candidates, record
+    )
+    assert results == dict.fromkeys(BACKENDS, "ok") and record["checked_sizes"] == [[1, 0], [3, 0]]

@@ -217,7 +217,30 @@ def make_inputs(model: torch.nn.Module, kind: str, batch: int, seq: int, seed: i
     if "use_cache" in params:
         kwargs["use_cache"] = False
     _required_extras(kwargs, params, batch, seq, g)
+    if "noise" in params:
+        _noise(model, kwargs, g)
     return kwargs
+
+
+def _noise(model: torch.nn.Module, kwargs: dict, g: torch.Generator) -> None:
+    """``noise=`` for a forward that samples it when not given (ViTMAE's random masking:
+    uniform noise whose argsort picks the kept patches): the shape of the one ``torch.rand``
+    an eager call makes. A compiled graph cannot sample as eager does; with the noise an
+    input, both compute the same function."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    sampled: list[tuple[int, ...]] = []
+
+    class _Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kw=None):
+            if func is torch.ops.aten.rand.default:
+                sampled.append(tuple(args[0]))
+            return func(*args, **(kw or {}))
+
+    with torch.no_grad(), _Record():
+        model(**kwargs)
+    if len(sampled) == 1:
+        kwargs["noise"] = torch.rand(sampled[0], generator=g)
 
 
 def _required_extras(kwargs: dict, params, batch: int, seq: int, g: torch.Generator) -> None:
