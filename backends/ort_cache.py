@@ -132,6 +132,7 @@ class StepRunner:
         self._binding = self.session.io_binding()
         self.release: threading.Thread | None = None  # see one_weight_copy
         self._bound: tuple = ()  # (data_ptr, shape) of the caches bound now
+        self._inputs: dict[str, tuple] = {}  # the same for each other input
 
     def wait_released(self) -> None:
         """Return once the graph's second copy of the weights is released (one_weight_copy)."""
@@ -146,7 +147,10 @@ class StepRunner:
         logits = torch.empty(*inputs[n - 1].shape, vocab, dtype=dtype)  # (B, P, V), P = logits_at's
         binding = self._binding
         for name, t in zip(self.input_names[:n], inputs[:n]):
-            _bind(binding.bind_input, name, t)
+            key = (t.data_ptr(), tuple(t.shape))
+            if self._inputs.get(name) != key:  # the decode loop reuses its buffers: bind once
+                _bind(binding.bind_input, name, t)
+                self._inputs[name] = key
         _bind(binding.bind_output, self.output_names[0], logits)
         bound = tuple((t.data_ptr(), tuple(t.shape)) for t in caches)
         if bound != self._bound:  # a new generate call: bind its buffers once

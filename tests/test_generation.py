@@ -152,6 +152,25 @@ def test_greedy_pick_is_torch_argmax():
         assert torch.equal(got, x.argmax(dim=-1))
 
 
+def test_ort_decode_binds_its_inputs_once(monkeypatch):
+    """The decode loop writes its inputs into buffers it made once, so the ORT step binds
+    them at the first decode step only (prefill, first decode: two binds per input)."""
+    import tgraph.backends.ort_cache as ort_cache
+
+    _, gen = compiled("hf-llama", "ort")
+    ids, mask = prompt()
+    gen.generate(ids, attention_mask=mask, max_new_tokens=2)  # bind the caches of this shape
+    binds: list[str] = []
+    real = ort_cache._bind
+    monkeypatch.setattr(
+        ort_cache, "_bind", lambda f, name, t: (binds.append(name), real(f, name, t))
+    )
+    out = gen.generate(ids, attention_mask=mask, max_new_tokens=6)
+    assert out.shape[1] == PROMPT + 6
+    for name in ("input_ids", "past_len", "q_len", "logits_at"):
+        assert binds.count(name) == 2, (name, binds)
+
+
 def test_streamer_gets_prompt_then_each_token():
     _, gen = compiled("hf-llama", "torch")
     ids, _ = prompt()

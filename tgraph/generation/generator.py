@@ -9,7 +9,6 @@ and the cache holds no padding (the layout of ONNX Runtime's GroupQueryAttention
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +18,7 @@ from torch import Tensor
 from tgraph.api import CompiledModel
 from tgraph.ir import Graph
 
+from .loop import token_loop
 from .sampling import Sampling
 
 
@@ -150,7 +150,7 @@ class Generator(CompiledModel):
         pad = pad_token_id if pad_token_id is not None else info.get("pad_token_id")
         if pad is None:
             pad = min(eos) if eos else 0
-        return self._loop(ids, mask, lens, new, need, sampling, eos, int(pad), streamer)
+        return token_loop(self, ids, mask, lens, new, need, sampling, eos, int(pad), streamer)
 
     @torch.inference_mode()
     def score(self, input_ids: Tensor, continuation: Tensor, attention_mask: Tensor | None = None
@@ -165,7 +165,7 @@ class Generator(CompiledModel):
         forced = torch.as_tensor(continuation).long()
         lens, need = self._lengths(mask, forced.shape[1])
         caches = self.step.new_caches(ids.shape[0], need, self.device)
-        logits = [self._run(_compact(ids, mask, lens), torch.zeros_like(lens), lens, caches)]
+        logits = [self._run(compact(ids, mask, lens), torch.zeros_like(lens), lens, caches)]
         for i in range(forced.shape[1] - 1):
             logits.append(self._run(forced[:, i : i + 1], lens + i, torch.ones_like(lens), caches))
         return torch.stack(logits, dim=1)
@@ -186,39 +186,6 @@ class Generator(CompiledModel):
                 f"model's maximum length {limit}; shorten one of them"
             )
         return lens, need
-
-    def _loop(self, ids, mask, lens, new, cache_len, sampling, eos, pad, streamer) -> Tensor:
-        batch = ids.shape[0]
-        device = self.device
-        caches = self.step.new_caches(batch, cache_len, device)
-        timings = Timings(batch, ids.shape[1])
-        self.last_timings = timings
-        if streamer is not None:
-            streamer.put(ids.cpu())
-        done = torch.zeros(batch, dtype=torch.bool)
-        eos_ids = torch.tensor(sorted(eos), dtype=torch.long)
-        out = []
-        start = time.perf_counter()
-        logits = self._run(_compact(ids, mask, lens), torch.zeros_like(lens), lens, caches)
-        for i in range(new):
-            token = sampling.pick(logits)
-            token = torch.where(done, torch.full_like(token, pad), token)
-            now = time.perf_counter()
-            if i == 0:
-                timings.prefill_s = now - start
-            else:
-                timings.decode_s.append(now - start)
-            out.append(token)
-            if streamer is not None:
-                streamer.put(token.cpu())
-            done |= torch.isin(token, eos_ids)
-            if bool(done.all()) or i == new - 1:
-                break
-            start = time.perf_counter()
-            logits = self._run(token[:, None], lens + i, torch.ones_like(lens), caches)
-        if streamer is not None:
-            streamer.end()
-        return torch.cat([ids, torch.stack(out, dim=1)], dim=1)
 
     def _run(self, ids: Tensor, past_len: Tensor, q_len: Tensor, caches: list[Tensor],
              logits_at: Tensor | None = None) -> Tensor:  # fmt: skip
@@ -273,10 +240,10 @@ def _ids_set(ids: int | list[int] | None) -> set[int]:
     return {int(ids)} if isinstance(ids, int) else {int(i) for i in ids}
 
 
-def _compact(ids: Tensor, mask: Tensor, lens: Tensor) -> Tensor:
+def compact(ids: Tensor, mask: Tensor, lens: Tensor) -> Tensor:
     """Each row's real tokens moved to its front (right padding with id 0)."""
     order = torch.argsort(1 - mask, dim=1, stable=True)  # real positions first, in order
-    compact = torch.gather(ids, 1, order)
+    packed = torch.gather(ids, 1, order)
     width = int(lens.max())
     keep = torch.arange(width)[None, :] < lens[:, None]
-    return torch.where(keep, compact[:, :width], torch.zeros_like(compact[:, :width]))
+    return torch.where(keep, packed[:, :width], torch.zeros_like(packed[:, :width]))

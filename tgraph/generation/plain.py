@@ -27,7 +27,7 @@ _IGNORED = {"use_cache": False, "return_dict": True}  # accepted at these values
 
 def step_forward(gen: Generator, *args: Any, **kwargs: Any) -> Any:
     """``gen``'s plain forward (see the module docstring)."""
-    from .generator import GenerationError, _compact, _prompt
+    from .generator import GenerationError, _prompt, compact
 
     named = _named(args, kwargs)
     try:
@@ -41,7 +41,7 @@ def step_forward(gen: Generator, *args: Any, **kwargs: Any) -> Any:
     width = int(lens.max())
     rows = torch.arange(width).expand(batch, width).contiguous()
     zeros = torch.zeros_like(lens)
-    logits = gen._run(_compact(ids, mask, lens), zeros, lens, caches, logits_at=rows)
+    logits = gen._run(compact(ids, mask, lens), zeros, lens, caches, logits_at=rows)
     # Back to the caller's positions: row b's j-th real token sits at its j-th mask one.
     out = logits.new_zeros(batch, seq, logits.shape[-1])
     real = mask.bool()
