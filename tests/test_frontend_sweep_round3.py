@@ -159,7 +159,15 @@ class TailRows(nn.Module):
         return x[:, -64:] * 2, x[:, -3:]
 
 
+class Argsort(nn.Module):
+    def forward(self, x):  # ViTMAE: shuffle the tokens by the order of their noise
+        order = torch.argsort(x[..., 0], dim=1)
+        back = torch.argsort(order, dim=1, stable=True, descending=True)
+        return order, back, torch.gather(x, 1, order[..., None].expand_as(x))
+
+
 CASES = {
+    "argsort": Argsort,
     "complex-rotary": ComplexRotary,
     "conv-transpose": ConvTranspose,
     "fourier": Fourier,

@@ -180,6 +180,13 @@ def _sort(ctx, x, *args, **kwargs):
     return list(node.outputs)
 
 
+@aten("argsort.default", "argsort.stable")
+def _argsort(ctx, x, *args, **kwargs):
+    # argsort(x, dim=-1, descending=False) / argsort.stable(x, *, stable, dim, descending):
+    # the indices of sort's stable topk over the whole dim (ViTMAE's shuffle of its noise).
+    return _sort(ctx, x, *args, **kwargs)[1]
+
+
 @aten("one_hot.default")
 def _one_hot(ctx, x, num_classes=-1):
     # (x[..., None] == arange(n)) as int64; n = -1 means "max + 1", a data-dependent size.
