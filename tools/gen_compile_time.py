@@ -100,16 +100,12 @@ def _fill_rates(mb: int = 256) -> tuple[float, float]:
     return rates[0], rates[1]
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
-
-
 def measure_one(model_dir: str, backend: str) -> dict:
     import torch
     import transformers
 
     import tgraph
+    from tgraph.bench.measure import rss_mb
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     spent: dict[str, float] = {}
@@ -121,12 +117,12 @@ def measure_one(model_dir: str, backend: str) -> dict:
     lm = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     ids = torch.randint(10, 100, (2, 16), generator=torch.Generator().manual_seed(0))
     first_touch, reuse = _fill_rates()
-    faults, rss = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, _rss_mb()
+    faults, rss = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, rss_mb()
     start = time.perf_counter()
     gen = tgraph.compile(lm, {"input_ids": ids}, backend=backend)
     total = time.perf_counter() - start
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-    rss = _rss_mb() - rss
+    rss = rss_mb() - rss
     start = time.perf_counter()
     gen.generate(ids[:1], max_new_tokens=2)
     first = time.perf_counter() - start

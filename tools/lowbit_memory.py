@@ -19,12 +19,12 @@ forward alone (what ``tgraph.compile`` returned before causal LMs became generat
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import subprocess
 import sys
 import time
+
+from gen_memory import trim  # tools/ is the script directory: gc, then malloc_trim
 
 CONFIGS = {
     # The generation issue's ~336M Llama: 24 layers of hidden 1024, GQA 16/4, vocab 32000.
@@ -39,14 +39,6 @@ CONFIGS = {
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096 / 1e6
-
-
-def _trim() -> None:
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:  # not glibc
-        pass
 
 
 def _compile(entry: str, model, ids, backend: str, pipeline: str):
@@ -85,7 +77,7 @@ def measure_one(config: str, pipeline: str, backend: str, entry: str = "generato
     with torch.no_grad():
         _run(warm, ids % 256)
     del warm
-    _trim()
+    trim()
     base = rss_mb()
     torch.manual_seed(0)
     cfg = T.LlamaConfig(max_position_embeddings=256, tie_word_embeddings=False, **CONFIGS[config])
@@ -95,7 +87,7 @@ def measure_one(config: str, pipeline: str, backend: str, entry: str = "generato
     cm = _compile(entry, model, ids, backend, pipeline)
     seconds = time.perf_counter() - start
     del model
-    _trim()
+    trim()
     held = rss_mb() - base
     with torch.no_grad():
         _run(cm, ids)  # still runs without the model

@@ -62,7 +62,8 @@ def _max_magnitude(ref: Any) -> float:
 # -- memory -------------------------------------------------------------------------------
 
 
-def _rss_mb() -> float | None:
+def rss_mb() -> float | None:
+    """This process's resident set size in MiB (None where /proc is missing)."""
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -253,7 +254,7 @@ def _build_one(
     ``scale``, the reference's largest magnitude) and memory."""
     model, inputs, note = setup.for_contender(r.name)
     _settle_memory()
-    rss_before = _rss_mb()
+    rss_before = rss_mb()
     gpu_before = _cuda_memory(setup)
     start = time.perf_counter()
     try:
@@ -267,7 +268,7 @@ def _build_one(
     r.max_abs_error = max_error(out, ref)
     r.rel_error = r.max_abs_error / scale if scale else None
     del out
-    peak, after = _peak_rss_mb(), _rss_mb()
+    peak, after = _peak_rss_mb(), rss_mb()
     # A peak below the start means the mark was not reset (no /proc/self/clear_refs):
     # unknown, not zero.
     if rss_before is not None and peak is not None and after is not None:
