@@ -129,10 +129,11 @@ class StepRunner:
         logits = graph.outputs[0]
         self._logits = (torch_dtype(logits.dtype), int(logits.shape[-1]))
         self._n_inputs = len(graph.inputs) - (len(graph.outputs) - 1)  # inputs before the caches
+        # each cache input -> the output that is its updated state (written in place)
+        self._present = dict(zip(self.input_names[self._n_inputs :], self.output_names[1:]))
         self._binding = self.session.io_binding()
         self.release: threading.Thread | None = None  # see one_weight_copy
-        self._bound: tuple = ()  # (data_ptr, shape) of the caches bound now
-        self._inputs: dict[str, tuple] = {}  # the same for each other input
+        self._bound: dict[str, tuple] = {}  # input name -> (data_ptr, shape) bound now
 
     def wait_released(self) -> None:
         """Return once the graph's second copy of the weights is released (one_weight_copy)."""
@@ -146,19 +147,16 @@ class StepRunner:
         dtype, vocab = self._logits
         logits = torch.empty(*inputs[n - 1].shape, vocab, dtype=dtype)  # (B, P, V), P = logits_at's
         binding = self._binding
-        for name, t in zip(self.input_names[:n], inputs[:n]):
+        # Bind an input only when its buffer changed: a generate call's caches, and the
+        # decode loop's inputs (written in place), are bound once.
+        for name, t in zip(self.input_names, inputs):
             key = (t.data_ptr(), tuple(t.shape))
-            if self._inputs.get(name) != key:  # the decode loop reuses its buffers: bind once
+            if self._bound.get(name) != key:
                 _bind(binding.bind_input, name, t)
-                self._inputs[name] = key
+                self._bound[name] = key
+                if name in self._present:  # present == past: one buffer
+                    _bind(binding.bind_output, self._present[name], t)
         _bind(binding.bind_output, self.output_names[0], logits)
-        bound = tuple((t.data_ptr(), tuple(t.shape)) for t in caches)
-        if bound != self._bound:  # a new generate call: bind its buffers once
-            for name, t in zip(self.input_names[n:], caches):
-                _bind(binding.bind_input, name, t)
-            for name, t in zip(self.output_names[1:], caches):  # present == past: one buffer
-                _bind(binding.bind_output, name, t)
-            self._bound = bound
         self.session.run_with_iobinding(binding)
         return [logits, *caches]
 
