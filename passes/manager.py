@@ -294,7 +294,7 @@ class PassManager:
         """Optimize a clone of ``graph``; the caller's graph is untouched."""
         graph = graph.clone()
         records: list[PassRecord] = []
-        before = graph.dump()
+        before = self._text(graph)
         self._write("00-input.txt", before)
         for instrument in self.instruments:
             instrument.run_start(graph)
@@ -328,7 +328,7 @@ class PassManager:
         except Exception as e:  # noqa: BLE001 - any failure in a pass is reported with context
             raise self._failure(spec, index, records, snapshot, e) from e
         seconds = time.perf_counter() - start
-        after = graph.dump()
+        after = self._text(graph)
         if result.changed != (after != before):
             what = "changed" if after != before else "did not change"
             e = PassError(f"reported changed={result.changed} but the graph {what}")
@@ -360,6 +360,10 @@ class PassManager:
         if where:
             failure.reproducer = where[len("; reproducer in ") :]
         return failure
+
+    def _text(self, graph: Graph) -> str:
+        """The graph's dump; constants by identity unless the text is written or kept."""
+        return graph.dump(contents=self.dump_dir is not None or self.keep_dumps)
 
     def _write(self, name: str, text: str) -> None:
         if self.dump_dir is None:

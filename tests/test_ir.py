@@ -14,6 +14,7 @@ import pytest
 from ir_helpers import BATCH, F32, SEQ, chain, make_mlp, new_rng, node_by_op
 
 from tgraph.ir import DType, Graph, IRError, TensorType, content_hash
+from tgraph.ir.hashing import identity_token
 
 # -- building ---------------------------------------------------------------------------------------
 
@@ -387,6 +388,37 @@ def test_param_prints_with_content_hash():
     assert content_hash(changed) != digest
     assert content_hash(w.const.copy()) == digest
     assert content_hash(w.const.astype(np.float64)) != digest
+
+
+def test_identity_dump_marks_constants_by_object_without_reading_them():
+    g = make_mlp()
+    w = g.initializers["fc1.weight"]
+    text = g.dump(contents=False)
+    token = identity_token(w.const)
+    assert f"  param @fc1.weight: f32[16,8] #{token}\n" in text
+    assert g.dump(contents=False) == text  # stable while the array lives
+    equal = w.const.copy()
+    first = identity_token(equal)
+    assert first != token  # same bytes, another array
+    addr = id(equal)
+    del equal
+    again = w.const.copy()
+    if id(again) == addr:  # the address came back: the token must not
+        assert identity_token(again) != first
+
+
+def test_small_pages_restores_numpys_huge_page_setting():
+    from numpy._core import multiarray
+
+    from tgraph.tensors import small_pages
+
+    before = multiarray._set_madvise_hugepage(True)
+    try:
+        with small_pages():
+            assert multiarray._set_madvise_hugepage(False) is False
+        assert multiarray._set_madvise_hugepage(True) is True
+    finally:
+        multiarray._set_madvise_hugepage(before)
 
 
 def test_float64_constants_that_differ_dump_differently():

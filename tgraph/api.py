@@ -13,6 +13,7 @@ from tgraph.frontend import ir_dtype, normalize_inputs, trace
 from tgraph.frontend.limits import LimitError, check_limits
 from tgraph.ir import Graph, SymDim
 from tgraph.passes.manager import PassManager
+from tgraph.tensors import small_pages
 
 
 class InputError(ValueError):
@@ -270,10 +271,11 @@ def compile(
                    calibration=calibration)  # fmt: skip
     from tgraph.generation.compile import compile_generator, is_causal_lm
 
-    # A sharded causal LM compiles its forward (the decode graph is not sharded yet).
-    if world_size == 1 and is_causal_lm(model) and not _trains(model):
-        return compile_generator(model, example_inputs, **options)
-    return compile_plain(model, example_inputs, **options, world_size=world_size)
+    with small_pages():  # compile's new arrays fill at page-fault speed, not compaction's
+        # A sharded causal LM compiles its forward (the decode graph is not sharded yet).
+        if world_size == 1 and is_causal_lm(model) and not _trains(model):
+            return compile_generator(model, example_inputs, **options)
+        return compile_plain(model, example_inputs, **options, world_size=world_size)
 
 
 def check_target(backend: str, device: str) -> None:

@@ -223,10 +223,10 @@ class Graph:
 
         verify(self)
 
-    def dump(self, *, provenance: bool = False) -> str:
+    def dump(self, *, provenance: bool = False, contents: bool = True) -> str:
         from .printer import dump
 
-        return dump(self, provenance=provenance)
+        return dump(self, provenance=provenance, contents=contents)
 
     def clone(self) -> Graph:
         """A deep copy of the structure; constant arrays are shared (they are never mutated)."""

@@ -14,7 +14,7 @@ import numpy as np
 from .core import Value
 from .dims import SymDim
 from .dtypes import DType
-from .hashing import content_hash
+from .hashing import content_hash, identity_token
 from .sharding import ShardSpec
 
 if TYPE_CHECKING:
@@ -96,7 +96,10 @@ def _format_output(v: Value) -> str:
     return f"{text} (updates %{v.meta['updates']})" if v.meta.get("updates") else text
 
 
-def dump(graph: Graph, provenance: bool = False) -> str:
+def dump(graph: Graph, provenance: bool = False, contents: bool = True) -> str:
+    """The graph as text; ``contents=False`` marks each constant by identity, not a hash of
+    its bytes (for comparisons within one process, see ``identity_token``)."""
+    key = content_hash if contents else identity_token
     lines = []
     ins = ", ".join(f"%{v.name}: {v.type}" for v in graph.inputs)
     lines.append(f"graph {graph.name}({ins}) {{")
@@ -106,7 +109,7 @@ def dump(graph: Graph, provenance: bool = False) -> str:
             continue
         kind = "param" if v.trainable or v.meta.get("param") else "const"
         note = f"  # {ShardSpec.from_meta(v.meta['shard']).describe()}" if "shard" in v.meta else ""
-        lines.append(f"  {kind} @{name}: {v.type} #{content_hash(v.const)}{note}")
+        lines.append(f"  {kind} @{name}: {v.type} #{key(v.const)}{note}")
     for node in graph.nodes:
         lines.append(format_node(node, provenance))
     outs = ", ".join(_format_output(v) for v in graph.outputs)
