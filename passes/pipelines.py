@@ -48,8 +48,8 @@ _WEIGHT_ONLY = {
     "int8-weight": (_NO_QKV, _INT8W, "weight-only int8 linears, LM head and embedding"),
     "int4": (
         _NO_QKV,
-        f"quantize-int4{{head=false,compute=int8}},{_INT8W}",
-        "weight-only int4 linears (blocks of 32), int8 LM head and embedding",
+        f"quantize-int4{{head=false,compute=int8,block=128}},{_INT8W}",
+        "weight-only int4 linears (blocks of 128), int8 LM head and embedding",
     ),
 }
 for _name, (_base, _pass, _what) in {**_COMPRESSION, **_WEIGHT_ONLY}.items():

@@ -59,6 +59,19 @@ def quantize_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
+MIN_BLOCK = 16  # the smallest block MatMulNBits takes
+
+
+def layer_block(block: int, k: int) -> int:
+    """The block a layer with ``k`` input features gets: ``block``, halved (down to 16)
+    while that pads ``k`` further than blocks of 16 would. Blocks of 128 on k = 64 would
+    store 128 codes per row for 64 weights; k = 96 gets 32, k = 1024 or 2816 keeps 128."""
+    least = -(-k // MIN_BLOCK) * MIN_BLOCK
+    while block > MIN_BLOCK and -(-k // block) * block > least:
+        block //= 2
+    return block
+
+
 def quantize_int4(w: np.ndarray, block: int, search: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Block-wise int4 of a (N, K) weight: packed codes (N, blocks, block/2) u8, scales (N, blocks).
 
@@ -150,7 +163,7 @@ def check_compute(pass_name: str, compute: str) -> str:
 
 def check_block(pass_name: str, block: int | str) -> int:
     block = int(block)
-    if block < 16 or block & (block - 1):
+    if block < MIN_BLOCK or block & (block - 1):
         raise PipelineError(f"{pass_name}: block={block}; want a power of two >= 16")
     return block
 
@@ -261,7 +274,10 @@ class QuantizeInt4(_QuantizeLinear):
     """Weight-only block-wise int4 linear layers (for memory-bound decoders).
 
     Options:
-        block: input features per scale (a power of two >= 16; default 32).
+        block: input features per scale (a power of two >= 16; default 32; the int4
+            pipeline asks for 128). A layer whose input features blocks of that size would
+            pad further than blocks of 16 gets a smaller one (``layer_block``); each node's
+            ``block_size`` says which.
         scales: ``mse`` (default: per block the least-squares scale of a few candidates)
             or ``absmax`` (``max|w| / 7``).
         compute: ``f32`` (default) or ``int8`` (activations rounded to int8 per block).
@@ -301,12 +317,14 @@ class QuantizeInt4(_QuantizeLinear):
         self, x: np.ndarray, w: np.ndarray, hessian: np.ndarray | None = None
     ) -> np.ndarray:
         packed, scale = self._quantize(w, hessian)
-        return int4_linear_reference(x, packed, scale, None, self.block, w.shape[1], self.compute)
+        block = layer_block(self.block, w.shape[1])
+        return int4_linear_reference(x, packed, scale, None, block, w.shape[1], self.compute)
 
     def _quantize(self, w: np.ndarray, hessian: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        block = layer_block(self.block, w.shape[1])
         if hessian is None or self.calibration == "off":
-            return quantize_int4(w, self.block, self.search)
-        return quantize_int4_gptq(w, hessian, self.block, self.search)
+            return quantize_int4(w, block, self.search)
+        return quantize_int4_gptq(w, hessian, block, self.search)
 
     def _replace(self, b: Builder, m: Match, bias: Value | None) -> Value:
         w = m["w"]
@@ -320,7 +338,8 @@ class QuantizeInt4(_QuantizeLinear):
         ws = b.const(scale, DType.float32, hint=f"{layer}.weight_scale")
         return b.op(
             "linear_int4", m["x"], wq, ws, bias,
-            block_size=self.block, in_features=w.shape[1], compute=self.compute,
+            block_size=layer_block(self.block, w.shape[1]), in_features=w.shape[1],
+            compute=self.compute,
         )  # fmt: skip
 
     def run(self, graph) -> PassResult:

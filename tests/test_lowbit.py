@@ -203,12 +203,22 @@ def test_held_rss_drops_with_the_weight_only_pipelines():
 # -- pipelines -----------------------------------------------------------------------------
 
 
+def test_a_layer_gets_the_largest_block_that_pads_no_further_than_sixteen():
+    from tgraph.passes.quantize import layer_block
+
+    got = {k: layer_block(128, k) for k in (16, 64, 96, 100, 384, 1024, 2816)}
+    assert got == {16: 16, 64: 64, 96: 32, 100: 16, 384: 128, 1024: 128, 2816: 128}
+    assert layer_block(32, 1024) == 32  # never larger than asked
+
+
 def test_pipeline_options_reach_the_passes_that_take_them():
     text = format_pipeline(parse_pipeline("int4{embedding=fp32}"))
-    assert "quantize-int4{head=false,compute=int8}" in text
+    assert "quantize-int4{head=false,compute=int8,block=128}" in text
     assert "quantize-int8-weight{compute=int8,embedding=fp32}" in text
     both = format_pipeline(parse_pipeline("int4{compute=f32}"))
-    assert "quantize-int4{head=false,compute=f32}" in both and "{compute=f32}" in both
+    assert "quantize-int4{head=false,block=128,compute=f32}" in both and "{compute=f32}" in both
+    encoder = format_pipeline(parse_pipeline("int4{block=32}"))  # the encoders' choice
+    assert "quantize-int4{head=false,compute=int8,block=32}" in encoder
     with pytest.raises(PipelineError, match="no pass in it takes the option 'colour'"):
         parse_pipeline("int4{colour=red}")
     with pytest.raises(PipelineError, match="embedding=int3"):
