@@ -136,6 +136,13 @@ def embedding_int8(table: Tensor, scale: Tensor, ids: Tensor) -> Tensor:
     return table[ids].to(torch.float32) * scale[ids].unsqueeze(-1)
 
 
+def embedding_int4(codes: Tensor, scales: Tensor, ids: Tensor, dim: int) -> Tensor:
+    """Unpack only the rows looked up: one row per token, not the table."""
+    flat = ids.reshape(-1)
+    rows = unpack_int4(codes[flat], scales[flat], dim)
+    return rows.reshape(*ids.shape, dim)
+
+
 def pack_int4(packed: np.ndarray, scales: np.ndarray) -> tuple[Tensor, Tensor]:
     """The IR's int4 codes (N, blocks, block/2) and scales (N, blocks) in torch's CPU layout.
 
@@ -265,4 +272,5 @@ QUANT_OPS: dict[str, Callable[..., Tensor]] = {
     "linear_int8w": linear_int8w,
     "linear_int4": linear_int4,
     "embedding_int8": embedding_int8,
+    "embedding_int4": embedding_int4,
 }

@@ -41,15 +41,15 @@ _COMPRESSION = {
     "int8": (_NO_QKV, "quantize-int8", "dynamic int8 linear layers (per-channel weights)"),
 }
 # Weight-only pipelines for decoders (docs/compression.md): int8 LM head in both, int8
-# embedding tables unless {embedding=fp32}; activations rounded to int8 per block inside
+# (int8-weight) or int4 (int4) embedding tables unless {embedding=fp32}; activations rounded to int8 per block inside
 # the matmul (compute=int8: ONNX Runtime's fast MatMulNBits path; {compute=f32} turns it off).
 _INT8W = "quantize-int8-weight{compute=int8}"
 _WEIGHT_ONLY = {
     "int8-weight": (_NO_QKV, _INT8W, "weight-only int8 linears, LM head and embedding"),
     "int4": (
         _NO_QKV,
-        f"quantize-int4{{head=false,compute=int8,block=128}},{_INT8W}",
-        "weight-only int4 linears (blocks of 128), int8 LM head and embedding",
+        f"quantize-int4{{head=false,compute=int8,block=128}},{_INT8W[:-1]},embedding=int4}}",
+        "weight-only int4 linears (blocks of 128), int8 LM head, int4 embedding",
     ),
 }
 for _name, (_base, _pass, _what) in {**_COMPRESSION, **_WEIGHT_ONLY}.items():

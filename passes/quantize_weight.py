@@ -4,7 +4,8 @@
 ``linear_int8w(x, Wq, w_scale, b)`` (symmetric int8 per output channel, fp32 activations
 or, with ``compute=int8``, activations rounded to int8 per block; ``tgraph/ir/ops/quant.py``)
 and, with ``embedding=int8``, an embedding lookup ``gather(T, ids, axis=0)`` in a constant
-fp32 table into ``embedding_int8(Tq, row_scale, ids)`` (one scale per row).
+fp32 table into ``embedding_int8(Tq, row_scale, ids)`` (one scale per row) or, with
+``embedding=int4``, ``embedding_int4(codes, scales, ids)`` (blocks of 32 features).
 
 Decode reads every weight once per token, so bytes of weights set its speed: int8 weights
 read a quarter of fp32's. In the ``int4`` pipeline this pass runs after ``quantize-int4
@@ -25,9 +26,18 @@ from tgraph.ir.ops.quant import int8w_linear_reference
 from tgraph.passes.manager import PassResult, PipelineError, register
 from tgraph.passes.rewrite import Builder, Match, P, Rule
 
-from .quantize import _QuantizeLinear, check_block, check_compute, layer_name, quantize_int8
+from .quantize import (
+    _QuantizeLinear,
+    check_block,
+    check_compute,
+    layer_block,
+    layer_name,
+    quantize_int4,
+    quantize_int8,
+)  # fmt: skip
 
-EMBEDDING = ("fp32", "int8")
+EMBEDDING = ("fp32", "int8", "int4")
+EMBEDDING_INT4_BLOCK = 32  # features per scale of an int4 table (a lookup reads one row)
 
 
 @register("quantize-int8-weight")
@@ -35,7 +45,8 @@ class QuantizeInt8Weight(_QuantizeLinear):
     """Weight-only int8 linear layers (per-channel) and, with embedding=int8, embeddings.
 
     Options:
-        embedding: ``int8`` (default) or ``fp32``: the embedding tables' precision.
+        embedding: ``int8`` (default), ``int4`` (blocks of 32 features, one scale each)
+            or ``fp32``: the embedding tables' precision.
         compute: ``f32`` (default) or ``int8`` (activations rounded to int8 per block).
         block: the activation block of ``compute=int8`` (a power of two >= 16; default 128).
         keep: ``|``-separated layer name patterns to leave in fp32.
@@ -64,11 +75,11 @@ class QuantizeInt8Weight(_QuantizeLinear):
         self.embedding = str(embedding)
         self.compute = check_compute("quantize-int8-weight", str(compute))
         self.block = block
-        if self.embedding == "int8":
+        if self.embedding != "fp32":
             self.rules = (
                 *self.rules,
                 Rule(
-                    name="int8-embedding",
+                    name=f"{self.embedding}-embedding",
                     pattern=P.op("gather", P.const("table"), P.var("ids"), axis=0),
                     check=self._table_reason,
                     replace=self._replace_table,
@@ -106,12 +117,19 @@ class QuantizeInt8Weight(_QuantizeLinear):
     def _replace_table(self, b: Builder, m: Match) -> Value:
         name = layer_name(m["table"])
         self.applied[-1]["embedding"] = name
-        q, scale = quantize_int8(np.asarray(m["table"].const))  # one scale per row (token)
-        tq = b.const(q, DType.int8, hint=f"{name}.weight_int8")
-        ts = b.const(scale, DType.float32, hint=f"{name}.row_scale")
+        table = np.asarray(m["table"].const)
         ids = m["ids"]
         if ids.dtype not in (DType.int64, DType.int32):
             ids = b.op("cast", ids, dtype=DType.int64)
+        if self.embedding == "int4":
+            block = layer_block(EMBEDDING_INT4_BLOCK, table.shape[1])
+            codes, scales = quantize_int4(table, block, search=True)
+            tq = b.const(codes, DType.uint8, hint=f"{name}.weight_int4")
+            ts = b.const(scales, DType.float32, hint=f"{name}.weight_scale")
+            return b.op("embedding_int4", tq, ts, ids, dim=table.shape[1])
+        q, scale = quantize_int8(table)  # one scale per row (token)
+        tq = b.const(q, DType.int8, hint=f"{name}.weight_int8")
+        ts = b.const(scale, DType.float32, hint=f"{name}.row_scale")
         return b.op("embedding_int8", tq, ts, ids)
 
     def run(self, graph) -> PassResult:

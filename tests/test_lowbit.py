@@ -75,6 +75,16 @@ def test_embedding_int8_kernel_is_row_scaled_lookup():
     np.testing.assert_allclose(got, table[ids], atol=float(scale.max()) / 2 + 1e-6)
 
 
+def test_embedding_int4_kernel_unpacks_the_rows_looked_up():
+    table = np.random.default_rng(3).standard_normal((10, 40)).astype(np.float32)  # pads
+    codes, scales = quantize_int4(table, 16, search=True)
+    ids = np.array([[3, 0, 9], [3, 3, 1]])
+    got = get_op("embedding_int4").run([codes, scales, ids], {"dim": 40})[0]
+    assert got.shape == (2, 3, 40)
+    np.testing.assert_array_equal(got, unpack_int4(codes, scales, 40)[ids])
+    assert np.abs(got - table[ids]).max() < 0.5 * np.abs(table).max()
+
+
 # -- single linears on every backend --------------------------------------------------------
 
 
@@ -153,7 +163,8 @@ def test_torch_int4_weights_live_once_and_the_graph_rebuilds_them_exactly(tmp_pa
     example, run = case.make(2, 8, 0), case.make(3, 11, 1)
     ref = compile_plain(case.model, example, backend="reference", pipeline="int4")
     cm = compile_plain(case.model, example, backend="torch", pipeline="int4")
-    held = {n: v for n, v in cm._graph.initializers.items() if n.endswith("weight_int4")}
+    held = {n: v for n, v in cm._graph.initializers.items()
+            if n.endswith("weight_int4") and v.users()[0].op == "linear_int4"}  # fmt: skip
     assert held and all(v.const.strides == (0,) * v.const.ndim for v in held.values())
     with torch.no_grad():  # runs on the packed copy alone
         assert _rel(cm(**run).logits, ref(**run).logits) <= 1e-2
@@ -216,9 +227,11 @@ def test_pipeline_options_reach_the_passes_that_take_them():
     assert "quantize-int4{head=false,compute=int8,block=128}" in text
     assert "quantize-int8-weight{compute=int8,embedding=fp32}" in text
     both = format_pipeline(parse_pipeline("int4{compute=f32}"))
-    assert "quantize-int4{head=false,block=128,compute=f32}" in both and "{compute=f32}" in both
-    encoder = format_pipeline(parse_pipeline("int4{block=32}"))  # the encoders' choice
+    assert "quantize-int4{head=false,block=128,compute=f32}" in both
+    assert "quantize-int8-weight{embedding=int4,compute=f32}" in both
+    encoder = format_pipeline(parse_pipeline("int4{block=32,embedding=int8}"))  # encoders'
     assert "quantize-int4{head=false,compute=int8,block=32}" in encoder
+    assert "quantize-int8-weight{compute=int8,block=32,embedding=int8}" in encoder
     with pytest.raises(PipelineError, match="no pass in it takes the option 'colour'"):
         parse_pipeline("int4{colour=red}")
     with pytest.raises(PipelineError, match="embedding=int3"):
@@ -235,7 +248,8 @@ def test_decoder_pipelines_on_a_tiny_llama(pipeline, tol):
     for backend in ("reference", "ort", "torch"):
         cm = tgraph.compile(case.model, example, backend=backend, pipeline=pipeline)
         hist = cm.graph.op_histogram()
-        assert "linear" not in hist and hist["embedding_int8"] == 1
+        table = "embedding_int4" if pipeline == "int4" else "embedding_int8"
+        assert "linear" not in hist and hist[table] == 1
         # int4: the LM head only; int8-weight: all 9 (2 x (qkv, o, gate-up, down) + head)
         assert hist["linear_int8w"] == (1 if pipeline == "int4" else 9)
         with torch.no_grad():
@@ -246,7 +260,22 @@ def test_decoder_pipelines_on_a_tiny_llama(pipeline, tol):
     rec = next(r for r in cm.report if r.name.startswith("quantize-int8-weight"))
     assert rec.stats["head"] == ["lm_head"] and rec.stats["embedding"] == ["model.embed_tokens"]
     dump = cm.graph.dump()
-    assert "embedding_int8" in dump and "lm_head.weight_int8" in dump
+    assert table in dump and "lm_head.weight_int8" in dump
+
+
+def test_int4_embedding_matches_the_reference_on_every_backend():
+    case = get_case("hf-llama")
+    example, run = case.make(2, 8, 0), case.make(3, 11, 1)
+    outs = {}
+    for backend in ("reference", "ort", "torch"):
+        cm = tgraph.compile(case.model, example, backend=backend, pipeline="int4{embedding=int4}")
+        hist = cm.graph.op_histogram()
+        assert hist["embedding_int4"] == 1 and "embedding_int8" not in hist
+        with torch.no_grad():
+            outs[backend] = cm(**run).logits
+    for backend in ("ort", "torch"):
+        assert _rel(outs[backend], outs["reference"]) <= 1e-2, backend
+    assert "model.embed_tokens.weight_int4" in cm.graph.dump()
 
 
 def test_fp32_embedding_option_and_why_not_fused_name_the_head():

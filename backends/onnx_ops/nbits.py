@@ -25,6 +25,8 @@ converted copy stays alive, and the graph's array is load-only (``Lowering.at_lo
 generator releases it after load; otherwise (files, optimizations off) it is a stored constant.
 
 ``embedding_int8``: ``Gather`` of the int8 rows and of their scales, ``Cast``, ``Mul``.
+``embedding_int4``: ``com.microsoft.GatherBlockQuantized`` on the codes as (V, C/2), the
+reshape folded at load (the graph's array is load-only, like ``linear_int4``'s).
 """
 
 from __future__ import annotations
@@ -94,3 +96,19 @@ def _embedding_int8(ctx: Lowering, node: Node, table: str, scale: str, ids: str)
     rows = ctx.op("Cast", [ctx.op("Gather", [table, ids], axis=0)], to=ONNX_DTYPE[DType.float32])
     row_scale = ctx.op("Unsqueeze", [ctx.op("Gather", [scale, ids], axis=0), ctx.ints([-1])])
     return ctx.op("Mul", [rows, row_scale])
+
+
+@lowers("embedding_int4")
+def _embedding_int4(ctx: Lowering, node: Node, codes: str, scales: str, ids: str) -> str:
+    """``com.microsoft.GatherBlockQuantized``: the table stays packed; rows dequantize as
+    they are gathered (uint8 data, two codes per byte low nibble first, zero point 8)."""
+    v, blocks, half = node.inputs[0].shape
+    dim = node.attrs["dim"]
+    data = ctx.at_load(ctx.op("Reshape", [codes, ctx.ints([v, blocks * half])]))
+    out = ctx.op(
+        "GatherBlockQuantized", [data, ids, scales], domain="com.microsoft",
+        bits=4, block_size=half * 2, gather_axis=0, quantize_axis=1,
+    )  # fmt: skip
+    if blocks * half * 2 == dim:
+        return out
+    return ctx.op("Slice", [out, ctx.ints([0]), ctx.ints([dim]), ctx.ints([-1])])

@@ -51,7 +51,12 @@ def graph_weight_bytes(graph: Any) -> int:
     return total
 
 
-_LOOKUP_OPS = {"gather", "index", "embedding_int8"}  # a step reads one row per sequence
+_LOOKUP_OPS = {
+    "gather",
+    "index",
+    "embedding_int8",
+    "embedding_int4",
+}  # a step reads one row per sequence
 
 
 def _is_lookup(node: Any, index: int) -> bool:

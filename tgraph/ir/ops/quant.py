@@ -33,6 +33,10 @@ reference interpreter and the accuracy budget see the error the fast kernel make
 ``embedding_int8(table, scale, ids)``: a lookup in an int8 table (V, C) with one fp32
 scale per row: ``table[ids] * scale[ids, None]``.
 
+``embedding_int4(codes, scales, ids)``: a lookup in a table of 4-bit codes packed like
+``linear_int4``'s weight, (V, blocks, block/2) u8 with one fp32 scale per (row, block):
+``unpack_int4(codes, scales, dim)[ids]``, attribute ``dim`` = C.
+
 All kernels are written from these definitions so the reference interpreter checks the
 backends' integer paths (ONNX Runtime's MatMulInteger and MatMulNBits, torch's packed
 kernels).
@@ -216,4 +220,34 @@ defop(
     kernel=_embedding_kernel,
     inputs=3,
     doc="Embedding lookup in an int8 table with one fp32 scale per row.",
+)
+
+
+def _embedding_int4_infer(codes, scales, ids, dim) -> TensorType:
+    if codes.dtype != DType.uint8 or codes.rank != 3:
+        raise IRError(f"embedding_int4: codes must be u8 (V, blocks, block/2), got "
+                      f"{codes.dtype}{codes.shape}")  # fmt: skip
+    v, blocks, half = codes.shape
+    if blocks * half * 2 < dim:
+        raise IRError(f"embedding_int4: codes {list(codes.shape)} do not hold {dim} features")
+    if scales.dtype != DType.float32 or tuple(scales.shape) != (v, blocks):
+        raise IRError(f"embedding_int4: scales must be f32 of shape ({v}, {blocks})")
+    if ids.dtype not in (DType.int64, DType.int32):
+        raise IRError(f"embedding_int4: ids dtype {ids.dtype}, want i64 or i32")
+    return TensorType(DType.float32, tuple(ids.shape) + (dim,))
+
+
+def _embedding_int4_kernel(codes, scales, ids, dim) -> np.ndarray:
+    flat = np.asarray(ids).reshape(-1)
+    rows = unpack_int4(codes[flat], scales[flat], dim)
+    return rows.reshape(*np.shape(ids), dim).astype(np.float32)
+
+
+defop(
+    "embedding_int4",
+    infer=_embedding_int4_infer,
+    kernel=_embedding_int4_kernel,
+    attrs={"dim": REQUIRED},
+    inputs=3,
+    doc="Embedding lookup in a block-wise int4 table (codes packed as linear_int4's).",
 )
