@@ -317,7 +317,7 @@ class QuantizeInt4(_QuantizeLinear):
         self, x: np.ndarray, w: np.ndarray, hessian: np.ndarray | None = None
     ) -> np.ndarray:
         packed, scale = self._quantize(w, hessian)
-        block = layer_block(self.block, w.shape[1])
+        block = packed.shape[-1] * 2  # (N, blocks, block/2): the block the layer got
         return int4_linear_reference(x, packed, scale, None, block, w.shape[1], self.compute)
 
     def _quantize(self, w: np.ndarray, hessian: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -338,8 +338,7 @@ class QuantizeInt4(_QuantizeLinear):
         ws = b.const(scale, DType.float32, hint=f"{layer}.weight_scale")
         return b.op(
             "linear_int4", m["x"], wq, ws, bias,
-            block_size=layer_block(self.block, w.shape[1]), in_features=w.shape[1],
-            compute=self.compute,
+            block_size=packed.shape[-1] * 2, in_features=w.shape[1], compute=self.compute,
         )  # fmt: skip
 
     def run(self, graph) -> PassResult:

@@ -51,12 +51,8 @@ def graph_weight_bytes(graph: Any) -> int:
     return total
 
 
-_LOOKUP_OPS = {
-    "gather",
-    "index",
-    "embedding_int8",
-    "embedding_int4",
-}  # a step reads one row per sequence
+# A step reads one row per sequence of these.
+_LOOKUP_OPS = {"gather", "index", "embedding_int8", "embedding_int4"}
 
 
 def _is_lookup(node: Any, index: int) -> bool:

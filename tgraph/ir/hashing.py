@@ -19,17 +19,7 @@ def content_hash(array: np.ndarray) -> str:
     """
     if array.flags.writeable:
         return _hash_bytes(array)
-    key = id(array)
-    cached = _HASHES.get(key)
-    if cached is not None and cached[0]() is array:
-        return cached[1]
-    digest = _hash_bytes(array)
-    try:
-        ref = weakref.ref(array, lambda _r, k=key: _HASHES.pop(k, None))
-    except TypeError:  # not weak-referenceable (an ndarray subclass with __slots__)
-        return digest
-    _HASHES[key] = (ref, digest)
-    return digest
+    return _per_array(_HASHES, array, _hash_bytes)
 
 
 _HASHES: dict[int, tuple[weakref.ref, str]] = {}  # id(read-only array) -> (ref, digest)
@@ -44,21 +34,29 @@ def identity_token(array: np.ndarray) -> str:
     336M Llama, 1.7 s) when no dump is kept. A token is never reused, even after its array
     dies and a new one takes its address.
     """
-    key = id(array)
-    entry = _TOKENS.get(key)
-    if entry is not None and entry[0]() is array:
-        return entry[1]
-    token = f"i{next(_COUNTER)}"
-    try:
-        ref = weakref.ref(array, lambda _r, k=key: _TOKENS.pop(k, None))
-    except TypeError:  # not weak-referenceable: fall back to the contents
-        return content_hash(array)
-    _TOKENS[key] = (ref, token)
-    return token
+    return _per_array(_TOKENS, array, lambda _a: f"i{next(_COUNTER)}")
 
 
 _TOKENS: dict[int, tuple[weakref.ref, str]] = {}  # id(array) -> (ref, token)
 _COUNTER = itertools.count()
+
+
+def _per_array(cache: dict, array: np.ndarray, make) -> str:
+    """``make(array)``, computed once per array object while it lives (``cache`` maps its id
+    to a weak reference and the value; the entry goes when the array dies, so a new array at
+    the same address gets a value of its own). An array that takes no weak reference (an
+    ndarray subclass with __slots__) gets its content hash, which is stable without a cache."""
+    key = id(array)
+    entry = cache.get(key)
+    if entry is not None and entry[0]() is array:
+        return entry[1]
+    try:
+        ref = weakref.ref(array, lambda _r, k=key: cache.pop(k, None))
+    except TypeError:
+        return _hash_bytes(array)
+    value = make(array)
+    cache[key] = (ref, value)
+    return value
 
 
 def _hash_bytes(array: np.ndarray) -> str:
