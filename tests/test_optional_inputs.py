@@ -20,13 +20,33 @@ def _bert():
     return T.BertModel(config).eval()
 
 
-def _example(batch, seq):
+def _example(batch, seq, position_ids=None):
+    """Example inputs; position ids 0..seq-1 unless given (what a tokenizer's batch means)."""
     return {
         "input_ids": torch.randint(0, 100, (batch, seq)),
         "attention_mask": torch.randint(0, 2, (batch, seq)),
         "token_type_ids": torch.randint(0, 2, (batch, seq)),
-        "position_ids": torch.randint(0, 64, (1, seq)),
+        "position_ids": torch.arange(seq)[None] if position_ids is None else position_ids,
     }
+
+
+def test_a_fill_is_recorded_only_where_eager_agrees():
+    """transformers 5 reads position ids that restart or jump as packed sequences when no
+    mask is given (a block-diagonal mask), so with such example position ids omitting the
+    mask is not the same as all ones: the mask is then required, never filled wrongly."""
+    model = _bert()
+    example = _example(2, 16, torch.randint(0, 64, (1, 16)))
+    rest = {k: v for k, v in example.items() if k != "attention_mask"}
+    with torch.no_grad():
+        omitted = model(**rest).last_hidden_state
+        ones = model(**rest, attention_mask=torch.ones(2, 16, dtype=torch.int64))
+    eager_fills_ones = torch.allclose(ones.last_hidden_state, omitted, atol=1e-5)
+    cm = tgraph.compile(model, example, backend="ort")
+    fills = {n: d["fill"] for n, d in cm.graph.meta["input_defaults"].items()}
+    assert ("attention_mask" in fills) == eager_fills_ones
+    if not eager_fills_ones:
+        with pytest.raises(tgraph.api.InputError, match="inputs missing \\['attention_mask'\\]"):
+            cm(input_ids=example["input_ids"])
 
 
 @pytest.mark.parametrize("backend", ["ort", "torch"])
