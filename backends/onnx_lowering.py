@@ -24,10 +24,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from tgraph.ir import DType, Graph, Node, SymDim, Value, simplify
+from tgraph.ir import DType, Graph, Node, SymDim, Value
 from tgraph.ir.dims import DimLike
 
 from .errors import LoweringError
+from .onnx_dims import DimLowering
 from .onnx_views import underlying, viewed_as
 
 OPSET = 23  # RMSNormalization and Attention are standard from 23 on
@@ -53,7 +54,7 @@ _EXTERNAL_DTYPES = {
 }
 
 
-class Lowering:
+class Lowering(DimLowering):
     """The state of one IR -> ONNX lowering, and the helpers that lowering functions use.
 
     Lowering functions (``onnx_ops/``) receive this object, the IR node and the ONNX
@@ -73,6 +74,9 @@ class Lowering:
         self.device = device  # the execution provider's device: some kernels only pay on one
         self.external = external  # see to_onnx: big arrays go here, not into the proto
         self.fold_at_load = True  # ORT folds constant Transposes at load (see to_onnx)
+        self.prepack = False  # linear weights read as FusedMatMul's B (see prepacked_product)
+        self.in_place = True  # the session reads external arrays in place (see finish)
+        self._prepacked: set[str] = set()  # names some FusedMatMul reads as its B
         self._folded: set[str] = set()  # outputs of the nodes ORT folds at load (see at_load)
         self.load_only: set[str] = set()  # external arrays only those folded nodes read
         self.nodes: list[onnx.NodeProto] = []
@@ -132,19 +136,35 @@ class Lowering:
     def finish(self, outputs: Sequence[str]) -> list[onnx.TensorProto]:
         """The initializers: the IR constants that ONNX nodes or outputs read, then ours."""
         read = set(outputs)
-        direct = set(outputs)  # read by a node that runs, not only by a load-time Transpose
+        direct = set(outputs)  # read by a node that runs, not only once at load
         for n in self.nodes:
             read.update(n.input)
-            if n.output[0] not in self._folded:
-                direct.update(n.input)
+            if n.output[0] in self._folded:
+                continue  # a node ORT folds at load: its inputs are read once
+            if n.op_type == "FusedMatMul" and n.input[1] in self._prepacked:
+                direct.add(n.input[0])  # B is prepacked at load
+                continue
+            direct.update(n.input)
         weights = [
-            self.tensor(np.asarray(v.const), name, snapshot=name in direct)
+            self.tensor(np.asarray(v.const), name, snapshot=self.in_place and name in direct)
             for name, v in self._const_values.items()
             if name in read
         ]
         if self.external is not None:
-            self.load_only.update(n for n in self.external if n in read and n not in direct)
+            once = (lambda n: True) if not self.in_place else (lambda n: n not in direct)
+            self.load_only.update(n for n in self.external if n in read and once(n))
         return weights + self.initializers
+
+    def prepacked_only(self) -> set[str]:
+        """The external arrays that only FusedMatMul nodes read, as their B: MLAS prepacks
+        them at load, so a session may share them (``ort_load.open_session``). Call after
+        :meth:`finish`."""
+        readers: dict[str, bool] = {}
+        for n in self.nodes:
+            for i, x in enumerate(n.input):
+                only_b = n.op_type == "FusedMatMul" and i == 1 and x in self._prepacked
+                readers[x] = readers.get(x, True) and only_b
+        return {n for n in self.external or () if readers.get(n, False)}
 
     @contextlib.contextmanager
     def lowering(self, node: Node) -> Iterator[None]:
@@ -248,8 +268,10 @@ class Lowering:
 
         ``snapshot``: the session reads the array while it runs, so one that views memory
         it does not own (the frontend's weights view the model's parameters) is copied and
-        later changes to the model do not leak in. Arrays only read by a Transpose that ORT
-        folds at load (see :meth:`transposed_weight`) are read once and not copied.
+        later changes to the model do not leak in. Arrays only read at load (by a Transpose
+        that ORT folds, see :meth:`transposed_weight`, or prepacked, see
+        :meth:`prepacked_product`), and all arrays when the session copies what it is
+        given (:attr:`in_place` False), are read once and not copied.
         """
         if (
             self.external is None
@@ -309,6 +331,18 @@ class Lowering:
             self._pinned.add(name)
         return self._transposed[key]
 
+    def prepacked_product(self, x: str, w: Value) -> str | None:
+        """``x @ w.T`` for a constant weight (out, in) as ``com.microsoft.FusedMatMul``
+        with ``transB=1``, or None when :attr:`prepack` is off or ``w`` is not such a
+        weight. MLAS prepacks B straight from the graph's array at session load, where
+        ``Transpose`` + ``MatMul`` would first fold a transposed copy (1.3 GB more written
+        for the 336M Llama, docs/generation.md)."""
+        if not (self.prepack and w.const is not None and self._transpose_at_load(w)):
+            return None
+        name = self.name(w)
+        self._prepacked.add(name)
+        return self.op("FusedMatMul", [x, name], domain=MS_DOMAIN, transB=1, alpha=1.0)
+
     def _transpose_at_load(self, w: Value) -> bool:
         """In-memory sessions (``external`` set) with ORT's constant folding on transpose big
         weights at load; a file (save_files, tests) stores them pre-transposed."""
@@ -361,81 +395,6 @@ class Lowering:
             if made_here and cast not in read:
                 self.nodes = [n for n in self.nodes if cast not in n.output]
                 del self._widened[src]
-
-    # -- symbolic dims ---------------------------------------------------------------------
-
-    def dim(self, d: DimLike, scalar: bool = False) -> str:
-        """An int64 tensor holding the value of ``d`` at run time: shape [1], or [] if scalar."""
-        d = simplify(d)
-        key = (d, scalar)
-        if key not in self._dims:
-            saved, self._hint = self._hint, f"dim[{d}]"
-            if isinstance(d, int):
-                name = self.const(np.asarray(d if scalar else [d], dtype=np.int64))
-            elif scalar:
-                name = self.op("Squeeze", [self.dim(d), self.ints([0])])
-            else:
-                name = self._poly(d)
-            self._hint = saved
-            self._dims[key] = name
-            self._pinned.add(name)
-        return self._dims[key]
-
-    def _poly(self, d: SymDim) -> str:
-        total = None
-        for mono, coeff in d.terms:
-            if mono == ():
-                term = self.ints([coeff])
-            else:
-                term = None
-                for atom in mono:
-                    factor = self._atom(atom)
-                    term = factor if term is None else self.op("Mul", [term, factor])
-                if coeff != 1:
-                    term = self.op("Mul", [term, self.ints([coeff])])
-            total = term if total is None else self.op("Add", [total, term])
-        return total
-
-    def _atom(self, atom: Any) -> str:
-        if atom.kind == "sym":
-            if atom.name not in self._symbol_source:
-                raise LoweringError(f"symbolic dim {atom.name!r} appears in no graph input shape")
-            source, axis = self._symbol_source[atom.name]
-            return self.op("Shape", [source], start=axis, end=axis + 1)
-        if atom.kind in ("max", "min"):
-            return self.op(atom.kind.capitalize(), [self.dim(a) for a in atom.args])
-        inner = self.dim(atom.expr)
-        k = self.ints([atom.k])
-        rem = self.op("Mod", [inner, k], fmod=0)  # Python's sign rule: rem in [0, k)
-        if atom.kind == "mod":
-            return rem
-        return self.op("Div", [self.op("Sub", [inner, rem]), k])  # exact, so floor
-
-    def shape(self, dims: Sequence[DimLike]) -> str:
-        """A 1-D int64 tensor holding ``dims`` (static runs stay constants)."""
-        dims = tuple(simplify(d) for d in dims)
-        if dims not in self._shapes:
-            if all(isinstance(d, int) for d in dims):
-                name = self.ints(dims)
-            else:
-                pieces: list[str] = []
-                run: list[int] = []
-                for d in dims:
-                    if isinstance(d, int):
-                        run.append(d)
-                        continue
-                    if run:
-                        pieces.append(self.ints(run))
-                        run = []
-                    pieces.append(self.dim(d))
-                if run:
-                    pieces.append(self.ints(run))
-                saved, self._hint = self._hint, "shape"
-                name = pieces[0] if len(pieces) == 1 else self.op("Concat", pieces, axis=0)
-                self._hint = saved
-            self._shapes[dims] = name
-            self._pinned.add(name)
-        return self._shapes[dims]
 
 
 def _strip(names: Sequence[str]) -> list[str]:

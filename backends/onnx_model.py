@@ -33,6 +33,9 @@ def to_onnx(
     fold_at_load: bool = True,
     device: str = "cpu",
     load_only: set[str] | None = None,
+    prepack: bool = False,
+    in_place: bool = True,
+    prepacked: set[str] | None = None,
 ) -> onnx.ModelProto:
     """Lower ``graph`` to an ONNX model.
 
@@ -52,8 +55,17 @@ def to_onnx(
         device: the device whose execution provider will run the model ("cpu" or
             "cuda"). A few fused kernels are slower than their unfused form on one
             provider (``policy.SLOWER_FUSED``); those are lowered unfused there.
-        load_only: when given, gets the names in ``external`` that only a Transpose folded
-            at load reads: ONNX Runtime is done with those arrays once the session exists.
+        load_only: when given, gets the names in ``external`` that ONNX Runtime only reads
+            while loading (a Transpose it folds, a prepacked weight; every array when
+            ``in_place`` is False): it is done with those once the session exists.
+        prepack: with ``external``, lower a linear with a big constant weight to
+            ``com.microsoft.FusedMatMul(transB=1)`` on the (out, in) array, which MLAS
+            prepacks straight from it, instead of a folded Transpose + MatMul.
+        in_place: the session reads external arrays where they are (a copy is taken of an
+            array that views memory it does not own); False when it copies them at load
+            (``ort_load.reads_after_load``): no copies, and every external array is load-only.
+        prepacked: when given, gets the names in ``external`` that only FusedMatMul reads
+            as its prepacked B (``ort_load.open_session`` may share them).
 
     Raises:
         LoweringError: an op has no lowering, naming the node.
@@ -63,6 +75,8 @@ def to_onnx(
 
     ctx = Lowering(graph, fused_kernels, external, device)
     ctx.fold_at_load = fold_at_load
+    ctx.prepack = prepack
+    ctx.in_place = in_place
     for node in graph.nodes:
         fn = LOWERINGS.get(node.op)
         if fn is None:
@@ -97,6 +111,8 @@ def to_onnx(
     )
     if load_only is not None:
         load_only.update(ctx.load_only)
+    if prepacked is not None:
+        prepacked.update(ctx.prepacked_only())
     opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)]
     model = helper.make_model(onnx_graph, opset_imports=opsets, producer_name="tgraph")
     if ctx.fp32_emulated:  # which 16-bit float nodes run in float32, visible in the file

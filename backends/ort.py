@@ -20,6 +20,13 @@ torch's thread count when that is lower (``torch.set_num_threads(1)`` holds for 
 Devices: ``device="cuda"`` needs onnxruntime-gpu (the CUDAExecutionProvider); inputs and
 outputs then stay on the GPU through IO binding, with no host round trip.
 
+Weights: arrays of at least 4 KB stay out of the ONNX proto and reach the session without
+a protobuf copy (backends/ort_load.py). On CPU with graph optimizations on, a linear's
+weight is read by ``com.microsoft.FusedMatMul(transB=1)``, which MLAS prepacks at load
+straight from the graph's (out, in) array, shared with the session. What ORT reads after
+load and what it copies is probed once per process (``ort_load.reads_after_load``), not
+assumed; ``OrtRunner.load_only`` names the arrays it is done with after load.
+
 Models whose initializers pass :data:`EXTERNAL_DATA_BYTES` are written to a temporary
 directory with external data (a ModelProto cannot be serialized past 2 GB).
 """
@@ -40,6 +47,7 @@ from tgraph.tensors import torch_dtype
 
 from .errors import LoweringError
 from .onnx_model import to_onnx
+from .ort_load import open_session, reads_after_load
 from .policy import ORT_OPTIMIZERS_OFF
 
 __all__ = ["EXTERNAL_DATA_BYTES", "LoweringError", "OrtRunner", "lower", "save_files", "to_onnx"]
@@ -94,24 +102,20 @@ def _session(
     providers: list,
     weights: dict[str, np.ndarray] | None = None,
     disabled_optimizers: Sequence[str] = (),
+    shared: set[str] = frozenset(),
 ):
     """An InferenceSession; big models go through a temporary directory with external data.
 
     ``weights`` are the initializers that ``to_onnx(external=...)`` kept out of the proto:
-    ONNX Runtime reads them in place (``add_external_initializers``), so they are never
-    serialized. ``disabled_optimizers`` names ONNX Runtime graph optimizers to skip.
-    Returns the session and what to keep alive with it (the OrtValues over those arrays,
-    or the temporary directory), or None.
+    they are never serialized (``ort_load.open_session``; those in ``shared`` are shared,
+    the rest external). ``disabled_optimizers`` names ONNX Runtime graph optimizers to skip.
+    Returns the session and what to keep alive with it: (OrtValues by name, the arrays,
+    the placeholder's directory or None), or the temporary directory, or None.
     """
     extra = {"disabled_optimizers": list(disabled_optimizers)}
     if weights:
-        names = list(weights)
-        values = [ort.OrtValue.ortvalue_from_numpy(weights[n]) for n in names]
-        options.add_external_initializers(names, values)
-        session = ort.InferenceSession(
-            model.SerializeToString(), options, providers=providers, **extra
-        )
-        return session, (values, weights)
+        session, values, tmp = open_session(model, options, providers, weights, shared, **extra)
+        return session, (values, weights, tmp)
     size = sum(len(t.raw_data) for t in model.graph.initializer)
     if size <= EXTERNAL_DATA_BYTES:
         session = ort.InferenceSession(
@@ -156,9 +160,15 @@ def lower(
     providers = _providers(device)  # fail fast, before lowering
     weights: dict[str, np.ndarray] = {}
     load_only: set[str] = set()
+    prepacked: set[str] = set()
     optimize = _optimizations_on(ort_optimizations)
+    cpu = device == "cpu"
+    in_place = not cpu or reads_after_load("Gather")  # else ORT copies what it is given
+    prepack = cpu and optimize and not reads_after_load("FusedMatMul")
+    share = prepack and not reads_after_load("FusedMatMul", shared=True)
     model = to_onnx(graph, fused_kernels=fused_kernels, external=weights, fold_at_load=optimize,
-                    device=device, load_only=load_only)  # fmt: skip
+                    device=device, load_only=load_only, prepack=prepack, in_place=in_place,
+                    prepacked=prepacked)  # fmt: skip
     options = ort.SessionOptions()
     options.intra_op_num_threads = min(physical_cores(), torch.get_num_threads())
     options.inter_op_num_threads = 1
@@ -169,7 +179,7 @@ def lower(
         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
     off = ORT_OPTIMIZERS_OFF.get(device, ()) if optimize else ()
-    session, tmp = _session(model, options, providers, weights, off)
+    session, tmp = _session(model, options, providers, weights, off, prepacked if share else set())
     del model  # only the session's own copies from here on
     options_used = {"ort_optimizations": ort_optimizations, "fused_kernels": fused_kernels}
     runner = OrtRunner(graph, session, device, options_used, tmp)
@@ -198,19 +208,20 @@ class OrtRunner:
         self.output_names = [o.name for o in session.get_outputs()]
 
     def external_arrays(self) -> dict[str, np.ndarray]:
-        """The arrays ONNX Runtime reads in place (``add_external_initializers``), by name."""
+        """The arrays handed to ONNX Runtime without a protobuf copy (``ort_load``), by
+        name: those not in :attr:`load_only` it reads in place while it runs."""
         return self._tmp[1] if isinstance(self._tmp, tuple) else {}
 
     def release_load_only(self) -> None:
         """Drop this runner's references to the arrays ONNX Runtime only read at load (the
-        weights it folded into its own prepacked copies): the session never reads them
-        again (tests/test_generation_memory.py overwrites them to check)."""
+        weights it copied, folded or prepacked into its own memory): the session never
+        reads them again (tests/test_generation_memory.py and test_ort_load.py overwrite
+        them to check)."""
         if not isinstance(self._tmp, tuple) or not self.load_only:
             return
-        values, weights = self._tmp
-        keep = [i for i, name in enumerate(weights) if name not in self.load_only]
-        names = list(weights)
-        self._tmp = ([values[i] for i in keep], {names[i]: weights[names[i]] for i in keep})
+        values, weights, tmp = self._tmp
+        keep = [name for name in weights if name not in self.load_only]
+        self._tmp = ({n: values[n] for n in keep}, {n: weights[n] for n in keep}, tmp)
 
     def __reduce__(self):
         # A session does not pickle: unpickling lowers the graph again.

@@ -56,7 +56,8 @@ def one_weight_copy(graph: Graph, runner, background: bool = True) -> threading.
     no second in-memory copy of what the session holds.
 
     - Arrays ONNX Runtime reads in place: the graph takes the very array the session reads.
-    - Arrays it only read at load (weights folded into its prepacked MatMul copies): written
+    - Arrays it only read at load (``runner.load_only``: weights it prepacked, and on ORT
+      1.32 every array, since that build copies what it is given; backends/ort_load.py): written
       to one unlinked temporary file and mapped back read-only; untouched pages of a map
       are not resident, so they cost no memory until ``save`` reads them. Writing 1.2 GB
       can take seconds on a busy disk, so with ``background`` a thread does it and swaps

@@ -24,7 +24,9 @@ def weight_t(ctx, w: Value, name: str) -> str:
 
 def project(ctx, x: str, w: Value, w_name: str, b: str) -> str:
     """x @ w.T + b for a weight w of shape (out, in)."""
-    y = ctx.op("MatMul", [x, weight_t(ctx, w, w_name)])
+    y = ctx.prepacked_product(x, w)
+    if y is None:
+        y = ctx.op("MatMul", [x, weight_t(ctx, w, w_name)])
     return ctx.op("Add", [y, b]) if b else y
 
 
