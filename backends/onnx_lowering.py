@@ -78,7 +78,7 @@ class Lowering(DimLowering):
         self.in_place = True  # the session reads external arrays in place (see finish)
         self._prepacked: set[str] = set()  # names some FusedMatMul reads as its B
         self._folded: set[str] = set()  # outputs of the nodes ORT folds at load (see at_load)
-        self.load_only: set[str] = set()  # external arrays only those folded nodes read
+        self.load_only: set[str] = set()  # external arrays the session only reads at load
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._names: dict[int, str] = {}  # id(Value) -> ONNX name
@@ -151,8 +151,8 @@ class Lowering(DimLowering):
             if name in read
         ]
         if self.external is not None:
-            once = (lambda n: True) if not self.in_place else (lambda n: n not in direct)
-            self.load_only.update(n for n in self.external if n in read and once(n))
+            runs = direct if self.in_place else set()  # read while the session runs
+            self.load_only.update(n for n in self.external if n in read and n not in runs)
         return weights + self.initializers
 
     def prepacked_only(self) -> set[str]:
