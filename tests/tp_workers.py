@@ -17,7 +17,7 @@ def run_artifacts(
     import torch.distributed as dist
 
     import tgraph
-    from tgraph.distributed import init_from_env
+    from tgraph.distributed import end_launch, init_from_env
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))  # fmt: skip
@@ -34,8 +34,12 @@ def run_artifacts(
                 ]
             np.savez(f"{out}.rank{rank}.npz", *[t.numpy() for t in leaves])
         compile_here(case, rank)
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        dist.destroy_process_group()  # no barrier: the other rank may never reach it
+        raise
+    # every rank reaches the barrier before any closes its pairs: gloo aborts a rank
+    # ("terminate called without an active exception") whose peer closed first
+    end_launch()
 
 
 def compile_here(name: str, rank: int) -> None:
