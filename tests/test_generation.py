@@ -171,6 +171,30 @@ def test_ort_decode_binds_its_inputs_once(monkeypatch):
         assert binds.count(name) == 2, (name, binds)
 
 
+def test_ort_bound_decode_rebinds_after_other_calls():
+    """The ORT loop binds its decode step once (StepRunner.bind_decode). A call of the same
+    runner on other buffers between two steps (here a plain forward from the streamer)
+    must not leave the next step reading them: the tokens stay those of a quiet run, and
+    the plain forward's outputs are its own."""
+    _, gen = compiled("hf-llama", "ort")
+    ids, mask = prompt()
+    quiet = gen.generate(ids, attention_mask=mask, max_new_tokens=6)
+    other = torch.randint(3, 100, (1, 4), generator=torch.Generator().manual_seed(5))
+    alone = gen(other).logits.clone()
+    seen = []
+
+    class Meddler:
+        def put(self, value):
+            seen.append(gen(other).logits.clone())
+
+        def end(self):
+            pass
+
+    out = gen.generate(ids, attention_mask=mask, max_new_tokens=6, streamer=Meddler())
+    assert torch.equal(out, quiet)
+    assert len(seen) == 7 and all(torch.equal(s, alone) for s in seen)
+
+
 def test_streamer_gets_prompt_then_each_token():
     _, gen = compiled("hf-llama", "torch")
     ids, _ = prompt()

@@ -6,6 +6,13 @@ about fifteen of them per token (230-250 us measured on the 58M Llama's int4 ste
 it). The per-token bookkeeping (the pick, EOS rows, the next positions) is done on NumPy
 arrays instead, and a decode step's inputs are buffers made once and written in place, so
 the ORT step binds them once (backends/ort_cache.py).
+
+After a real step the same bookkeeping is about 10x slower than that: the step has just
+streamed the weights through the caches, so every object the loop touches comes back from
+far away (58M Llama on ORT: 300 us between two steps, 29 us with the session stubbed out).
+So on ORT the decode step is bound once (``StepRunner.bind_decode``: a call with no
+arguments that returns one logits buffer) and greedy picks read that buffer through one
+NumPy view, with no torch call between steps.
 """
 
 from __future__ import annotations
@@ -37,11 +44,15 @@ def token_loop(gen: Any, ids: Tensor, mask: Tensor, lens: Tensor, new: int, cach
     rows = torch.zeros(batch, 1, dtype=torch.long)  # its logits' row
     step_ids, step_past = torch.zeros(batch, 1, dtype=torch.long), torch.zeros_like(lens)
     out = np.empty((batch, new), dtype=np.int64)
+    decode, pick = _decoder(gen, [step_ids, step_past, ones, rows], caches, sampling)
+    ids_in, past_in = step_ids.numpy()[:, 0], step_past.numpy()
     start = time.perf_counter()
     logits = gen._run(compact(ids, mask, lens), torch.zeros_like(lens), lens, caches)
     n = 0
     for i in range(new):
-        token = np.where(done, pad, sampling.pick(logits).numpy())
+        token = sampling.pick(logits).numpy() if i == 0 else pick(logits)
+        if eos_ids.size:  # rows past their EOS get the pad id
+            token = np.where(done, pad, token)
         now = time.perf_counter()
         if i == 0:
             timings.prefill_s = now - start
@@ -53,12 +64,36 @@ def token_loop(gen: Any, ids: Tensor, mask: Tensor, lens: Tensor, new: int, cach
             streamer.put(torch.from_numpy(token.copy()))
         if eos_ids.size:  # np.isin costs 40 us; a few ids compare directly
             done |= (token[:, None] == eos_ids).any(axis=1)
-        if done.all() or i == new - 1:
+            if done.all():
+                break
+        if i == new - 1:
             break
         start = time.perf_counter()
-        step_ids.numpy()[:, 0] = token
-        step_past.numpy()[:] = past + i
-        logits = gen._run(step_ids, step_past, ones, caches, rows)[:, 0]
+        ids_in[:] = token
+        np.add(past, i, out=past_in)
+        logits = decode()
     if streamer is not None:
         streamer.end()
     return torch.cat([ids, torch.from_numpy(out[:, :n])], dim=1)
+
+
+def _decoder(gen: Any, inputs: list[Tensor], caches: list[Tensor], sampling: Any):
+    """(decode, pick): a decode step on ``inputs`` (written in place between calls) returning
+    (B, V) logits, and the pick of a step's tokens from them as a NumPy array."""
+    bind = getattr(gen.step.runner, "bind_decode", None)
+    if bind is None:  # the torch and reference backends
+
+        def decode() -> Tensor:
+            return gen._run(*inputs[:3], caches, inputs[3])[:, 0]
+
+        return decode, lambda logits: sampling.pick(logits).numpy()
+    step, logits = bind(inputs + caches)
+    view = logits[:, 0]  # (B, V): every call of step() rewrites it
+    if sampling.do_sample or view.dtype not in (torch.float32, torch.float16):
+        return (lambda: (step(), view)[1]), lambda logits: sampling.pick(logits).numpy()
+    scores = view.numpy()
+
+    def greedy(_: Tensor) -> np.ndarray:
+        return np.argmax(scores, axis=-1)  # as sampling.greedy, without its torch calls
+
+    return (lambda: (step(), view)[1]), greedy
