@@ -154,11 +154,11 @@ class StepRunner:
         arguments, and the (B, P, V) logits buffer it fills.
 
         The caller writes the small inputs in place between calls. Each call runs the step
-        and returns the logits buffer, which the next call overwrites. This is
-        for the token loop of a small model. There, what Python does between two steps runs on
-        caches that the step has just flushed with the weights, so each object it touches
-        costs about 10x its warm time (the 58M Llama: 300 us between steps against 29 us with
-        the session stubbed out). So the loop should touch as few objects as it can.
+        and returns the logits buffer, which the next call overwrites. It serves the token
+        loop (tgraph/generation/loop.py): what Python does between two steps runs on caches
+        the step has just flushed with the weights, so each object it touches costs about
+        10x its warm time (58M Llama: 300 us between steps, against 29 us with the session
+        stubbed out), and the loop should touch as few as it can.
         """
         dtype, vocab = self._logits
         logits = torch.empty(*inputs[self._n_inputs - 1].shape, vocab, dtype=dtype)
