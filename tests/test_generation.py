@@ -112,7 +112,7 @@ def test_ort_step_casts_the_lengths_once():
     assert sum(n.op_type == "Cast" and n.input[0] == "q_len" for n in model.graph.node) == 1
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("backend", ["reference", "torch", "ort"])
 def test_eos_stops_each_row_and_pads(backend):
     lm, gen = compiled("hf-llama", backend)
     ids, mask = prompt()
