@@ -3,9 +3,9 @@
 A decode step of a small model takes 1-2 ms, so what the loop does between steps counts:
 each torch call on a (batch,) tensor costs 5-15 us of dispatch, and the loop used to make
 about fifteen of them per token (230-250 us measured on the 58M Llama's int4 step, 15% of
-it). The per-token bookkeeping (the pick, EOS rows, the next positions) is done on NumPy
-arrays instead, and a decode step's inputs are buffers made once and written in place, so
-the ORT step binds them once (backends/ort_cache.py).
+it). The per-token bookkeeping (the pick, the next positions) is done on NumPy arrays
+instead, EOS rows on the Python list of the tokens, and a decode step's inputs are buffers
+made once and written in place, so the ORT step binds them once (backends/ort_cache.py).
 
 After a real step the same bookkeeping is about 10x slower than that: the step has just
 streamed the weights through the caches, so every object the loop touches comes back from
