@@ -237,3 +237,27 @@ def test_prepare_converts_nothing_without_the_tools(llama_dir, tmp_path, monkeyp
     assert status["ort-genai[int4]"].startswith("skipped: onnxruntime_genai is not installed")
     assert status["ov-genai"].startswith("skipped: openvino_genai is not installed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_processes_pool_every_process_and_report_each_median(llama_dir, tmp_path):
+    """--processes 2: two eager processes, each timed every round; the medians pool both and
+    each process's own median is kept, in the JSON and the table."""
+    reports = generation.bench_generate(
+        llama_dir, batches=(1,), prompt_len=PROMPT, new_tokens=NEW, rounds=3, threads=1,
+        contenders=["eager"], cache_dir=str(tmp_path), membw_bytes=2**22, pause_s=0.0,
+        processes=2,
+    )  # fmt: skip
+    report = reports[0]
+    (eager,) = report.results
+    assert report.processes == 2 and eager.error is None
+    assert (
+        len(eager.decode_runs_tok_s) == 6 and sorted(eager.decode_runs_process) == [0] * 3 + [1] * 3
+    )
+    assert len(eager.process_decode_tok_s) == 2
+    assert min(eager.process_decode_tok_s) <= eager.decode_tok_s <= max(eager.process_decode_tok_s)
+    assert eager.agree == NEW
+    assert (tmp_path / "logs" / "tiny-llama" / "eager.1.log").exists()
+    text = generation.format_table(report)
+    assert "rounds 3 x 2 processes each" in text and "eager: decode tok/s of each process" in text
+    with pytest.raises(ValueError, match="processes must be >= 1"):
+        generation.bench_generate(llama_dir, contenders=["eager"], processes=0)

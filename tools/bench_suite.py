@@ -272,6 +272,10 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=128, help="cpu-gen")
     parser.add_argument("--new-tokens", type=int, default=64, help="cpu-gen")
     parser.add_argument(
+        "--processes", type=int, default=1,
+        help="cpu-gen: processes per contender (each loads the model; see bench_generate)",
+    )  # fmt: skip
+    parser.add_argument(
         "--prepare-only", action="store_true",
         help="cpu-gen: build the models and convert (or find cached) the peers' models, time "
         "nothing",
@@ -336,7 +340,7 @@ def _main_generate(args: argparse.Namespace) -> None:
         reports += generation.bench_generate(
             path, batches=batches, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
             contenders=contenders, rounds=rounds, threads=args.threads,
-            optimum_python=args.optimum_python, name=spec,
+            optimum_python=args.optimum_python, name=spec, processes=args.processes,
             progress=lambda m, c=spec: print(f"[{c} {time.perf_counter() - start:.0f}s] {m}",
                                              flush=True),
         )  # fmt: skip

@@ -19,7 +19,9 @@ def format_table(report: GenReport) -> str:
           if report.membw_gbs else "read bandwidth not measured")  # fmt: skip
     lines = [
         f"{report.model}  batch {report.batch}  prompt {report.prompt_len}  new tokens "
-        f"{report.new_tokens}  threads {report.threads}  rounds {report.rounds}  {bw}",
+        f"{report.new_tokens}  threads {report.threads}  rounds {report.rounds}"
+        + (f" x {report.processes} processes each" if report.processes > 1 else "")
+        + f"  {bw}",
         f"fp32 bytes per decode step {report.bytes_per_step / 1e6:.1f} MB (weights "
         f"{report.weight_bytes / 1e6:.1f} + KV) -> bound "
         + (f"{report.bound_tok_s:.1f} tok/s" if report.bound_tok_s else "unknown"),
@@ -55,6 +57,9 @@ def notes(report: GenReport) -> list[str]:
             lines.append(f"{r.name}: converted in this run ({r.convert_s:.0f} s, now cached)")
         if r.note:
             lines.append(f"{r.name}: {r.note}")
+        if len(r.process_decode_tok_s) > 1:
+            each = " / ".join(f"{x:.1f}" for x in r.process_decode_tok_s)
+            lines.append(f"{r.name}: decode tok/s of each process {each}")
     fit = [r.name for r in report.results if r.bytes_per_step and report.l3_bytes
            and r.bytes_per_step <= report.l3_bytes]  # fmt: skip
     if fit:

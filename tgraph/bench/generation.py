@@ -16,6 +16,13 @@ new token, decode = the rest, over ``new_tokens - 1`` steps; decode tok/s counts
 sequence of the batch. Reported per contender: medians over the rounds and their spread
 (max - min), and:
 
+- with ``processes`` > 1, every contender runs in that many processes of its own, each
+  loading the model, and the rounds time all of them; the medians pool every process's
+  calls and each process's own decode median is reported too. Two processes of the same
+  contender can differ by more than the spread within one (where ORT placed the weights:
+  5-7% between two sessions of one model in one process, docs/generation.md), so a
+  single process per contender hides that part of the noise;
+
 - bytes per decode step: the weights one step reads (all parameters but lookup-only
   embedding tables; low-bit peers: their packed weights and scales as stored) plus the KV
   cache it reads (fp32, batch x (prompt_len + new_tokens / 2) positions on average);
@@ -41,7 +48,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from tgraph.bench import gen_artifacts
@@ -90,6 +97,8 @@ class GenResult:
     note: str | None = None
     prefill_runs_ms: list[float] = field(default_factory=list)
     decode_runs_tok_s: list[float] = field(default_factory=list)
+    decode_runs_process: list[int] = field(default_factory=list)  # which process made each
+    process_decode_tok_s: list[float] = field(default_factory=list)  # each process's median
     tokens: list[list[int]] | None = None
 
 
@@ -111,6 +120,7 @@ class GenReport:
     date: str
     load_avg: tuple[float, float] | None = None
     l3_bytes: int | None = None  # the CPU's last-level cache (Linux sysfs)
+    processes: int = 1  # per contender
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -123,6 +133,7 @@ class GenReport:
 class _Contender:
     name: str
     python: str
+    process: int = 0  # which of the contender's processes (``processes`` > 1)
     worker: Worker | None = None
     info: dict = field(default_factory=dict)
     error: str | None = None
@@ -151,6 +162,7 @@ def bench_generate(
     pause_s: float = 0.2,
     name: str | None = None,
     progress: Callable[[str], None] | None = None,
+    processes: int = 1,
 ) -> list[GenReport]:
     """Time ``generate`` of the causal LM in ``model_dir`` (a Hugging Face directory) for
     each contender, one report per batch size (see the module docstring).
@@ -168,12 +180,15 @@ def bench_generate(
         pause_s: idle time before each timed call.
         name: the model's name in the reports (default: the directory's name).
         progress: called with a short message at each step.
+        processes: processes per contender, each loading the model (memory grows with it).
     """
     check_names(contenders)
     per_batch = {b: rounds.get(b, 0) if isinstance(rounds, Mapping) else rounds for b in batches}
     if new_tokens < 2 or prompt_len < 1 or min(per_batch.values(), default=0) < 1:
         raise ValueError("need new_tokens >= 2, prompt_len >= 1, a batch size and rounds >= 1 "
                          "for each batch size")  # fmt: skip
+    if processes < 1:
+        raise ValueError(f"processes must be >= 1 per contender, got {processes}")
     geometry = gen_artifacts.model_geometry(model_dir)
     if prompt_len + new_tokens > geometry.max_length:
         raise ValueError(f"prompt {prompt_len} + {new_tokens} new tokens exceeds the model's "
@@ -181,7 +196,8 @@ def bench_generate(
     threads = threads or os.cpu_count() or 1
     say = progress or (lambda _m: None)
     load_before = _load_avg()
-    pool = _prepared(model_dir, contenders, cache_dir, optimum_python, say)
+    pool = _replicated(_prepared(model_dir, contenders, cache_dir, optimum_python, say),
+                       processes)  # fmt: skip
     cache_dir = cache_dir or DEFAULT_CACHE
     membw = _Contender("membw", sys.executable)
     label = name or os.path.basename(os.path.normpath(model_dir))
@@ -197,7 +213,7 @@ def bench_generate(
             results = _run_batch(pool, membw, ids, new_tokens, per_batch[batch], pause_s, say)
             reports.append(_report(label, batch, prompt_len, new_tokens, threads,
                                    per_batch[batch], geometry,
-                                   results, load_before))  # fmt: skip
+                                   results, load_before, processes))  # fmt: skip
         return reports
     finally:
         for c in [*pool, membw]:
@@ -228,6 +244,11 @@ def _prepared(model_dir: str, contenders: Sequence[str], cache_dir: str | None,
     return pool
 
 
+def _replicated(pool: list[_Contender], processes: int) -> list[_Contender]:
+    """Each contender ``processes`` times, its copies next to it (one converted model)."""
+    return [c if i == 0 else replace(c, process=i) for c in pool for i in range(processes)]
+
+
 def _prepare(c: _Contender, model_dir: str, cache_dir: str, optimum_python: str | None,
              say: Callable[[str], None]) -> None:  # fmt: skip
     """Find or make the converted model this contender loads (c.error says why not)."""
@@ -247,7 +268,8 @@ def _start_all(pool: list[_Contender], base: dict, logs: str, say: Callable[[str
             continue
         artifact = c.converted.path if c.converted else None
         try:
-            c.worker = Worker(c.name, c.python, os.path.join(logs, f"{c.name}.log"))
+            log = f"{c.name}.{c.process}.log" if c.process else f"{c.name}.log"
+            c.worker = Worker(c.name, c.python, os.path.join(logs, log))
             c.worker.send({"op": "load", "contender": c.name, "artifact": artifact, **base})
         except WorkerError as e:
             c.error = f"failed to load: {e}"
@@ -256,7 +278,7 @@ def _start_all(pool: list[_Contender], base: dict, logs: str, say: Callable[[str
     for c in pool:
         if c.worker is None:
             continue
-        say(f"loading {c.name}")
+        say(f"loading {c.name}" + (f" (process {c.process + 1})" if c.process else ""))
         try:
             reply = c.worker.receive(LOAD_TIMEOUT_S)
         except WorkerError as e:
@@ -319,9 +341,11 @@ def _run_batch(
             if c is membw:
                 bandwidth.append(reply["gbs"])
                 continue
-            _record(results[c.name], reply, batch, new_tokens)
+            _record(results[c.name], reply, batch, new_tokens, c.process)
     for c in pool:
         r = results[c.name]
+        if c.process:  # load time and RSS are the first process's (peaks: the highest)
+            continue
         r.load_s, r.rss_load_mb = c.info.get("load_s"), c.info.get("rss_mb")
         r.note = "; ".join(n for n in (c.info.get("note"), r.note) if n) or None
         if c.converted is not None:
@@ -357,11 +381,13 @@ def _fail(c: _Contender, error: str, results: dict[str, GenResult]) -> None:
     c.worker = None
 
 
-def _record(r: GenResult, reply: dict, batch: int, new_tokens: int) -> None:
+def _record(r: GenResult, reply: dict, batch: int, new_tokens: int, process: int = 0) -> None:
     decode_s = (reply["total_ms"] - reply["prefill_ms"]) / 1e3
     r.prefill_runs_ms.append(round(reply["prefill_ms"], 3))
     r.decode_runs_tok_s.append(round(batch * (new_tokens - 1) / decode_s, 3))
-    r.rss_peak_mb = reply.get("rss_peak_mb")
+    r.decode_runs_process.append(process)
+    peak = reply.get("rss_peak_mb")
+    r.rss_peak_mb = peak if r.rss_peak_mb is None or peak is None else max(r.rss_peak_mb, peak)
     tokens = reply["tokens"]
     if any(len(row) != new_tokens for row in tokens):
         r.error = f"failed: returned {[len(row) for row in tokens]} new tokens, want {new_tokens}"
@@ -394,7 +420,7 @@ def agreement(tokens: list[list[int]], ref: list[list[int]]) -> tuple[int, int |
 def _report(
     name: str, batch: int, prompt_len: int, new_tokens: int, threads: int, rounds: int,
     geometry: gen_artifacts.Geometry, results: dict[str, GenResult],
-    load_before: float | None,
+    load_before: float | None, processes: int = 1,
 ) -> GenReport:  # fmt: skip
     membw = results.pop("membw")
     gbs, gbs_spread = _median_spread(membw.decode_runs_tok_s)
@@ -405,6 +431,8 @@ def _report(
     for r in results.values():
         r.prefill_ms, r.prefill_spread_ms = _median_spread(r.prefill_runs_ms)
         r.decode_tok_s, r.decode_spread_tok_s = _median_spread(r.decode_runs_tok_s)
+        if processes > 1:
+            r.process_decode_tok_s = _process_medians(r)
         if r.decode_tok_s is None or r.error:
             continue
         r.bytes_per_step = int((r.weight_bytes or fp32_weights) + kv_step)
@@ -421,8 +449,16 @@ def _report(
         geometry.kv_bytes_per_token, step, batch * gbs * 1e9 / step if gbs else None,
         list(results.values()), time.strftime("%Y-%m-%d %H:%M"),
         (load_before, after) if load_before is not None and after is not None else None,
-        _l3_bytes(),
+        _l3_bytes(), processes,
     )  # fmt: skip
+
+
+def _process_medians(r: GenResult) -> list[float]:
+    """Each process's median decode tok/s, in process order (processes with no call left out)."""
+    runs: dict[int, list[float]] = {}
+    for tok_s, process in zip(r.decode_runs_tok_s, r.decode_runs_process):
+        runs.setdefault(process, []).append(tok_s)
+    return [round(statistics.median(runs[p]), 3) for p in sorted(runs)]
 
 
 def _l3_bytes() -> int | None:

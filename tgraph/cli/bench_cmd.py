@@ -83,12 +83,18 @@ from tgraph.cli.app import (
     "--cache-dir", type=click.Path(file_okay=False),
     help="--generate: converted peer models  [default: ~/.cache/tgraph-bench/converted]",
 )  # fmt: skip
+@click.option(
+    "--processes", default=1, show_default=True, type=POSITIVE,
+    help="--generate: processes per contender, each loading the model; the rounds time all "
+    "of them and the table adds each process's decode median.",
+)  # fmt: skip
 @pass_ctx
 def bench(
     ctx: CliContext, checkpoint: str, backends: str | None, device: str, dtype: str, batch: int,
     seq_len: int, pipeline: str, pipelines: str, repeats: int | None, warmup: int,
     threads: int | None, json_path: str | None, per_pass: bool, generate: bool,
     prompt_len: int, new_tokens: int, optimum_python: str | None, cache_dir: str | None,
+    processes: int,
 ) -> None:  # fmt: skip
     """Time CHECKPOINT side by side: eager, torch.compile, ONNX Runtime, tgraph.
 
@@ -114,7 +120,7 @@ def bench(
         from tgraph.cli.bench_gen import run_generate_bench
 
         run_generate_bench(checkpoint, backends, batch, prompt_len, new_tokens, repeats or 3,
-                       threads, cache_dir, optimum_python, json_path)  # fmt: skip
+                           threads, cache_dir, optimum_python, json_path, processes)  # fmt: skip
         return
     repeats = repeats or 20
 

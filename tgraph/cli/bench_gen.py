@@ -10,7 +10,7 @@ from tgraph.cli.app import fail, progress
 def run_generate_bench(
     checkpoint: str, backends: str | None, batch: int, prompt_len: int, new_tokens: int,
     rounds: int, threads: int | None, cache_dir: str | None, optimum_python: str | None,
-    json_path: str | None,
+    json_path: str | None, processes: int = 1,
 ) -> None:  # fmt: skip
     """Run it on one Hugging Face directory at one batch size; print the table."""
     import os
@@ -26,6 +26,7 @@ def run_generate_bench(
             checkpoint, batches=(batch,), prompt_len=prompt_len, new_tokens=new_tokens,
             contenders=[n for n in names if n], rounds=rounds, threads=threads,
             cache_dir=cache_dir, optimum_python=optimum_python, progress=say,
+            processes=processes,
         )  # fmt: skip
     for report in reports:
         click.echo(generation.format_table(report))
