@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -154,8 +154,13 @@ def lower(
     *,
     ort_optimizations: bool | None = None,
     fused_kernels: bool = True,
+    edit: Callable[[onnx.ModelProto], None] | None = None,
 ) -> OrtRunner:
-    """Lower ``graph`` to ONNX and open an ONNX Runtime session for it (options: see above)."""
+    """Lower ``graph`` to ONNX and open an ONNX Runtime session for it (options: see above).
+
+    ``edit`` may add to the ONNX model before the session opens (the generation step adds
+    its greedy token output, backends/ort_cache.py); it must leave the graph's own inputs
+    and outputs first and as they are."""
     refuse_sharded(graph)
     providers = _providers(device)  # fail fast, before lowering
     weights: dict[str, np.ndarray] = {}
@@ -169,6 +174,8 @@ def lower(
     model = to_onnx(graph, fused_kernels=fused_kernels, external=weights, fold_at_load=optimize,
                     device=device, load_only=load_only, prepack=prepack, in_place=in_place,
                     prepacked=prepacked)  # fmt: skip
+    if edit is not None:
+        edit(model)
     options = ort.SessionOptions()
     options.intra_op_num_threads = min(physical_cores(), torch.get_num_threads())
     options.inter_op_num_threads = 1

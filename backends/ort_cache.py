@@ -19,6 +19,14 @@ buffer; a plain session run would allocate a present of another length. So the s
 runs through :class:`StepRunner` only: one ``run_with_iobinding`` per step, every input bound
 to its torch tensor's memory and each present output bound to the cache it updates, so a
 decode step copies no cache and allocates nothing but the (batch, 1, vocab) logits.
+
+Greedy token. The session has one output the IR step graph does not: ``greedy_token``, the
+(batch, positions) int64 ``ArgMax`` of the float32 logits over the vocabulary (the first
+index of the maximum, as ``torch.argmax`` and NumPy pick), added to the ONNX model by
+:func:`add_greedy_output`. The greedy decode loop reads it instead of an argmax in Python
+over logits the step wrote from the other core (16-65 us a token on the 58M Llama: 2% of
+an int4 step; docs/generation.md). It is a lowering detail: the IR graph, its dumps and
+saved artifacts do not change, and the other backends pick from the logits.
 """
 
 from __future__ import annotations
@@ -45,10 +53,30 @@ def lower_step(graph: Graph, device: str = "cpu") -> StepRunner:
 
     if device != "cpu":
         raise NotImplementedError("generation on the ort backend runs on cpu; use backend='torch'")
-    runner = lower(graph, device)
+    runner = lower(graph, device, edit=add_greedy_output)
     step = StepRunner(graph, runner)
     step.release = one_weight_copy(graph, runner)
     return step
+
+
+GREEDY_OUTPUT = "greedy_token"
+
+
+def add_greedy_output(model) -> None:
+    """Append ``ArgMax(logits, axis=-1)`` as the model's last output, ``greedy_token``
+    (batch, positions) int64, where the logits (the first output) are float32."""
+    from onnx import TensorProto, helper
+
+    logits = model.graph.output[0]
+    if logits.type.tensor_type.elem_type != TensorProto.FLOAT:
+        return  # ORT's CPU ArgMax has no 16-bit float kernel; the loop picks from the logits
+    model.graph.node.append(helper.make_node(
+        "ArgMax", [logits.name], [GREEDY_OUTPUT], name="greedy_argmax", axis=-1, keepdims=0,
+        select_last_index=0,
+    ))  # fmt: skip
+    dims = [d.dim_param or d.dim_value for d in logits.type.tensor_type.shape.dim][:-1]
+    model.graph.output.append(helper.make_tensor_value_info(GREEDY_OUTPUT, TensorProto.INT64,
+                                                            dims or None))  # fmt: skip
 
 
 def one_weight_copy(graph: Graph, runner, background: bool = True) -> threading.Thread | None:
@@ -119,7 +147,8 @@ def _spill(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 class StepRunner:
     """``runner([ids, past_len, q_len, logits_at, *caches]) -> [logits, *caches]``, the caches
-    in place (the inputs after the first ``len(inputs) - len(caches)`` are the caches)."""
+    in place (the inputs after the first ``len(inputs) - len(caches)`` are the caches).
+    ``bind_decode`` also serves the session's greedy token output, where it has one."""
 
     def __init__(self, graph: Graph, runner):
         self.graph = graph
@@ -132,6 +161,7 @@ class StepRunner:
         self._n_inputs = len(graph.inputs) - (len(graph.outputs) - 1)  # inputs before the caches
         # each cache input -> the output that is its updated state (written in place)
         self._present = dict(zip(self.input_names[self._n_inputs :], self.output_names[1:]))
+        self.greedy = GREEDY_OUTPUT in self.output_names  # see add_greedy_output
         self._binding = self.session.io_binding()
         self.release: threading.Thread | None = None  # see one_weight_copy
         self._bound: dict[str, tuple] = {}  # input name -> (data_ptr, shape) bound now
@@ -144,44 +174,51 @@ class StepRunner:
 
     def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         inputs = [t if t.is_contiguous() else t.contiguous() for t in inputs]
-        logits = self._bind_all(inputs)
+        logits, _ = self._bind_all(inputs)
         self.session.run_with_iobinding(self._binding)
         return [logits, *inputs[self._n_inputs :]]
 
     def bind_decode(self, inputs: Sequence[torch.Tensor]
-                    ) -> tuple[Callable[[], torch.Tensor], torch.Tensor]:  # fmt: skip
-        """(step, logits): the step on ``inputs`` (contiguous), bound once, as a call with no
-        arguments, and the (B, P, V) logits buffer it fills.
+                    ) -> tuple[Callable[[], torch.Tensor], torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        """(step, logits, greedy): the step on ``inputs`` (contiguous), bound once, as a call
+        with no arguments; the (B, P, V) logits buffer it fills; and the (B, P) int64 buffer
+        of the logits' argmax it fills (None when the session has no greedy output).
 
         The caller writes the small inputs in place between calls. Each call runs the step
-        and returns the logits buffer, which the next call overwrites. It serves the token
-        loop (tgraph/generation/loop.py): what Python does between two steps runs on caches
-        the step has just flushed with the weights, so each object it touches costs about
-        10x its warm time (58M Llama: 300 us between steps, against 29 us with the session
-        stubbed out), and the loop should touch as few as it can.
+        and returns the logits buffer; the next call overwrites both buffers. It serves the
+        token loop (tgraph/generation/loop.py): what Python does between two steps runs on
+        caches the step has just flushed with the weights, so each object it touches costs
+        about 10x its warm time (58M Llama: 300 us between steps, against 29 us with the
+        session stubbed out), and the loop should touch as few as it can.
         """
         dtype, vocab = self._logits
-        logits = torch.empty(*inputs[self._n_inputs - 1].shape, vocab, dtype=dtype)
+        rows = inputs[self._n_inputs - 1].shape  # (B, P)
+        logits = torch.empty(*rows, vocab, dtype=dtype)
+        greedy = torch.empty(*rows, dtype=torch.long) if self.greedy else None
         binding, run = self._binding, self.session.run_with_iobinding
         epoch = -1  # bound at the first call (the prefill between would undo it)
 
         def step() -> torch.Tensor:
             nonlocal epoch
             if self._epoch != epoch:  # first call, or the runner ran other buffers meanwhile
-                self._bind_all(inputs, logits)
+                self._bind_all(inputs, logits, greedy)
                 epoch = self._epoch
             run(binding)
             return logits
 
-        return step, logits
+        return step, logits, greedy
 
-    def _bind_all(self, inputs: Sequence[torch.Tensor], logits: torch.Tensor | None = None
-                  ) -> torch.Tensor:  # fmt: skip
-        """Bind ``inputs`` and (a new one unless given) logits buffer; return the buffer."""
+    def _bind_all(self, inputs: Sequence[torch.Tensor], logits: torch.Tensor | None = None,
+                  greedy: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        """Bind ``inputs`` and the logits and greedy-token buffers (new ones unless given);
+        return the two buffers (greedy None without that output)."""
         n = self._n_inputs
+        rows = inputs[n - 1].shape  # (B, P)
         if logits is None:
             dtype, vocab = self._logits
-            logits = torch.empty(*inputs[n - 1].shape, vocab, dtype=dtype)  # (B, P, V)
+            logits = torch.empty(*rows, vocab, dtype=dtype)  # (B, P, V)
+        if greedy is None and self.greedy:
+            greedy = torch.empty(*rows, dtype=torch.long)
         binding = self._binding
         # Bind an input only when its buffer changed: a generate call's caches, and the
         # decode loop's inputs (written in place), are bound once.
@@ -193,8 +230,10 @@ class StepRunner:
                 if name in self._present:  # present == past: one buffer
                     _bind(binding.bind_output, self._present[name], t)
         _bind(binding.bind_output, self.output_names[0], logits)
+        if greedy is not None:
+            _bind(binding.bind_output, GREEDY_OUTPUT, greedy)
         self._epoch += 1
-        return logits
+        return logits, greedy
 
 
 def _bind(bind, name: str, t: torch.Tensor) -> None:

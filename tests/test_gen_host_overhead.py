@@ -29,7 +29,7 @@ def test_tool_times_both_loops(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", argv)
     gen_host_overhead.main()
     rows = json.loads(out.read_text())["rows"]
-    for name in ("bound", "generic"):
+    for name in ("bound", "host-argmax", "generic"):
         assert all(len(rows[name][k]) == 2 for k in ("run_us", "gap_us", "tok_s"))
         assert all(v > 0 for k in ("run_us", "gap_us", "tok_s") for v in rows[name][k])
     assert "bound" in capsys.readouterr().out

@@ -195,6 +195,55 @@ def test_ort_bound_decode_rebinds_after_other_calls():
     assert len(seen) == 7 and all(torch.equal(s, alone) for s in seen)
 
 
+def test_ort_greedy_token_is_the_steps_own_argmax(monkeypatch):
+    """The ORT step's session has a greedy_token output (ArgMax of the logits) that the IR
+    graph does not; the greedy loop reads it, and gives the tokens of an argmax in Python
+    over the same logits, batch 2 with a left-padded row."""
+    from tgraph.backends import ort_cache
+    from tgraph.generation import loop
+
+    _, gen = compiled("hf-llama", "ort")
+    runner = gen.step.runner
+    assert runner.greedy and runner.output_names[-1] == ort_cache.GREEDY_OUTPUT
+    assert ort_cache.GREEDY_OUTPUT not in [v.name for v in gen.step.graph.outputs]
+    ids, mask = prompt()
+    graph = gen.generate(ids, attention_mask=mask, max_new_tokens=8)
+    bound = loop._decoder
+    monkeypatch.setattr(loop, "_decoder", lambda *a: bound(*a, graph_argmax=False))
+    host = gen.generate(ids, attention_mask=mask, max_new_tokens=8)
+    assert torch.equal(graph, host)
+
+
+def test_greedy_output_takes_the_first_of_tied_maxima():
+    """add_greedy_output's ArgMax picks the first index of a tied maximum, as torch.argmax
+    and np.argmax do (eager generate's pick)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from tgraph.backends.ort_cache import GREEDY_OUTPUT, add_greedy_output
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 6])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1, 6])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["logits"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    add_greedy_output(model)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    scores = np.array([[[1, 3, 3, 0, -1, 3]], [[5, 5, 0, 0, 0, 0]], [[0, 0, 0, 0, 0, 2]]],
+                      dtype=np.float32)  # fmt: skip
+    logits, token = session.run(["logits", GREEDY_OUTPUT], {"x": scores})
+    assert token.dtype == np.int64 and token.shape == (3, 1)
+    assert token[:, 0].tolist() == [1, 0, 5] == torch.from_numpy(scores).argmax(-1)[:, 0].tolist()
+    half = helper.make_model(helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["logits"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 1, 6])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT16, [1, 1, 6])],
+    ))  # fmt: skip
+    add_greedy_output(half)  # no 16-bit ArgMax kernel on ORT's CPU: left without one
+    assert [o.name for o in half.graph.output] == ["logits"]
+
+
 def test_streamer_gets_prompt_then_each_token():
     _, gen = compiled("hf-llama", "torch")
     ids, _ = prompt()

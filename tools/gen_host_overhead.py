@@ -3,15 +3,18 @@
     python tools/gen_host_overhead.py ~/.cache/tgraph-bench/hf-llama-58m --rounds 10
 
 Compiles the causal LM in the directory once (ort backend) and runs greedy ``generate``
-rounds, alternating two loops in the same process:
+rounds, alternating three loops in the same process:
 
-- **bound**: what ``generate`` does on ORT (``StepRunner.bind_decode``; tgraph/generation/loop.py),
+- **bound**: what ``generate`` does on ORT (``StepRunner.bind_decode``; tgraph/generation/loop.py):
+  the step bound once, the greedy token read off the step's own ArgMax output,
+- **host-argmax**: the same bound step, the greedy token an ``np.argmax`` over the logits
+  in Python (what ``generate`` did before the step had that output),
 - **generic**: the path of the other backends, one ``Generator._run`` per token (the
   runner call, its binding checks, a fresh logits tensor, a torch argmax wrapper).
 
 For each round and loop it records every decode step's session run (``run_with_iobinding``)
 and the gap from the end of one run to the start of the next, which is the loop's own
-time, and prints the medians with the decode tok/s of ``gen.last_timings``. Both loops
+time, and prints the medians with the decode tok/s of ``gen.last_timings``. All loops
 must give the same tokens.
 """
 
@@ -73,14 +76,18 @@ def main() -> None:
         finally:
             type(runner).bind_decode = bind_decode
 
+    def host_argmax(gen, inputs, caches, sampling):  # bound, the pick an argmax in Python
+        return bound(gen, inputs, caches, sampling, graph_argmax=False)
+
+    loops = {"bound": bound, "host-argmax": host_argmax, "generic": generic}
     rows: dict[str, dict[str, list[float]]] = {
-        k: {"run_us": [], "gap_us": [], "tok_s": []} for k in ("bound", "generic")
+        k: {"run_us": [], "gap_us": [], "tok_s": []} for k in loops
     }
     tokens: dict[str, torch.Tensor] = {}
     for r in range(args.rounds + 1):
-        order = ("bound", "generic") if r % 2 else ("generic", "bound")
+        order = list(loops) if r % 2 else list(loops)[::-1]
         for name in order:
-            loop._decoder = bound if name == "bound" else generic
+            loop._decoder = loops[name]
             marks.clear()
             out = gen.generate(ids, max_new_tokens=args.new_tokens)
             loop._decoder = bound
@@ -94,16 +101,16 @@ def main() -> None:
             row["gap_us"].append(statistics.median(
                 b - a for a, b in zip(decode[1:-1:2], decode[2::2])) * 1e6)  # fmt: skip
             row["tok_s"].append(gen.last_timings.decode_tokens_per_s)
-    if not torch.equal(tokens["bound"], tokens["generic"]):
-        raise SystemExit("gen_host_overhead: the two loops gave different tokens")
+    if any(not torch.equal(tokens["bound"], t) for t in tokens.values()):
+        raise SystemExit("gen_host_overhead: the loops gave different tokens")
     print(f"{args.model}: batch 1, prompt {args.prompt_len}, {args.new_tokens} new tokens, "
           f"{args.threads} threads, pipeline {args.pipeline}, {args.rounds} rounds, each loop in every round")  # fmt: skip
     print(
-        f"{'loop':8s} {'run us':>9s} {'gap us':>9s} {'(min-max)':>16s} {'tok/s':>8s} {'(min-max)':>16s}"
+        f"{'loop':12s} {'run us':>9s} {'gap us':>9s} {'(min-max)':>16s} {'tok/s':>8s} {'(min-max)':>16s}"
     )
     for name, row in rows.items():
         gap, tps = row["gap_us"], row["tok_s"]
-        print(f"{name:8s} {statistics.median(row['run_us']):9.1f} {statistics.median(gap):9.1f} "
+        print(f"{name:12s} {statistics.median(row['run_us']):9.1f} {statistics.median(gap):9.1f} "
               f"{min(gap):7.1f}-{max(gap):<8.1f} {statistics.median(tps):8.1f} "
               f"{min(tps):7.1f}-{max(tps):<8.1f}")  # fmt: skip
     if args.json:

@@ -53,7 +53,7 @@ def tgraph_step(model: str, past: int, pipeline: str) -> tuple[Callable[[], None
         torch.ones(1, dtype=torch.long),  # query length
         torch.zeros(1, 1, dtype=torch.long),  # the logits' row
     ]
-    step, logits = gen.step.runner.bind_decode(inputs + caches)
+    step, logits, _ = gen.step.runner.bind_decode(inputs + caches)
     return step, (gen, inputs, caches, logits)
 
 

@@ -11,8 +11,10 @@ After a real step the same bookkeeping is about 10x slower than that: the step h
 streamed the weights through the caches, so every object the loop touches comes back from
 far away (58M Llama on ORT: 300 us between two steps, 29 us with the session stubbed out).
 So on ORT the decode step is bound once (``StepRunner.bind_decode``: a call with no
-arguments that returns one logits buffer) and greedy picks read that buffer through one
-NumPy view, with no torch call between steps.
+arguments that returns one logits buffer) and a greedy pick is the step's own ArgMax
+output (backends/ort_cache.py), read through one NumPy view, with no torch call and no
+pass over the logits between steps. Where the session has no such output (16-bit logits),
+greedy is ``np.argmax`` on a view of the logits buffer.
 """
 
 from __future__ import annotations
@@ -80,9 +82,13 @@ def token_loop(gen: Any, ids: Tensor, mask: Tensor, lens: Tensor, new: int, cach
     return torch.cat([ids, torch.from_numpy(out[:, :n])], dim=1)
 
 
-def _decoder(gen: Any, inputs: list[Tensor], caches: list[Tensor], sampling: Any):
+def _decoder(gen: Any, inputs: list[Tensor], caches: list[Tensor], sampling: Any,
+             graph_argmax: bool = True):  # fmt: skip
     """(decode, pick): a decode step on ``inputs`` (written in place between calls) returning
-    (B, V) logits, and the pick of a step's tokens from them as a NumPy array."""
+    (B, V) logits, and the pick of a step's tokens from them as a NumPy array.
+
+    ``graph_argmax=False`` makes a greedy pick on ORT an argmax in Python over the logits
+    even where the step computes it (tools/gen_host_overhead.py compares the two)."""
     bind = getattr(gen.step.runner, "bind_decode", None)
     if bind is None:  # the torch and reference backends
 
@@ -90,10 +96,13 @@ def _decoder(gen: Any, inputs: list[Tensor], caches: list[Tensor], sampling: Any
             return gen._run(*inputs[:3], caches, inputs[3])[:, 0]
 
         return decode, lambda logits: sampling.pick(logits).numpy()
-    step, logits = bind(inputs + caches)
+    step, logits, argmax = bind(inputs + caches)
     view = logits[:, 0]  # (B, V): every call of step() rewrites it
     if sampling.do_sample or view.dtype not in (torch.float32, torch.float16):
         return (lambda: (step(), view)[1]), lambda logits: sampling.pick(logits).numpy()
+    if argmax is not None and graph_argmax:
+        tokens = argmax.numpy()[:, 0]  # (B,): the step's own ArgMax, rewritten by every call
+        return (lambda: (step(), view)[1]), lambda _: tokens
     scores = view.numpy()
 
     def greedy(_: Tensor) -> np.ndarray:
