@@ -84,3 +84,36 @@ def int8_dot() -> bool:
     if forced in ("0", "1"):
         return forced == "1"
     return bool(_cpu_flags() & INT8_DOT_FLAGS)
+
+
+# -- fp32 linears of inference-only torch programs --------------------------------------
+ENV_ONEDNN_LINEAR = "TGRAPH_ONEDNN_LINEAR"  # "1" / "0" overrides the vendor check
+
+
+@functools.cache
+def _cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def onednn_linear() -> bool:
+    """Whether an inference-only torch program (the generation step) runs its fp32 linears
+    on oneDNN with packed weights (backends/torch_onednn.py) instead of ``F.linear``.
+
+    ``F.linear`` is MKL's sgemm on x86 builds of torch, and MKL does not take its fast
+    paths on CPUs that are not Intel's: on the AMD EPYC of session 9 it ran 1.7x slower
+    than oneDNN at one row and 2.3-2.7x slower at 128 (``tools/torch_linear_kernels.py``).
+    The packed weight is a second copy of the model's, so the switch is on only where that
+    was measured to pay: every CPU but Intel's (on Intel MKL's own paths have not been
+    compared here). ``TGRAPH_ONEDNN_LINEAR=1`` / ``0`` overrides.
+    """
+    forced = os.environ.get(ENV_ONEDNN_LINEAR, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    return _cpu_vendor() != "GenuineIntel"

@@ -53,6 +53,7 @@ from tgraph.ir import DType, Graph, SymDim, Value
 from tgraph.ir.ops import get_op
 from tgraph.tensors import torch_dtype
 
+from . import torch_onednn
 from .errors import LoweringError
 from .torch_cuda_graphs import CudaGraphs, can_replay
 from .torch_ops import ALIAS_OPS, CREATION_OPS, TUPLE_OPS, ops_for
@@ -65,6 +66,7 @@ def lower(
     params: Mapping[str, torch.Tensor] | None = None,
     *,
     cuda_graphs: bool | None = None,
+    pack_linears: bool = False,
 ) -> TorchRunner:
     """Lower ``graph`` to a :class:`TorchRunner` on ``device``.
 
@@ -78,6 +80,9 @@ def lower(
         cuda_graphs: capture and replay CUDA graphs when autograd is off: ``None`` (the
             default) does so on CUDA devices, ``True`` forces it on wherever inputs are CUDA
             tensors, ``False`` never does.
+        pack_linears: run fp32 linears with a constant weight on oneDNN's kernel with the
+            weight packed once (CPU; backends/torch_onednn.py), for programs that never
+            train: the packed weight is a snapshot without a gradient.
 
     Returns:
         An ``nn.Module`` called with the graph inputs (a sequence of tensors in graph-input
@@ -86,7 +91,7 @@ def lower(
     dev = _canonical_device(device)
     if params:
         move_in_place(params, dev)
-    program = build_program(graph, params, dev)
+    program = build_program(graph, params, dev, pack_linears=pack_linears)
     if cuda_graphs is None:
         cuda_graphs = dev.type == "cuda"
     return TorchRunner(program, dev, cuda_graphs=cuda_graphs)
@@ -146,14 +151,18 @@ class TorchRunner(nn.Module):
         return list(self.program(*inputs))
 
     def release_constants(self) -> None:
-        """Let the graph drop its int4 arrays that this program holds packed (one copy of
-        the weights, not two); :meth:`restore_constants` rebuilds them."""
+        """Let the graph drop its int4 arrays, and the fp32 ones of oneDNN-packed linears,
+        that this program holds packed (one copy of the weights, not two);
+        :meth:`restore_constants` rebuilds them."""
         release_packed(self.program, self.program.meta.get("packed_int4", []))
+        torch_onednn.release(self.program.meta.get("onednn_linears", []))
 
     def restore_constants(self) -> None:
         restore_packed(self.program, self.program.meta.get("packed_int4", []))
+        torch_onednn.restore(self.program, self.program.meta.get("onednn_linears", []))
 
     def __getstate__(self) -> dict[str, Any]:
+        torch_onednn.refuse_pickle(self.program)
         # Captured CUDA graphs cannot be copied or pickled; a copy captures its own.
         state = self.__dict__.copy()
         state["_graphs"] = None
@@ -170,9 +179,13 @@ def build_program(
     graph: Graph,
     params: Mapping[str, torch.Tensor] | None = None,
     device: str | torch.device = "cpu",
+    pack_linears: bool = False,
 ) -> fx.GraphModule:
-    """The ``torch.fx.GraphModule`` that computes ``graph`` (see the module docstring)."""
-    return _ProgramBuilder(graph, params or {}, torch.device(device)).build()
+    """The ``torch.fx.GraphModule`` that computes ``graph`` (see the module docstring;
+    ``pack_linears``: see :func:`lower`)."""
+    builder = _ProgramBuilder(graph, params or {}, torch.device(device))
+    builder.pack_linears = pack_linears and torch_onednn.available(builder.device)
+    return builder.build()
 
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -210,6 +223,8 @@ class _ProgramBuilder:
         self.placeholder_names: set[str] = set()
         self.const_names: set[str] = set()
         self.packed: PackedSources = []  # int4 weights emitted on torch's packed layout
+        self.pack_linears = False  # fp32 linears on oneDNN's packed kernel (torch_onednn)
+        self.onednn: torch_onednn.OneDNNSources = []  # the weights emitted so
 
     def build(self) -> fx.GraphModule:
         for v in self.graph.inputs:
@@ -225,6 +240,7 @@ class _ProgramBuilder:
         program = fx.GraphModule(self.root, self.fx, class_name=name)
         program.graph.lint()
         program.meta["packed_int4"] = self.packed
+        program.meta["onednn_linears"] = self.onednn
         return program
 
     # -- values ------------------------------------------------------------------------------
@@ -322,6 +338,10 @@ class _ProgramBuilder:
 
     def emit(self, node: Any) -> None:
         if emit_packed(self, node):  # a compressed linear on a packed CPU kernel
+            return
+        if self.pack_linears and torch_onednn.emit_onednn_linear(
+            self, node
+        ):  # fp32, inference only
             return
         fn = self.ops.get(node.op)
         if fn is None:

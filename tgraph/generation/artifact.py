@@ -37,6 +37,9 @@ def write_step(gen: Generator, tmp: str) -> dict[str, Any]:
 
     if gen.step is None:
         return {}
+    restore = getattr(gen.step.runner, "restore_constants", None)
+    if restore is not None:  # torch: weights held only packed get their arrays back
+        restore()
     doc, arrays = to_json(gen.step.graph)
     plain = gen.graph.initializers
     shared = sorted(k for k, a in arrays.items() if k in plain and _same(plain[k].const, a))

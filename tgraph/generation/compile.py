@@ -78,8 +78,13 @@ def lower_step(graph: Graph, backend: str, device: str, params: Any = None) -> S
 
         return StepProgram(graph, ort_lower(graph, device), backend, device)
     from tgraph.backends import get_backend
+    from tgraph.backends.policy import onednn_linear
 
-    runner = get_backend(backend).lower(graph, device, params=params)
+    if backend == "torch" and onednn_linear():  # inference only: oneDNN, weights packed once
+        runner = get_backend(backend).lower(graph, device, params=params, pack_linears=True)
+        runner.release_constants()  # the packed weights are the only copy the step holds
+    else:
+        runner = get_backend(backend).lower(graph, device, params=params)
     return StepProgram(graph, runner, backend, device)
 
 
