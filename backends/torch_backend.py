@@ -258,6 +258,8 @@ class _ProgramBuilder:
         """Register the tensor for initializer ``v``; return its attribute path."""
         tensor = self.params.get(v.name)
         if tensor is not None and _fits(tensor, v):
+            if self.pack_linears:  # inference only: a copy of its own, see _snapshot
+                return self._snapshot(v, tensor)
             return "params." + _install(self.root.params, v.name, tensor)
         if v.trainable and self.params:
             warnings.warn(
@@ -270,6 +272,18 @@ class _ProgramBuilder:
             return "params." + _install(self.root.params, v.name, nn.Parameter(tensor))
         name = _identifier(v.name, self.const_names)
         self.root.consts.register_buffer(name, tensor)
+        return f"consts.{name}"
+
+    def _snapshot(self, v: Value, tensor: torch.Tensor) -> str:
+        """A frozen copy of a model tensor for an inference-only program (``pack_linears``),
+        which the graph's constant then views too: neither keeps the model's storage alive,
+        so a model loaded from a mapped checkpoint frees the whole mapping when dropped
+        (its linears are packed copies already)."""
+        copy = tensor.detach().clone()
+        if copy.dtype != torch.bfloat16:
+            v.const = copy.numpy()
+        name = _identifier(v.name, self.const_names)
+        self.root.consts.register_buffer(name, copy)
         return f"consts.{name}"
 
     # -- symbolic dims -------------------------------------------------------------------------

@@ -16,7 +16,10 @@ a plain forward keeps ``F.linear`` on the model's own parameters.
 
 The packed buffer is then the program's only copy of the weight: the IR graph's array of
 it is released (a stand-in of its shape) and rebuilt exactly from the packed buffer when
-the graph is read or saved (``release``/``restore``, as torch_quant does for int4).
+the graph is read or saved (``release``/``restore``, as torch_quant does for int4). The
+program's other model tensors are copies of its own too (``_ProgramBuilder._snapshot``),
+so nothing it holds keeps the model's (often memory-mapped) storage alive: the 336M Llama's
+step held 1332 MiB after the model was dropped, 1.04x its fp32 weights (docs/generation.md).
 """
 
 from __future__ import annotations
