@@ -82,3 +82,18 @@ def test_packed_program_refuses_to_pickle_with_what_to_do(monkeypatch):
     _, gen = _compile("hf-llama", monkeypatch, "1")
     with pytest.raises(TypeError, match=r"do not pickle; save the compiled model with \.save"):
         pickle.dumps(gen.step.runner)
+
+
+def test_packed_step_holds_nothing_of_the_model(monkeypatch):
+    """Every tensor the packed step program holds, and every graph constant, is its own:
+    dropping the model (often a memory-mapped checkpoint) frees all of the model's storage."""
+    lm, gen = _compile("hf-llama", monkeypatch, "1")
+    model = {t.untyped_storage().data_ptr() for t in lm.state_dict().values()}
+    program = gen.step.runner.program
+    held = [t for t in (*program.parameters(), *program.buffers()) if not t.is_mkldnn]
+    assert held and not any(t.untyped_storage().data_ptr() in model for t in held)
+    assert not list(program.parameters())  # frozen: an optimizer has nothing to step
+    arrays = [t.detach().numpy() for t in lm.state_dict().values() if t.dtype != torch.bfloat16]
+    for v in gen.graph.initializers.values():
+        if isinstance(v.const, np.ndarray):
+            assert not any(np.shares_memory(v.const, a) for a in arrays), v.name
