@@ -61,15 +61,20 @@ ENV_INT8_DOT = "TGRAPH_INT8_DOT"  # "1" / "0" overrides the detection (tests, cr
 
 
 @functools.cache
-def _cpu_flags() -> frozenset[str]:
+def _cpuinfo(field: str) -> str:
+    """The first ``field`` line's value in /proc/cpuinfo ("" where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
+                if line.startswith(field):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return frozenset()
+    return ""
+
+
+def _cpu_flags() -> frozenset[str]:
+    return frozenset(_cpuinfo("flags").split())
 
 
 def int8_dot() -> bool:
@@ -90,18 +95,6 @@ def int8_dot() -> bool:
 ENV_ONEDNN_LINEAR = "TGRAPH_ONEDNN_LINEAR"  # "1" / "0" overrides the vendor check
 
 
-@functools.cache
-def _cpu_vendor() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
 def onednn_linear() -> bool:
     """Whether an inference-only torch program (the generation step) runs its fp32 linears
     on oneDNN with packed weights (backends/torch_onednn.py) instead of ``F.linear``.
@@ -116,4 +109,4 @@ def onednn_linear() -> bool:
     forced = os.environ.get(ENV_ONEDNN_LINEAR, "").strip()
     if forced in ("0", "1"):
         return forced == "1"
-    return _cpu_vendor() != "GenuineIntel"
+    return _cpuinfo("vendor_id") != "GenuineIntel"
