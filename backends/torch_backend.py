@@ -224,7 +224,7 @@ class _ProgramBuilder:
         self.const_names: set[str] = set()
         self.packed: PackedSources = []  # int4 weights emitted on torch's packed layout
         self.pack_linears = False  # fp32 linears on oneDNN's packed kernel (torch_onednn)
-        self.onednn: torch_onednn.OneDNNSources = []  # the weights emitted so
+        self.onednn: torch_onednn.OneDNNSources = []  # weights emitted on oneDNN's layout
 
     def build(self) -> fx.GraphModule:
         for v in self.graph.inputs:
@@ -353,10 +353,8 @@ class _ProgramBuilder:
     def emit(self, node: Any) -> None:
         if emit_packed(self, node):  # a compressed linear on a packed CPU kernel
             return
-        if self.pack_linears and torch_onednn.emit_onednn_linear(
-            self, node
-        ):  # fp32, inference only
-            return
+        if self.pack_linears and torch_onednn.emit_onednn_linear(self, node):
+            return  # an fp32 linear of an inference-only program, on oneDNN
         fn = self.ops.get(node.op)
         if fn is None:
             module = node.meta.get("module")
