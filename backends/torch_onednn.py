@@ -26,10 +26,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from tgraph.ir import DType, Node, Value
+
+from .torch_quant import is_stand_in, release_const, shared
 
 PACK_ROWS = 128  # the rows oneDNN picks the layout for: as fast at 1 row as a 1-row layout
 # (graph value, its packed buffer under program.consts) per packed weight
@@ -55,7 +56,7 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 def emit_onednn_linear(builder: Any, node: Node) -> bool:
     """Emit an fp32 ``linear`` with a constant 2-D weight on oneDNN's packed kernel; False
     (nothing emitted) for any other node."""
-    if node.op != "linear" or len(node.inputs) < 2:
+    if node.op != "linear":
         return False
     x, w = node.inputs[0], node.inputs[1]
     if w.const is None or w.dtype is not DType.float32 or x.dtype is not DType.float32:
@@ -63,7 +64,6 @@ def emit_onednn_linear(builder: Any, node: Node) -> bool:
     if len(w.shape) != 2:
         return False
     from .torch_backend import _fits, _identifier
-    from .torch_quant import shared
 
     tensor = builder.params.get(w.name)
     if tensor is None or not _fits(tensor, w):
@@ -83,16 +83,16 @@ def emit_onednn_linear(builder: Any, node: Node) -> bool:
 
 
 def release(sources: OneDNNSources) -> None:
-    """Drop the graph's own arrays of the weights the program holds packed."""
+    """Drop the graph's own arrays of the weights the program holds packed (stand-ins,
+    torch_quant.release_const)."""
     for value, _name in sources:
-        if value.const is not None and value.const.strides != (0,) * value.const.ndim:
-            value.const = np.broadcast_to(np.zeros((), value.const.dtype), value.const.shape)
+        release_const(value)
 
 
 def restore(program: Any, sources: OneDNNSources) -> None:
     """Rebuild the graph's arrays from the packed buffers (exactly: a reorder, no rounding)."""
     for value, name in sources:
-        if value.const is not None and value.const.strides == (0,) * value.const.ndim:
+        if is_stand_in(value):
             value.const = getattr(program.consts, name).to_dense().numpy()
 
 

@@ -250,19 +250,30 @@ def emit_packed(builder: Any, node: Node) -> bool:
 PackedSources = list[tuple[Value, str, int, int]]
 
 
+def is_stand_in(value: Value) -> bool:
+    """Whether ``value``'s constant is a released stand-in (see :func:`release_const`)."""
+    return value.const is not None and value.const.strides == (0,) * value.const.ndim
+
+
+def release_const(value: Value) -> None:
+    """Replace ``value``'s array by a zero-strided stand-in of the same shape and dtype, for
+    a weight a program holds in a packed layout of its own (rebuilt from it on demand)."""
+    if value.const is not None and not is_stand_in(value):
+        value.const = np.broadcast_to(np.zeros((), value.const.dtype), value.const.shape)
+
+
 def release_packed(program: Any, sources: PackedSources) -> None:
     """Drop the graph's own int4 arrays of weights the program holds packed: only torch's
-    layout stays alive. Each becomes a zero-strided stand-in of the same shape and dtype
-    until :func:`restore_packed` rebuilds it (``CompiledModel.graph`` does, when read)."""
+    layout stays alive. Each becomes a stand-in (:func:`release_const`) until
+    :func:`restore_packed` rebuilds it (``CompiledModel.graph`` does, when read)."""
     for value, _name, _n, _block in sources:
-        if value.const is not None and value.const.strides != (0,) * value.const.ndim:
-            value.const = np.broadcast_to(np.zeros((), value.const.dtype), value.const.shape)
+        release_const(value)
 
 
 def restore_packed(program: Any, sources: PackedSources) -> None:
     """Rebuild the IR's int4 arrays from the program's packed buffers (exactly)."""
     for value, name, n, block in sources:
-        if value.const is not None and value.const.strides == (0,) * value.const.ndim:
+        if is_stand_in(value):
             weight = getattr(program.consts, name).cpu()
             value.const = unpack_int4pack(weight, n, block)
 
