@@ -75,6 +75,15 @@ def _whole_slice(m: Match) -> str | None:
     return _keeps_type(m, x)
 
 
+def _empty_operand(m: Match) -> str | None:
+    """The other operand of ``concat(x, e)`` / ``concat(e, x)`` is empty along the axis."""
+    e = m["e"]
+    size = e.shape[m["node"].attrs["axis"] % e.rank]
+    if size != 0:
+        return f"operand %{e.name} has size {size} along the concat axis, not 0"
+    return _keeps_type(m, m["x"])
+
+
 def _same_axes(m: Match) -> str | None:
     rank = m["x"].rank + len(m["u"].attrs["axes"])
     added = sorted({a % rank for a in m["u"].attrs["axes"]})
@@ -163,6 +172,22 @@ RULES = (
     ),
     # concat([x]) = x
     _forward_rule("concat-single", P.op("concat", x)),
+    # concat([x, e]) = concat([e, x]) = x when e is empty along the axis (Phi-3's rotary
+    # over the whole head keeps q[..., head:], an empty pass-through)
+    Rule(
+        "concat-empty",
+        P.op("concat", x, P.var("e"), name="node"),
+        replace=_forward,
+        check=_empty_operand,
+        quiet=True,
+    ),
+    Rule(
+        "concat-empty",
+        P.op("concat", P.var("e"), x, name="node"),
+        replace=_forward,
+        check=_empty_operand,
+        quiet=True,
+    ),
 )
 
 

@@ -254,6 +254,29 @@ def test_concat_of_two_inputs_stays():
     assert rejections(_unchanged(trace_module(Cat(), torch.randn(2, 5, 8))), "concat-single") == []
 
 
+@pytest.mark.parametrize("empty_first", [False, True])
+def test_concat_with_an_empty_operand_is_the_other(empty_first):
+    class Rope(torch.nn.Module):  # Phi-3's rotary over the whole head: x[..., 8:] is empty
+        def forward(self, x):
+            y = torch.relu(x[..., :8])
+            rest = x[..., 8:]
+            return torch.cat([rest, y] if empty_first else [y, rest], dim=-1)
+
+    g = trace_module(Rope(), torch.randn(2, 5, 8))
+    out, records = check_pass(g, "simplify,dce", disappear=["concat", "slice"])
+    assert matches(records, "concat-empty") == 1
+    assert out.op_histogram() == {"relu": 1}
+
+
+def test_concat_with_a_nonempty_operand_stays():
+    class Rope(torch.nn.Module):
+        def forward(self, x):
+            return torch.cat([torch.relu(x[..., :4]), x[..., 4:]], dim=-1)
+
+    out, _ = check_pass(trace_module(Rope(), torch.randn(2, 5, 8)), "simplify", changed=False)
+    assert out.op_histogram()["concat"] == 1
+
+
 # -- graph outputs ----------------------------------------------------------------------------
 
 
