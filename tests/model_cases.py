@@ -183,6 +183,84 @@ HF_DECODERS: dict[str, Callable[[Any, dict], torch.nn.Module]] = {
     "hf-gpt-neox": lambda T, small: T.GPTNeoXForCausalLM(
         T.GPTNeoXConfig(vocab_size=100, max_position_embeddings=64, rotary_pct=0.5, **small)
     ),
+    # per-head RMSNorm of q and k before the rotary (q_norm / k_norm)
+    "hf-qwen3": lambda T, small: T.Qwen3ForCausalLM(
+        T.Qwen3Config(
+            vocab_size=100, num_key_value_heads=2, head_dim=8, max_position_embeddings=64, **small
+        )
+    ),
+    # one packed qkv_proj and one packed gate_up_proj, split in the model's own code
+    "hf-phi3": lambda T, small: T.Phi3ForCausalLM(
+        T.Phi3Config(
+            vocab_size=100,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            pad_token_id=0,
+            **small,
+        )
+    ),
+    # Llama 3.x: rotary frequencies rescaled by the "llama3" rope type, tied LM head
+    "hf-llama3": lambda T, small: T.LlamaForCausalLM(
+        T.LlamaConfig(
+            vocab_size=100,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            tie_word_embeddings=True,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16,
+            },
+            **small,
+        )
+    ),  # fmt: skip
+    # q/k norms, a sliding-window layer and a full one, each with its own rotary base
+    "hf-gemma3": lambda T, small: T.Gemma3ForCausalLM(
+        T.Gemma3TextConfig(
+            vocab_size=100,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=64,
+            sliding_window=8,
+            layer_types=["sliding_attention", "full_attention"],
+            **small,
+        )
+    ),  # fmt: skip
+    # LayerNorm with bias, partial rotary (a quarter of each head)
+    "hf-stablelm": lambda T, small: T.StableLmForCausalLM(
+        T.StableLmConfig(vocab_size=100, num_key_value_heads=2, max_position_embeddings=64, **small)
+    ),
+    # LayerNorm, biased linears, GELU-tanh MLP without a gate, sliding window
+    "hf-starcoder2": lambda T, small: T.Starcoder2ForCausalLM(
+        T.Starcoder2Config(
+            vocab_size=100,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            sliding_window=8,
+            **small,
+        )
+    ),
+    # RMSNorm after attention and MLP (not before), q/k norms over all heads at once
+    "hf-olmo2": lambda T, small: T.Olmo2ForCausalLM(
+        T.Olmo2Config(vocab_size=100, num_key_value_heads=2, max_position_embeddings=64, **small)
+    ),
+    # multi-query attention (one KV head) from one fused query_key_value, parallel residual
+    "hf-falcon": lambda T, small: T.FalconForCausalLM(
+        T.FalconConfig(
+            vocab_size=100,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            new_decoder_architecture=False,
+            multi_query=True,
+        )
+    ),  # fmt: skip
+    # interleaved rotary over the first 4 dims of each head, parallel attention and MLP
+    "hf-gptj": lambda T, small: T.GPTJForCausalLM(
+        T.GPTJConfig(vocab_size=100, n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=64)
+    ),
     # learned positions from a cumsum of the mask, (B*T, C) MLP, ReLU
     "hf-opt": lambda T, small: T.OPTForCausalLM(
         T.OPTConfig(

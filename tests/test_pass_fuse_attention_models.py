@@ -40,6 +40,15 @@ MODELS = {
     "hf-phi": (2, "bhsd"),  # partial rotary slices the heads between split and attention
     "hf-gpt-neox": (2, "bhsd"),  # q, k, v chunked out of per-head packed (B, H, T, 3D)
     "hf-opt": (2, "bsd"),
+    "hf-qwen3": (2, "bhsd"),  # per-head q/k RMSNorm sits between the split and attention
+    "hf-phi3": (2, "bhsd"),
+    "hf-llama3": (2, "bhsd"),
+    "hf-gemma3": (2, "bhsd"),
+    "hf-stablelm": (2, "bhsd"),
+    "hf-starcoder2": (2, "bhsd"),
+    "hf-olmo2": (2, "bhsd"),
+    "hf-falcon": (2, "bhsd"),
+    "hf-gptj": (2, "bhsd"),
 }
 # Decoders whose mask is proven causal (index comparisons on aranges for OPT, BART and CLIP;
 # Llama-style HF decoders trace transformers' packed-sequence mask: a general mask input).
@@ -47,7 +56,13 @@ CAUSAL_MODELS = {
     "gpt-tiny": 2, "llama-tiny": 2, "nn-transformer": 2, "hf-clip-text": 2, "hf-bart": 2,
     "hf-opt": 2,
 }  # fmt: skip
-GQA_MODELS = {"llama-tiny", "hf-llama", "hf-mistral", "hf-qwen2", "hf-gemma"}
+# kv heads where they are not the 4 query heads: GQA with 2, Falcon's multi-query 1
+KV_HEADS = {
+    **dict.fromkeys(["llama-tiny", "hf-llama", "hf-mistral", "hf-qwen2", "hf-gemma", "hf-qwen3",
+                     "hf-phi3", "hf-llama3", "hf-gemma3", "hf-stablelm", "hf-starcoder2",
+                     "hf-olmo2"], 2),
+    "hf-falcon": 1,
+}  # fmt: skip
 # Cases other test files trace too (the trace is cached per session); the rest are slow.
 SHARED = {"gpt-tiny", "llama-tiny", "hf-gpt2", "hf-llama", "hf-bert", "nn-encoder-padding"}
 
@@ -72,4 +87,4 @@ def test_model_cases(name, traced_case):
         assert {a.attrs["layout"] for a in attns} == {layout}
         assert sum(a.attrs["causal"] for a in attns) == CAUSAL_MODELS.get(name, 0)
         kv = {a.attrs["kv_heads"] for a in attns}
-        assert kv == ({2} if name in GQA_MODELS else {4})
+        assert kv == {KV_HEADS.get(name, 4)}
