@@ -2,6 +2,7 @@
 
     python tools/torch_linear_kernels.py --threads 2
     python tools/torch_linear_kernels.py --shapes 1x1024x5632 128x1024x5632 --layers 12
+    python tools/torch_linear_kernels.py --layouts 1 128   # oneDNN's layout for 1 / 128 rows
 
 The torch backend runs a linear as ``F.linear``, which on an x86 build of torch is MKL's
 sgemm. On an AMD CPU MKL can be far from what the memory or the FMA units allow. oneDNN,
@@ -14,7 +15,10 @@ second, and the largest difference between the two outputs.
 
 Shapes are ``MxKxN``: M rows of input, K input features, N output features (the weight is
 (N, K) as in ``nn.Linear``). The default set is the 336M Llama's linears at decode (M = 1)
-and at a 128-token prefill.
+and at a 128-token prefill. oneDNN picks its layout for a row count given at the reorder:
+by default each shape's own M; ``--layouts 1 128`` times one column per row count instead,
+against the one layout the generation step uses (``torch_onednn.PACK_ROWS``).
+The speedup printed is F.linear's time over the fastest oneDNN column's.
 """
 
 from __future__ import annotations
@@ -42,23 +46,30 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     return m, k, n
 
 
-def time_shape(m: int, k: int, n: int, layers: int, rounds: int) -> dict:
-    """Both kernels on ``layers`` (n, k) weights and an (m, k) input, alternating rounds."""
+def time_shape(m: int, k: int, n: int, layers: int, rounds: int,
+               layouts: list[int] | None = None) -> dict:  # fmt: skip
+    """F.linear and oneDNN (one column per layout, default: laid out for ``m`` rows) on
+    ``layers`` (n, k) weights and an (m, k) input, alternating rounds."""
     gen = torch.Generator().manual_seed(0)
     weights = [torch.randn(n, k, generator=gen) / k**0.5 for _ in range(layers)]
-    packed = [torch.ops.mkldnn._reorder_linear_weight(w, m) for w in weights]
     x = torch.randn(m, k, generator=gen)
 
     def mkl() -> list[torch.Tensor]:
         return [F.linear(x, w) for w in weights]
 
-    def onednn() -> list[torch.Tensor]:
-        return [torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], "") for p in packed]
+    def onednn(packed: list[torch.Tensor]):
+        return lambda: [torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], "")
+                        for p in packed]  # fmt: skip
 
-    diff = max(float((a - b).abs().max()) for a, b in zip(mkl(), onednn()))
-    times: dict[str, list[float]] = {"F.linear": [], "oneDNN packed": []}
+    fns = {"F.linear": mkl}
+    for rows in layouts or [m]:
+        name = "oneDNN packed" if layouts is None else f"oneDNN[{rows}]"
+        fns[name] = onednn([torch.ops.mkldnn._reorder_linear_weight(w, rows) for w in weights])
+    ref = mkl()
+    diff = max(float((a - b).abs().max()) for fn in fns.values() for a, b in zip(ref, fn()))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    order = list(fns.items())
     for r in range(rounds):
-        order = (("F.linear", mkl), ("oneDNN packed", onednn))
         for name, fn in order if r % 2 == 0 else order[::-1]:
             start = time.perf_counter()
             fn()
@@ -78,6 +89,9 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=16, help="independent weights per shape")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--layouts", type=int, nargs="+",
+                        help="oneDNN layouts to time, by the rows they are laid out for "
+                        "(default: each shape's M)")  # fmt: skip
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
     if not torch.backends.mkldnn.is_available():
@@ -86,13 +100,16 @@ def main() -> None:
     shapes = [parse_shape(s) for s in args.shapes]
     print(f"torch {torch.__version__}, {args.threads} threads, {args.layers} weights per shape, "
           f"{args.rounds} alternating rounds; median us per linear (weight GB/s, GFLOP/s)")  # fmt: skip
+    if args.layouts and min(args.layouts) < 1:
+        raise SystemExit("torch_linear_kernels: --layouts takes row counts of at least 1")
     rows = []
     for m, k, n in shapes:
-        row = time_shape(m, k, n, args.layers, args.rounds)
+        row = time_shape(m, k, n, args.layers, args.rounds, args.layouts)
         rows.append(row)
+        names = [name for name in row if name == "F.linear" or name.startswith("oneDNN")]
         cells = "  ".join(f"{name} {row[name]['us']:9.1f} us ({row[name]['weight_gbs']:5.1f} GB/s, "
-                          f"{row[name]['gflops']:6.1f})" for name in ("F.linear", "oneDNN packed"))  # fmt: skip
-        speedup = row["F.linear"]["us"] / row["oneDNN packed"]["us"]
+                          f"{row[name]['gflops']:6.1f})" for name in names)  # fmt: skip
+        speedup = row["F.linear"]["us"] / min(row[name]["us"] for name in names[1:])
         print(f"{row['shape']:>14s}  {cells}  x{speedup:.2f}  max diff {row['max_abs_diff']:.1e}")
     if args.json:
         with open(args.json, "w") as f:
