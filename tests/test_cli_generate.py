@@ -93,3 +93,24 @@ def test_no_tokenizer_in_directory_is_one_line(dirs):
 def test_not_a_causal_lm_is_one_line(dirs):
     proc = tgraph("generate", str(dirs["root"] / "bert"), "--prompt-ids", "1,2")
     assert_one_line_error(proc, "BertModel is not a causal LM")
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (
+            ["--backend", "ort"],
+            "compiled with --backend torch; --backend ort applies to a checkpoint",
+        ),
+        (["--pipeline", "int4"], "compiled with --pipeline default; --pipeline int4 applies"),
+    ],
+)
+def test_artifact_refuses_another_backend_or_pipeline(dirs, args, fragment):
+    proc = tgraph("generate", dirs["art"], "--prompt-ids", "5,7", *args)
+    assert_one_line_error(proc, fragment)
+
+
+def test_artifact_takes_its_own_backend_and_pipeline_by_name(dirs):
+    proc = tgraph("generate", dirs["art"], "--prompt-ids", "5,7", "--max-new-tokens", "2",
+                  "--backend", "torch", "--pipeline", "default")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr

@@ -22,9 +22,12 @@ from tgraph.cli.app import CliContext, fail, load_checkpoint, main, pass_ctx, pr
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --do-sample.")
 @click.option(
     "--backend", type=click.Choice(["ort", "torch", "reference"]), default="ort",
-    show_default=True, help="For a checkpoint (an artifact keeps its own).",
+    show_default=True, help="For a checkpoint; an artifact runs on its own (naming another is an error).",
 )  # fmt: skip
-@click.option("--pipeline", default="default", show_default=True, help="For a checkpoint.")
+@click.option(
+    "--pipeline", default="default", show_default=True,
+    help="For a checkpoint; an artifact keeps its own (naming another is an error).",
+)  # fmt: skip
 @click.option("--tokenizer", "tokenizer_dir", type=click.Path(), help="Tokenizer directory.")
 @pass_ctx
 def generate(
@@ -113,6 +116,8 @@ def _generator(source: str, backend: str, pipeline: str, say) -> Any:
         gen = tgraph.load(source)
         if not isinstance(gen, Generator):
             fail(f"{source}: the artifact is not a causal LM; tgraph generate needs one")
+        _refuse_other(source, "backend", backend, gen.backend, gen.backend)
+        _refuse_other(source, "pipeline", pipeline, gen.pipeline, _pipeline_name(gen.pipeline))
         return gen
     say(f"loading {source}")
     loaded = load_checkpoint(source, 1, 8)
@@ -121,6 +126,29 @@ def _generator(source: str, backend: str, pipeline: str, say) -> Any:
              "needs one (a *ForCausalLM checkpoint)")  # fmt: skip
     return tgraph.compile(loaded.model, loaded.example_inputs, backend=backend,
                           pipeline=pipeline, progress=say)  # fmt: skip
+
+
+def _pipeline_name(passes: str) -> str:
+    """The registered name of a pipeline's pass list (an artifact keeps the list)."""
+    from tgraph.passes.registry import list_pipelines
+
+    names = [n for n, p in list_pipelines().items() if p["passes"] == passes]
+    return names[0] if names else passes
+
+
+def _refuse_other(source: str, option: str, given: str, kept: str, shown: str) -> None:
+    """An artifact runs as it was compiled: an explicit --backend / --pipeline that differs
+    is an error, not silently ignored."""
+    from click.core import ParameterSource
+
+    from tgraph.passes.registry import pipeline_text
+
+    explicit = click.get_current_context().get_parameter_source(option)
+    same = (pipeline_text(given) or given) == kept if option == "pipeline" else given == kept
+    if explicit == ParameterSource.COMMANDLINE and not same:
+        fail(f"{source}: the artifact was compiled with --{option} {shown}; --{option} {given} "
+             f"applies to a checkpoint (recompile it: tgraph compile CHECKPOINT --{option} "
+             f"{given})")  # fmt: skip
 
 
 class _Printer:
