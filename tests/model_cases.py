@@ -261,6 +261,30 @@ HF_DECODERS: dict[str, Callable[[Any, dict], torch.nn.Module]] = {
     "hf-gptj": lambda T, small: T.GPTJForCausalLM(
         T.GPTJConfig(vocab_size=100, n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=64)
     ),
+    # mixture of experts: top-2 of 4 experts per token (traced as batched_mm experts)
+    "hf-mixtral": lambda T, small: T.MixtralForCausalLM(
+        T.MixtralConfig(
+            vocab_size=100,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            **small,
+        )
+    ),
+    # experts plus a sigmoid-gated shared expert, routing weights not renormalized
+    "hf-qwen2-moe": lambda T, small: T.Qwen2MoeForCausalLM(
+        T.Qwen2MoeConfig(
+            vocab_size=100,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=16,
+            shared_expert_intermediate_size=32,
+            **small,
+        )
+    ),
     # learned positions from a cumsum of the mask, (B*T, C) MLP, ReLU
     "hf-opt": lambda T, small: T.OPTForCausalLM(
         T.OPTConfig(

@@ -16,7 +16,8 @@ from tgraph.ir.ops import get_op
 
 ARCHS = ["hf-gpt2", "hf-opt", "hf-gpt-neox", "hf-phi", "hf-llama", "hf-mistral", "hf-qwen2",
          "hf-gemma", "hf-gemma2", "hf-qwen3", "hf-phi3", "hf-llama3", "hf-gemma3",
-         "hf-stablelm", "hf-starcoder2", "hf-olmo2", "hf-falcon", "hf-gptj"]  # fmt: skip
+         "hf-stablelm", "hf-starcoder2", "hf-olmo2", "hf-falcon", "hf-gptj", "hf-mixtral",
+         "hf-qwen2-moe"]  # fmt: skip
 BACKENDS = ["reference", "torch", "ort"]
 PROMPT, PAD, NEW = 7, 3, 32
 
@@ -325,3 +326,11 @@ def test_dump_dir_holds_the_step_graph_passes(tmp_path):
     step_dumps = sorted((tmp_path / "step").glob("*.txt"))
     assert step_dumps and "cache_attention(" in step_dumps[-1].read_text()
     assert gen.graph is not None and any(tmp_path.glob("*.txt"))  # the plain forward's dumps
+
+
+def test_moe_traces_batched_experts_and_restores_the_models_own():
+    """transformers' default experts (grouped_mm) do not export; the trace switches to
+    batched_mm and gives the model its own back (frontend/export.py traceable_experts)."""
+    lm, gen = compiled("hf-mixtral", "ort")
+    assert lm.config._experts_implementation not in (None, "batched_mm")
+    assert gen.step is not None

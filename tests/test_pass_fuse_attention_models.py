@@ -49,6 +49,8 @@ MODELS = {
     "hf-olmo2": (2, "bhsd"),
     "hf-falcon": (2, "bhsd"),
     "hf-gptj": (2, "bhsd"),
+    "hf-mixtral": (2, "bhsd"),
+    "hf-qwen2-moe": (2, "bhsd"),
 }
 # Decoders whose mask is proven causal (index comparisons on aranges for OPT, BART and CLIP;
 # Llama-style HF decoders trace transformers' packed-sequence mask: a general mask input).
@@ -60,9 +62,11 @@ CAUSAL_MODELS = {
 KV_HEADS = {
     **dict.fromkeys(["llama-tiny", "hf-llama", "hf-mistral", "hf-qwen2", "hf-gemma", "hf-qwen3",
                      "hf-phi3", "hf-llama3", "hf-gemma3", "hf-stablelm", "hf-starcoder2",
-                     "hf-olmo2"], 2),
+                     "hf-olmo2", "hf-mixtral", "hf-qwen2-moe"], 2),
     "hf-falcon": 1,
 }  # fmt: skip
+# Softmaxes that are not attention: the MoE routers' (one per layer)
+ROUTER_SOFTMAX = {"hf-mixtral": 2, "hf-qwen2-moe": 2}
 # Cases other test files trace too (the trace is cached per session); the rest are slow.
 SHARED = {"gpt-tiny", "llama-tiny", "hf-gpt2", "hf-llama", "hf-bert", "nn-encoder-padding"}
 
@@ -78,11 +82,12 @@ def test_model_cases(name, traced_case):
             g,
             pipeline,
             appear=["attention"],
-            disappear=["softmax", "sdpa"],
+            disappear=["sdpa"] if name in ROUTER_SOFTMAX else ["softmax", "sdpa"],
             sizes=((2, 16), (1, 7)),
             int_high=2,
         )
         attns = _attentions(out)
+        assert out.op_histogram().get("softmax", 0) == ROUTER_SOFTMAX.get(name, 0)
         assert len(attns) == count
         assert {a.attrs["layout"] for a in attns} == {layout}
         assert sum(a.attrs["causal"] for a in attns) == CAUSAL_MODELS.get(name, 0)

@@ -3,9 +3,10 @@ planned, torch.export run (and rerun with refined dims when it asks for them).""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -103,6 +104,36 @@ def _widen(t: Any) -> Any:
     return t
 
 
+EXPORT_EXPERTS = "batched_mm"  # transformers' experts implementation tgraph traces
+
+
+@contextlib.contextmanager
+def traceable_experts(model: torch.nn.Module) -> Iterator[None]:
+    """Trace a Hugging Face mixture-of-experts model through experts that export.
+
+    transformers dispatches its MoE layers (Mixtral, Qwen2-MoE, OLMoE, ...) through
+    ``ExpertsInterface``. Its default on 5.25, ``grouped_mm``, counts tokens per expert with
+    ``aten::histc``, and its ``eager`` loop branches on data-dependent sizes, which
+    torch.export refuses. ``batched_mm`` gathers each token's k experts' weights and runs
+    one batched matmul: plain tensor ops, exact, and what this sets for the trace (restored
+    after). It copies k experts' weights per token, so it suits small models and decode
+    far better than a long prefill of a large one (docs/models.md, Known limits).
+    """
+    config = getattr(model, "config", None)
+    before = getattr(config, "_experts_implementation", None)
+    setter = getattr(model, "set_experts_implementation", None)
+    experts = any(hasattr(m, "is_concatenated") and hasattr(m, "_is_expert_parallel")
+                  for m in model.modules())  # fmt: skip
+    if before == EXPORT_EXPERTS or setter is None or not experts:
+        yield
+        return
+    setter(EXPORT_EXPERTS)
+    try:
+        yield
+    finally:
+        setter(before)
+
+
 def export(
     model: torch.nn.Module,
     args: tuple,
@@ -145,7 +176,8 @@ def export(
             {n: pytree.tree_map(plan.spec, bound.arguments[n]) for n in names} if plan else None
         )
         try:
-            ep = _export_refined(model, wargs, wkwargs, dynamic_shapes)
+            with traceable_experts(model):
+                ep = _export_refined(model, wargs, wkwargs, dynamic_shapes)
         except Exception as e:  # noqa: BLE001 - retried with the lenient plan, then reported
             error = error or e
             continue

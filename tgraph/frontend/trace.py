@@ -47,6 +47,19 @@ def _module_path(node: torch.fx.Node) -> str:
     return path if not path.startswith("_empty") else ""
 
 
+def _moe_hint(node: torch.fx.Node) -> str:
+    """A note for an op that failed inside a mixture-of-experts block, whose routing
+    (``histc``, data-dependent gathers) is the usual cause (frontend/export.py
+    ``traceable_experts``)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    for _path, cls in reversed(list(stack.values())):
+        name = getattr(cls, "__name__", None) or str(cls).rsplit(".", 1)[-1].strip("'>")
+        if re.search(r"Experts?$|MoE|Moe", name):
+            return (f"; inside {name}, a mixture-of-experts layer (tgraph traces "
+                    "transformers' batched_mm experts: docs/models.md)")  # fmt: skip
+    return ""
+
+
 def _source(node: torch.fx.Node) -> str:
     trace = node.meta.get("stack_trace") or ""
     frames = re.findall(r'File "([^"]+)", line (\d+)', trace)
@@ -198,7 +211,7 @@ def _translate(ep: ExportedProgram, graph: Graph, symbols: SymbolTable) -> list[
             _check_types(ctx, node, result)
         except (UnsupportedError, NotImplementedError) as e:
             module = _module_path(node) or "the top-level module"
-            raise FrontendError(f"{e} (node {node.name}, from {module})") from None
+            raise FrontendError(f"{e} (node {node.name}, from {module}){_moe_hint(node)}") from None
         ctx.env[node] = result
     raise FrontendError("exported graph has no output node")
 

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from tgraph.frontend.aten import TRANSLATORS
-from tgraph.frontend.export import FrontendError
+from tgraph.frontend.export import FrontendError, traceable_experts
 from tgraph.ir import Graph
 
 ATTENTION_NAME = "tgraph_cache"
@@ -234,7 +234,7 @@ def trace_step(lm: nn.Module, max_length: int) -> Graph:
     shapes = ({0: batch, 1: seq}, {0: batch}, {0: batch}, {0: batch, 1: Dim("positions")},
               [{0: batch, 2: length}] * len(caches))  # fmt: skip
     step = StepModule(lm).eval()
-    with _attention_set(lm):
+    with _attention_set(lm), traceable_experts(lm):
         try:
             ep = torch.export.export(step, args, dynamic_shapes=shapes, strict=False)
         except Exception as e:  # noqa: BLE001 - reported in one line
