@@ -150,31 +150,17 @@ HF_ENCODERS: dict[str, Callable[[Any, dict], torch.nn.Module]] = {
         )
     ),
 }
+# what most tiny decoder configs share: a 100-token vocabulary, 2 KV heads of 4 (GQA)
+GQA = dict(vocab_size=100, num_key_value_heads=2, max_position_embeddings=64)
 HF_DECODERS: dict[str, Callable[[Any, dict], torch.nn.Module]] = {
     # sliding-window attention (window 8 < the traced 16) and GQA
     "hf-mistral": lambda T, small: T.MistralForCausalLM(
-        T.MistralConfig(
-            vocab_size=100,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-            sliding_window=8,
-            **small,
-        )
+        T.MistralConfig(**GQA, sliding_window=8, **small)
     ),
     # q/k/v projections with biases
-    "hf-qwen2": lambda T, small: T.Qwen2ForCausalLM(
-        T.Qwen2Config(vocab_size=100, num_key_value_heads=2, max_position_embeddings=64, **small)
-    ),
+    "hf-qwen2": lambda T, small: T.Qwen2ForCausalLM(T.Qwen2Config(**GQA, **small)),
     # RMSNorm weight as (1 + w), GELU-tanh MLP, embeddings scaled by sqrt(hidden)
-    "hf-gemma": lambda T, small: T.GemmaForCausalLM(
-        T.GemmaConfig(
-            vocab_size=100,
-            num_key_value_heads=2,
-            head_dim=8,
-            max_position_embeddings=64,
-            **small,
-        )
-    ),
+    "hf-gemma": lambda T, small: T.GemmaForCausalLM(T.GemmaConfig(**GQA, head_dim=8, **small)),
     # partial rotary (half of each head), attention and MLP in parallel off one LayerNorm
     "hf-phi": lambda T, small: T.PhiForCausalLM(
         T.PhiConfig(vocab_size=100, max_position_embeddings=64, partial_rotary_factor=0.5, **small)
@@ -184,27 +170,13 @@ HF_DECODERS: dict[str, Callable[[Any, dict], torch.nn.Module]] = {
         T.GPTNeoXConfig(vocab_size=100, max_position_embeddings=64, rotary_pct=0.5, **small)
     ),
     # per-head RMSNorm of q and k before the rotary (q_norm / k_norm)
-    "hf-qwen3": lambda T, small: T.Qwen3ForCausalLM(
-        T.Qwen3Config(
-            vocab_size=100, num_key_value_heads=2, head_dim=8, max_position_embeddings=64, **small
-        )
-    ),
+    "hf-qwen3": lambda T, small: T.Qwen3ForCausalLM(T.Qwen3Config(**GQA, head_dim=8, **small)),
     # one packed qkv_proj and one packed gate_up_proj, split in the model's own code
-    "hf-phi3": lambda T, small: T.Phi3ForCausalLM(
-        T.Phi3Config(
-            vocab_size=100,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-            pad_token_id=0,
-            **small,
-        )
-    ),
+    "hf-phi3": lambda T, small: T.Phi3ForCausalLM(T.Phi3Config(**GQA, pad_token_id=0, **small)),
     # Llama 3.x: rotary frequencies rescaled by the "llama3" rope type, tied LM head
     "hf-llama3": lambda T, small: T.LlamaForCausalLM(
         T.LlamaConfig(
-            vocab_size=100,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
+            **GQA,
             tie_word_embeddings=True,
             rope_scaling={
                 "rope_type": "llama3",
@@ -215,37 +187,25 @@ HF_DECODERS: dict[str, Callable[[Any, dict], torch.nn.Module]] = {
             },
             **small,
         )
-    ),  # fmt: skip
+    ),
     # q/k norms, a sliding-window layer and a full one, each with its own rotary base
     "hf-gemma3": lambda T, small: T.Gemma3ForCausalLM(
         T.Gemma3TextConfig(
-            vocab_size=100,
-            num_key_value_heads=2,
+            **GQA,
             head_dim=8,
-            max_position_embeddings=64,
             sliding_window=8,
             layer_types=["sliding_attention", "full_attention"],
             **small,
         )
-    ),  # fmt: skip
-    # LayerNorm with bias, partial rotary (a quarter of each head)
-    "hf-stablelm": lambda T, small: T.StableLmForCausalLM(
-        T.StableLmConfig(vocab_size=100, num_key_value_heads=2, max_position_embeddings=64, **small)
     ),
+    # LayerNorm with bias, partial rotary (a quarter of each head)
+    "hf-stablelm": lambda T, small: T.StableLmForCausalLM(T.StableLmConfig(**GQA, **small)),
     # LayerNorm, biased linears, GELU-tanh MLP without a gate, sliding window
     "hf-starcoder2": lambda T, small: T.Starcoder2ForCausalLM(
-        T.Starcoder2Config(
-            vocab_size=100,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-            sliding_window=8,
-            **small,
-        )
+        T.Starcoder2Config(**GQA, sliding_window=8, **small)
     ),
     # RMSNorm after attention and MLP (not before), q/k norms over all heads at once
-    "hf-olmo2": lambda T, small: T.Olmo2ForCausalLM(
-        T.Olmo2Config(vocab_size=100, num_key_value_heads=2, max_position_embeddings=64, **small)
-    ),
+    "hf-olmo2": lambda T, small: T.Olmo2ForCausalLM(T.Olmo2Config(**GQA, **small)),
     # multi-query attention (one KV head) from one fused query_key_value, parallel residual
     "hf-falcon": lambda T, small: T.FalconForCausalLM(
         T.FalconConfig(
@@ -256,28 +216,19 @@ HF_DECODERS: dict[str, Callable[[Any, dict], torch.nn.Module]] = {
             new_decoder_architecture=False,
             multi_query=True,
         )
-    ),  # fmt: skip
+    ),
     # interleaved rotary over the first 4 dims of each head, parallel attention and MLP
     "hf-gptj": lambda T, small: T.GPTJForCausalLM(
         T.GPTJConfig(vocab_size=100, n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=64)
     ),
     # mixture of experts: top-2 of 4 experts per token (traced as batched_mm experts)
     "hf-mixtral": lambda T, small: T.MixtralForCausalLM(
-        T.MixtralConfig(
-            vocab_size=100,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-            num_local_experts=4,
-            num_experts_per_tok=2,
-            **small,
-        )
+        T.MixtralConfig(**GQA, num_local_experts=4, num_experts_per_tok=2, **small)
     ),
     # experts plus a sigmoid-gated shared expert, routing weights not renormalized
     "hf-qwen2-moe": lambda T, small: T.Qwen2MoeForCausalLM(
         T.Qwen2MoeConfig(
-            vocab_size=100,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
+            **GQA,
             num_experts=4,
             num_experts_per_tok=2,
             moe_intermediate_size=16,
