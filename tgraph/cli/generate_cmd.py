@@ -116,8 +116,11 @@ def _generator(source: str, backend: str, pipeline: str, say) -> Any:
         gen = tgraph.load(source)
         if not isinstance(gen, Generator):
             fail(f"{source}: the artifact is not a causal LM; tgraph generate needs one")
-        _refuse_other(source, "backend", backend, gen.backend, gen.backend)
-        _refuse_other(source, "pipeline", pipeline, gen.pipeline, _pipeline_name(gen.pipeline))
+        from tgraph.passes.registry import pipeline_text
+
+        _refuse_other(source, "backend", backend, backend == gen.backend, gen.backend)
+        same = (pipeline_text(pipeline) or pipeline) == gen.pipeline  # the artifact keeps the list
+        _refuse_other(source, "pipeline", pipeline, same, _pipeline_name(gen.pipeline))
         return gen
     say(f"loading {source}")
     loaded = load_checkpoint(source, 1, 8)
@@ -136,17 +139,14 @@ def _pipeline_name(passes: str) -> str:
     return names[0] if names else passes
 
 
-def _refuse_other(source: str, option: str, given: str, kept: str, shown: str) -> None:
-    """An artifact runs as it was compiled: an explicit --backend / --pipeline that differs
-    is an error, not silently ignored."""
+def _refuse_other(source: str, option: str, given: str, same: bool, kept: str) -> None:
+    """An artifact runs as it was compiled: an explicit --backend / --pipeline that is not
+    its own (``same`` False) is an error, not silently ignored."""
     from click.core import ParameterSource
 
-    from tgraph.passes.registry import pipeline_text
-
     explicit = click.get_current_context().get_parameter_source(option)
-    same = (pipeline_text(given) or given) == kept if option == "pipeline" else given == kept
     if explicit == ParameterSource.COMMANDLINE and not same:
-        fail(f"{source}: the artifact was compiled with --{option} {shown}; --{option} {given} "
+        fail(f"{source}: the artifact was compiled with --{option} {kept}; --{option} {given} "
              f"applies to a checkpoint (recompile it: tgraph compile CHECKPOINT --{option} "
              f"{given})")  # fmt: skip
 

@@ -171,19 +171,19 @@ def export(
     wkwargs = {n: values[n] for n in names[len(args) :]}
     error: Exception | None = None
     plans = (_DimPlan(shared=True, seq_max=seq_limit(model)), _DimPlan(shared=False))
-    for plan in plans if dynamic else (None,):
-        dynamic_shapes = (
-            {n: pytree.tree_map(plan.spec, bound.arguments[n]) for n in names} if plan else None
-        )
-        try:
-            with traceable_experts(model):
+    with traceable_experts(model):
+        for plan in plans if dynamic else (None,):
+            dynamic_shapes = (
+                {n: pytree.tree_map(plan.spec, bound.arguments[n]) for n in names} if plan else None
+            )
+            try:
                 ep = _export_refined(model, wargs, wkwargs, dynamic_shapes)
-        except Exception as e:  # noqa: BLE001 - retried with the lenient plan, then reported
-            error = error or e
-            continue
-        if call_info is not None:  # Dim.AUTO dims start at 2: export's own floor (limits.py)
-            call_info["auto_dims"] = plan is not None and not plan.shared
-        return ep
+            except Exception as e:  # noqa: BLE001 - retried with the lenient plan, then reported
+                error = error or e
+                continue
+            if call_info is not None:  # Dim.AUTO dims start at 2: export's floor (limits.py)
+                call_info["auto_dims"] = plan is not None and not plan.shared
+            return ep
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if "Cache" in first and "output" in first:
         first += (
