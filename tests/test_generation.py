@@ -156,7 +156,7 @@ def test_greedy_pick_is_torch_argmax():
 
 def test_ort_decode_binds_its_inputs_once(monkeypatch):
     """The decode loop writes its inputs into buffers it made once, so the ORT step binds
-    them at the first decode step only (prefill, first decode: two binds per input)."""
+    them at the first decode step only (prefill, first decode: at most two binds per input)."""
     import tgraph.backends.ort_cache as ort_cache
 
     _, gen = compiled("hf-llama", "ort")
@@ -169,8 +169,11 @@ def test_ort_decode_binds_its_inputs_once(monkeypatch):
     )
     out = gen.generate(ids, attention_mask=mask, max_new_tokens=6)
     assert out.shape[1] == PROMPT + 6
+    # Prefill and first decode bind each input; a new buffer that the allocator happens to
+    # place at the old one's address needs no new bind, so once is also right. Per-step
+    # rebinding would show 6 or more.
     for name in ("input_ids", "past_len", "q_len", "logits_at"):
-        assert binds.count(name) == 2, (name, binds)
+        assert 1 <= binds.count(name) <= 2, (name, binds)
 
 
 def test_ort_bound_decode_rebinds_after_other_calls():
