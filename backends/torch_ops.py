@@ -231,10 +231,13 @@ def qkv_attention(x, w, b, mask, num_heads, kv_heads, scale, causal, sizes) -> T
     return attention(q, k, v, mask, num_heads, kv_heads, scale, causal, layout="bsd")
 
 
-def rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+def rotary(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Tensor:
+    if interleaved:  # (x[2i], x[2i+1]) -> (-x[2i+1], x[2i])
+        rotated = torch.stack((-x[..., 1::2], x[..., 0::2]), dim=-1).flatten(-2)
+    else:
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
 
 
 def skip_layer_norm(x, skip, w, b, axis, eps) -> tuple[Tensor, Tensor]:

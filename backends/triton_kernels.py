@@ -258,10 +258,11 @@ def _rotary_ok(x: Tensor, cos: Tensor, sin: Tensor) -> bool:
     return all(v.stride(-1) == 1 for v in views)  # rows contiguous (a broadcast last dim: no)
 
 
-def triton_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    if _on_cuda(x) and _kernel_ok(x, cos, sin) and _rotary_ok(x, cos, sin):
+def triton_rotary(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Tensor:
+    # the kernel is rotate-half's; the interleaved form runs on torch
+    if not interleaved and _on_cuda(x) and _kernel_ok(x, cos, sin) and _rotary_ok(x, cos, sin):
         return launch_rotary(x, cos, sin)
-    return torch_ops.rotary(x, cos, sin)
+    return torch_ops.rotary(x, cos, sin, interleaved)
 
 
 # The entries that torch_ops.ops_for puts over torch_ops.OPS on CUDA.

@@ -5,7 +5,9 @@ In a generation step graph a token's position is ``past_len[:, None] + arange(se
 position and constants alone (RoPE's cos and sin: cast, multiply by inv_freq, concat, cos)
 is a table indexed by position: :func:`position_table` finds the subgraph between the
 position and the value, evaluates it with the op registry's kernels on the positions
-0..P-1, and checks the claim on random positions of another shape.
+0..P-1, and checks the claim on random positions of another shape. Attributes that name
+the position's symbolic batch and sequence dims (GPT-J's repeat_interleave expands to
+(batch, seq, 1, R/2, 2)) take the sizes of the positions each evaluation runs on.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from tgraph.ir import Graph, Node, SymDim, Value, simplify
+from tgraph.ir.dims import evaluate
 from tgraph.ir.ops import get_op
 
 _CHECK_SHAPE = (2, 5)  # random positions the table must reproduce
@@ -62,14 +65,29 @@ def _cone(v: Value, past_len: Value, seq) -> tuple[list[Node], Value | None, str
     return graph_order, position, None
 
 
-def _has_symdim(x) -> bool:
+def _symbols(x) -> set[str]:
     if isinstance(x, SymDim):
-        return True
-    return isinstance(x, tuple) and any(_has_symdim(y) for y in x)
+        return x.free_symbols()
+    if isinstance(x, tuple):
+        return set().union(*map(_symbols, x))
+    return set()
+
+
+def _bind(x, bindings: dict[str, int]):
+    """An attribute with its symbolic dims replaced by their sizes in ``bindings``."""
+    if isinstance(x, SymDim):
+        return evaluate(x, bindings)
+    if isinstance(x, tuple):
+        return tuple(_bind(y, bindings) for y in x)
+    return x
 
 
 def _evaluate(nodes: list[Node], position: Value, positions: np.ndarray, v: Value) -> np.ndarray:
     env: dict[int, np.ndarray] = {id(position): positions.astype(position.dtype.numpy)}
+    bindings = {
+        d.name: n for d, n in zip(position.shape, positions.shape)
+        if isinstance(d, SymDim) and d.is_symbol()
+    }  # fmt: skip
 
     def read(x: Value | None):
         if x is None:
@@ -78,7 +96,8 @@ def _evaluate(nodes: list[Node], position: Value, positions: np.ndarray, v: Valu
 
     for node in nodes:
         with np.errstate(all="ignore"):
-            results = get_op(node.op).run([read(x) for x in node.inputs], node.attrs)
+            attrs = {k: _bind(a, bindings) for k, a in node.attrs.items()}
+            results = get_op(node.op).run([read(x) for x in node.inputs], attrs)
         for out, r in zip(node.outputs, results):
             env[id(out)] = np.asarray(r, dtype=out.dtype.numpy)
     return env[id(v)]
@@ -91,9 +110,11 @@ def position_table(graph: Graph, v: Value, past_len: Value, seq, limit: int,
     nodes, position, reason = _cone(v, past_len, seq)
     if reason:
         return reason
+    known = {d.name for d in position.shape if isinstance(d, SymDim) and d.is_symbol()}
     for node in nodes:
-        if _has_symdim(tuple(node.attrs.values())):
-            return f"node %{node.name} ({node.op}) has attributes with symbolic dims"
+        free = _symbols(tuple(node.attrs.values())) - known
+        if free:
+            return f"node %{node.name} ({node.op}) has attributes with symbolic dims {sorted(free)}"
     every = np.arange(limit)[None, :]  # (1, P): one row, every position
     rng = np.random.default_rng(0)
     drawn = rng.integers(0, limit, _CHECK_SHAPE)

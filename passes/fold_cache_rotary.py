@@ -20,6 +20,7 @@ class _Rotary:
     x: Value  # the unrotated heads, (B, H, T, D) or (B, T, H, D)
     heads_first: bool
     rotary_dim: int  # R: the first R dims of each head are rotated
+    interleaved: bool  # the rotary op's form: pairs (2i, 2i+1), or halves (rotate-half)
     cos: Value
     sin: Value
     flat: Node  # the reshape to (B, T, H*D) that cache_attention reads
@@ -70,8 +71,8 @@ def _sites(node: Node) -> tuple[list[_Rotary], str | None]:
             return [], f"{'qk'[i]}: {site}"
         sites.append(site)
     q, k = sites
-    if (q.cos, q.sin, q.rotary_dim) != (k.cos, k.sin, k.rotary_dim):
-        return [], "q and k are rotated with different cos/sin or widths"
+    if (q.cos, q.sin, q.rotary_dim, q.interleaved) != (k.cos, k.sin, k.rotary_dim, k.interleaved):
+        return [], "q and k are rotated with different cos/sin, widths or forms"
     return sites, None
 
 
@@ -95,7 +96,7 @@ def _match(v: Value, heads: int, head: int) -> _Rotary | str:
     for t in (cos, sin):  # broadcast over heads, one row per (batch, token)
         if t.rank != 4 or t.shape[3 - seq_axis] != 1 or t.shape[seq_axis] != x.shape[seq_axis]:
             return f"cos/sin %{t.name} {list(t.shape)} is not one row per token"
-    return _Rotary(x, heads_first, r, cos, sin, flat)
+    return _Rotary(x, heads_first, r, rot.attrs["interleaved"], cos, sin, flat)
 
 
 def _rotated(y: Value, head: int) -> tuple[Node | str, Value | None, int]:
@@ -120,7 +121,9 @@ def _rotated(y: Value, head: int) -> tuple[Node | str, Value | None, int]:
 
 
 def _tables(graph, node, sites, limit, tables) -> str | None:
-    """The (P, R/2) cos/sin tables of a site, built once per cos/sin pair."""
+    """The (P, R/2) cos/sin tables of a site, built once per cos/sin pair: the frequencies
+    that the full-width cos/sin hold twice, as cat(f, f) (rotate-half) or f repeated
+    pairwise (interleaved)."""
     site = sites[0]
     key = (id(site.cos), id(site.sin))
     if key in tables:
@@ -132,9 +135,15 @@ def _tables(graph, node, sites, limit, tables) -> str | None:
         if isinstance(table, str):
             return f"%{t.name}: {table}"
         r = table.shape[1]
-        if r % 2 or not np.array_equal(table[:, : r // 2], table[:, r // 2 :]):
-            return f"%{t.name}: the table's halves differ (not rotate-half's cat(f, f))"
-        halves.append(table[:, : r // 2])
+        if site.interleaved:
+            f, twice = table[:, 0::2], table[:, 1::2]
+            form = "the table's pairs differ (not interleaved rotary's f repeated pairwise)"
+        else:
+            f, twice = table[:, : r // 2], table[:, r // 2 :]
+            form = "the table's halves differ (not rotate-half's cat(f, f))"
+        if r % 2 or not np.array_equal(f, twice):
+            return f"%{t.name}: {form}"
+        halves.append(f)
     names = ("rotary_cos_table", "rotary_sin_table")
     tables[key] = tuple(graph.add_const(h, site.cos.dtype, hint=n) for h, n in zip(halves, names))
     return None
@@ -150,7 +159,8 @@ def _fold(graph: Graph, node: Node, sites: list[_Rotary], tables: tuple[Value, V
         flat_inputs.append(graph.create_node("reshape", [x], {"shape": shape}, before=node).output)
     inputs = [*flat_inputs, *node.inputs[2:7], *tables]
     meta = {**node.meta, "rule": "fold-cache-rotary"}
-    new = graph.create_node("cache_attention", inputs, dict(node.attrs), meta=meta, before=node)
+    attrs = {**node.attrs, "rotary_interleaved": sites[0].interleaved}
+    new = graph.create_node("cache_attention", inputs, attrs, meta=meta, before=node)
     names = [v.name for v in node.outputs]
     for old, out in zip(node.outputs, new.outputs):
         out.meta = dict(old.meta)

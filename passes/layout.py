@@ -261,7 +261,8 @@ def _rotary_check(m: Match, keep_trainable: bool) -> str | None:
 
 def _rotary_replace(b: Builder, m: Match) -> Value:
     perm = m["perm"].attrs["perm"]
-    rot = b.op("rotary", m["x"], _carry(b, m["cos"], perm), _carry(b, m["sin"], perm))
+    cos, sin = _carry(b, m["cos"], perm), _carry(b, m["sin"], perm)
+    rot = b.op("rotary", m["x"], cos, sin, interleaved=m.root.attrs["interleaved"])
     return b.op("permute", rot, perm=perm)
 
 

@@ -87,9 +87,8 @@ def test_teacher_forced_logits_match_eager(arch, backend):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-# GPT-2 and OPT have no rotary; GPT-J's interleaved one (rotate_every_two on sin/cos
-# repeated per pair) is not matched by fuse-rotary, so it runs as written (docs/models.md).
-@pytest.mark.parametrize("arch", [a for a in ARCHS if a not in ("hf-gpt2", "hf-opt", "hf-gptj")])
+# GPT-2 and OPT have no rotary; GPT-J's is the interleaved form (rotary_interleaved).
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a not in ("hf-gpt2", "hf-opt")])
 def test_rope_is_folded_into_cache_attention(arch):
     """The graphs the tests above check against eager attend with rotary inside the op."""
     _, gen = compiled(arch, "torch")

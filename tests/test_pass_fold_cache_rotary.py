@@ -31,9 +31,11 @@ def _position(g: Graph, past_len, seq):
     return g.create_node("add", [a, b]).output  # (B, T)
 
 
-def _step_graph(source: str = "position", rotary_dim: int = R, heads_first: bool = True) -> Graph:
+def _step_graph(source: str = "position", rotary_dim: int = R, heads_first: bool = True,
+                interleaved: bool = False) -> Graph:  # fmt: skip
     """One layer: q, k rotated like HF Llama, on (B, H, T, D) heads with cos/sin (B, 1, T, R)
-    (or on (B, T, H, D) with (B, T, 1, R)), cos/sin computed from ``source``."""
+    (or on (B, T, H, D) with (B, T, 1, R)), cos/sin computed from ``source``; interleaved:
+    like GPT-J, each angle repeated twice in a row by an expand to symbolic (B, T, R/2, 2)."""
     g = Graph("step")
     batch, seq, cap = (SymDim.symbol(n) for n in ("batch", "seq", "cache_len"))
     q = g.add_input("q", DType.float32, [batch, seq, H * D])
@@ -52,7 +54,13 @@ def _step_graph(source: str = "position", rotary_dim: int = R, heads_first: bool
         pos = g.create_node("cast", [pos], dict(dtype=DType.float32)).output
         inv_freq = g.add_const(0.5 ** np.arange(rotary_dim // 2), DType.float32, "inv_freq")
         angles = g.create_node("mul", [pos, inv_freq]).output
-    emb = g.create_node("concat", [angles, angles], dict(axis=-1)).output
+    if interleaved:
+        pairs = g.create_node("unsqueeze", [angles], dict(axes=(3,))).output
+        half = (batch, seq, rotary_dim // 2)
+        pairs = g.create_node("expand", [pairs], dict(shape=(*half, 2))).output
+        emb = g.create_node("reshape", [pairs], dict(shape=(batch, seq, rotary_dim))).output
+    else:
+        emb = g.create_node("concat", [angles, angles], dict(axis=-1)).output
     cos, sin = (g.create_node(f, [emb]).output for f in ("cos", "sin"))
     axes = (1,) if heads_first else (2,)
     cos, sin = (g.create_node("unsqueeze", [t], dict(axes=axes)).output for t in (cos, sin))
@@ -64,10 +72,10 @@ def _step_graph(source: str = "position", rotary_dim: int = R, heads_first: bool
         if rotary_dim < D:
             part, rest = (g.create_node("slice", [x], dict(axis=3, start=a, end=b, step=1)).output
                           for a, b in ((0, rotary_dim), (rotary_dim, D)))  # fmt: skip
-            rot = g.create_node("rotary", [part, cos, sin]).output
+            rot = g.create_node("rotary", [part, cos, sin], dict(interleaved=interleaved)).output
             x = g.create_node("concat", [rot, rest], dict(axis=3)).output
         else:
-            x = g.create_node("rotary", [x, cos, sin]).output
+            x = g.create_node("rotary", [x, cos, sin], dict(interleaved=interleaved)).output
         if heads_first:
             x = g.create_node("permute", [x], dict(perm=(0, 2, 1, 3))).output
         flat.append(g.create_node("reshape", [x], dict(shape=(batch, seq, heads * D))).output)
@@ -85,14 +93,19 @@ def _inputs(seed: int, past: list[int], n: list[int], t: int) -> list[np.ndarray
     return [*arrays, np.array(past), np.array(n)]
 
 
-@pytest.mark.parametrize("rotary_dim, heads_first", [(R, True), (R // 2, True), (R // 2, False)])
-def test_rotary_folds_into_tables_with_the_same_outputs(rotary_dim, heads_first):
-    g = _step_graph(rotary_dim=rotary_dim, heads_first=heads_first)
+@pytest.mark.parametrize(
+    "rotary_dim, heads_first, interleaved",
+    [(R, True, False), (R // 2, True, False), (R // 2, False, False), (R, True, True),
+     (R // 2, False, True)],
+)  # fmt: skip
+def test_rotary_folds_into_tables_with_the_same_outputs(rotary_dim, heads_first, interleaved):
+    g = _step_graph(rotary_dim=rotary_dim, heads_first=heads_first, interleaved=interleaved)
     after, records = optimize(g, PIPELINE)
     assert records[0].changed and records[0].stats == {"folded": 1, "skipped": []}
     hist = after.op_histogram()
     assert "rotary" not in hist and "cos" not in hist and hist["cache_attention"] == 1
     node = next(n for n in after.nodes if n.op == "cache_attention")
+    assert node.attrs["rotary_interleaved"] == interleaved
     assert node.inputs[0] is after.inputs[0] and node.inputs[1] is after.inputs[1]  # no shuffles
     assert node.inputs[7].shape == (32, rotary_dim // 2)
     for seed, past, n, t in ((0, [0, 2], [4, 3], 4), (1, [5, 0, 9], [1, 1, 1], 1)):
@@ -122,6 +135,19 @@ def test_a_site_that_cannot_fold_is_left_with_its_reason(source, pipeline, reaso
     assert skip["node"] == "cache_attention.0" and reason in skip["reason"]
 
 
+def test_a_table_that_is_not_the_rotary_form_is_left_with_its_reason():
+    """An interleaved rotary on cos/sin of the rotate-half layout (cat(f, f)) is not the
+    interleaved form (each frequency twice in a row), so its tables cannot be halved."""
+    g = _step_graph()
+    for n in g.nodes:
+        if n.op == "rotary":
+            n.attrs = {**n.attrs, "interleaved": True}
+    after, records = optimize(g, FOLD)
+    assert not records[0].changed
+    [skip] = records[0].stats["skipped"]
+    assert "the table's pairs differ" in skip["reason"]
+
+
 # -- end to end: Hugging Face models, GroupQueryAttention rotating q and k itself -------------
 
 
@@ -139,6 +165,7 @@ def _model(arch: str) -> torch.nn.Module:
         "qwen2": lambda: T.Qwen2ForCausalLM(T.Qwen2Config(**common, **gqa)),
         "phi": lambda: T.PhiForCausalLM(T.PhiConfig(**common, **two, partial_rotary_factor=0.5)),
         "gpt-neox": lambda: T.GPTNeoXForCausalLM(T.GPTNeoXConfig(**common, **two, rotary_pct=0.5)),
+        "cohere": lambda: T.CohereForCausalLM(T.CohereConfig(**common, **gqa)),  # interleaved
     }[arch]
     return build().eval()
 
@@ -146,7 +173,7 @@ def _model(arch: str) -> torch.nn.Module:
 @pytest.mark.parametrize(
     "arch, backend",
     [("llama", "ort"), ("mistral", "ort"), ("qwen2", "ort"), ("phi", "ort"), ("gpt-neox", "ort"),
-     ("phi", "torch")],
+     ("cohere", "ort"), ("phi", "torch"), ("cohere", "torch")],
 )  # fmt: skip
 def test_generation_with_rotary_inside_cache_attention_matches_eager(arch, backend):
     lm = _model(arch)
@@ -157,7 +184,9 @@ def test_generation_with_rotary_inside_cache_attention_matches_eager(arch, backe
     assert all(len(n.inputs) == 9 and n.inputs[7].shape == (64, 8) for n in attention)
     if backend == "ort":
         gqa = [n for n in to_onnx(graph).graph.node if n.op_type == "GroupQueryAttention"]
-        assert [{a.name: a.i for a in n.attribute}["do_rotary"] for n in gqa] == [1, 1]
+        attrs = [{a.name: a.i for a in n.attribute} for n in gqa]
+        assert [a["do_rotary"] for a in attrs] == [1, 1]
+        assert [a["rotary_interleaved"] for a in attrs] == [int(arch == "cohere")] * 2
     ids, mask = prompt()
     want = lm.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False,
                        pad_token_id=0)  # fmt: skip

@@ -1,4 +1,5 @@
-"""fuse-rotary: x*cos + cat(-x2, x1)*sin -> rotary(x, cos, sin)."""
+"""fuse-rotary: x*cos + cat(-x2, x1)*sin -> rotary(x, cos, sin), and the interleaved form
+x*cos + stack((-x[1::2], x[0::2]), -1).flatten(-2)*sin -> rotary(..., interleaved=True)."""
 
 import functools
 
@@ -11,11 +12,12 @@ from tgraph.passes.manager import optimize
 CLEANUP = "simplify,fold-constants,cse,dce,fuse-rotary,fuse-attention,dce"
 
 
-def _cos_sin(t, dim):
-    """Llama's tables, computed in the graph from arange: (T, dim) each."""
+def _cos_sin(t, dim, interleaved=False):
+    """Llama's tables (GPT-J's, each frequency twice in a row, when interleaved), computed in
+    the graph from arange: (T, dim) each."""
     inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim))
     freqs = torch.arange(t).float()[:, None] * inv_freq[None, :]
-    emb = torch.cat((freqs, freqs), dim=-1)
+    emb = freqs.repeat_interleave(2, dim=-1) if interleaved else torch.cat((freqs, freqs), -1)
     return emb.cos(), emb.sin()
 
 
@@ -25,7 +27,9 @@ class Rope(torch.nn.Module):
     form: "neg" (HF's rotate_half), "mul" (-x2 as x2 * -1), "swapped" (the sum and products
       in the other order), "partial" (only the first half of each head rotates), and the
       negatives "halves" (cat(-x1, x2)), "uneven" (cut at 3 of 8) and "leak" (the rotated half
-      is also returned).
+      is also returned). Interleaved (GPT-J's rotate_every_two): "pairs", "pairs-mul",
+      "pairs-partial", and the negatives "pairs-swapped" (-x[0::2] first) and "pairs-stacked"
+      (the pairs stacked on a new second-to-last axis).
     """
 
     def __init__(self, form="neg"):
@@ -34,6 +38,13 @@ class Rope(torch.nn.Module):
         self.proj = torch.nn.Linear(32, 32)
 
     def _rotate(self, x):
+        if self.form.startswith("pairs"):
+            even, odd = x[..., ::2], x[..., 1::2]
+            if self.form == "pairs-swapped":
+                return torch.stack((-even, odd), dim=-1).flatten(-2)
+            if self.form == "pairs-stacked":
+                return torch.stack((-odd, even), dim=-2).flatten(-2)
+            return torch.stack((odd * -1 if self.form == "pairs-mul" else -odd, even), -1).flatten(-2)
         d = x.shape[-1]
         h = {"uneven": 3}.get(self.form, d // 2)
         x1, x2 = x[..., :h], x[..., h:]
@@ -46,8 +57,9 @@ class Rope(torch.nn.Module):
     def forward(self, x):
         b, t, _ = x.shape
         q = self.proj(x).view(b, t, 4, 8).transpose(1, 2)  # (B, 4, T, 8)
-        rot, rest = (q[..., :4], q[..., 4:]) if self.form == "partial" else (q, None)
-        cos, sin = _cos_sin(t, rot.shape[-1])
+        partial = self.form in ("partial", "pairs-partial")
+        rot, rest = (q[..., :4], q[..., 4:]) if partial else (q, None)
+        cos, sin = _cos_sin(t, rot.shape[-1], self.form.startswith("pairs"))
         r = self._rotate(rot)
         out = sin * r + cos * rot if self.form == "swapped" else rot * cos + r * sin
         if rest is not None:
@@ -78,6 +90,7 @@ def _rotaries(graph):
 
 
 POSITIVE = ("neg", "mul", "swapped", "partial")
+PAIRS = ("pairs", "pairs-mul", "pairs-partial")
 
 
 @pytest.mark.parametrize("pipeline", ["fuse-rotary,dce", CLEANUP])
@@ -86,8 +99,37 @@ def test_rotate_half_forms_fuse(pipeline):
     rot = _rotaries(out)
     assert sorted(rot) == sorted(POSITIVE)
     assert matches(records, "rotate-half") == len(POSITIVE)
+    assert not any(n.attrs["interleaved"] for n in rot.values())
     assert rot["partial"].inputs[0].shape[-1] == 4
     assert rot["neg"].inputs[0].producer.op == "permute"  # x itself, the heads of the projection
+
+
+@pytest.mark.parametrize("pipeline", ["fuse-rotary,dce", CLEANUP])
+def test_interleaved_forms_fuse(pipeline):
+    """GPT-J's rotate_every_two, as torch.export writes stack + flatten, fuses; the reference
+    interpreter's outputs (check_pass) hold at other batch and sequence sizes."""
+    out, records = check_pass(_traced(PAIRS), pipeline, appear=["rotary"], disappear=["neg"])
+    rot = _rotaries(out)
+    assert sorted(rot) == sorted(PAIRS)
+    assert matches(records, "rotate-pairs") == len(PAIRS)
+    assert all(n.attrs["interleaved"] for n in rot.values())
+    assert rot["pairs-partial"].inputs[0].shape[-1] == 4
+
+
+@pytest.mark.parametrize("backend", ["torch", "ort"])
+def test_interleaved_rotary_runs_on_the_backends(backend):
+    import tgraph
+
+    model = Blocks(PAIRS).eval()
+    x = torch.randn(2, 8, 32)
+    cm = tgraph.compile(model, (x,), backend=backend)
+    assert cm.graph.op_histogram()["rotary"] == len(PAIRS)
+    for shape in ((2, 8, 32), (3, 5, 32)):
+        y = torch.randn(*shape)
+        with torch.no_grad():
+            want = model(y)
+        for got, w in zip(cm(y), want):
+            torch.testing.assert_close(got, w, rtol=1e-4, atol=1e-5)
 
 
 # block -> words of the reason
@@ -95,14 +137,22 @@ NEGATIVE = {
     "halves": "is not x[..., 4:8]",
     "uneven": "is not x[..., 4:8]",
     "leak": "is a graph output",
+    "pairs-swapped": "is not x[..., 1:8:2]",
+    "pairs-stacked": "does not add a last axis",
 }
+RULE = {"pairs-swapped": "rotate-pairs", "pairs-stacked": "rotate-pairs"}
 
 
 def test_other_forms_are_rejected_with_a_reason():
     g = _traced(tuple(NEGATIVE))
     out, records = optimize(g, "fuse-rotary")
     assert out.dump() == g.dump()
-    got = {r["module"].split(".")[1]: r["reason"] for r in rejections(records, "rotate-half")}
+    got = {
+        r["module"].split(".")[1]: r["reason"]
+        for rule in ("rotate-half", "rotate-pairs")
+        for r in rejections(records, rule)
+        if RULE.get(r["module"].split(".")[1], "rotate-half") == rule
+    }
     for name, words in NEGATIVE.items():
         assert words in got[name], (name, got)
 

@@ -18,14 +18,22 @@ from tgraph.ir.dims import DimLike
 
 @lowers("rotary")
 def _rotary(ctx, node, x, cos, sin):
-    """x*cos + cat(-x2, x1)*sin. ORT's RotaryEmbedding takes half-width caches and position
+    """x*cos + rot(x)*sin. ORT's RotaryEmbedding takes half-width caches and position
     ids, which only fit when cos/sin repeat their halves; ours may be any tensors."""
     xt = in_type(node, 0)
     dim = xt.shape[-1]
-    half = simplify(dim // 2)
-    x1 = slice_axis(ctx, x, xt.rank - 1, 0, half)
-    x2 = slice_axis(ctx, x, xt.rank - 1, half, dim)
-    rotated = ctx.op("Concat", [ctx.op("Neg", [x2]), x1], axis=-1)
+    if node.attrs["interleaved"]:  # pairs (x[2i], x[2i+1]) -> (-x[2i+1], x[2i])
+        pairs = (*xt.shape[:-1], simplify(dim // 2), 2)
+        split = reshape(ctx, x, xt.shape, pairs)
+        even = slice_axis(ctx, split, xt.rank, 0, 1)
+        odd = slice_axis(ctx, split, xt.rank, 1, 2)
+        swapped = ctx.op("Concat", [ctx.op("Neg", [odd]), even], axis=-1)
+        rotated = reshape(ctx, swapped, pairs, xt.shape)
+    else:
+        half = simplify(dim // 2)
+        x1 = slice_axis(ctx, x, xt.rank - 1, 0, half)
+        x2 = slice_axis(ctx, x, xt.rank - 1, half, dim)
+        rotated = ctx.op("Concat", [ctx.op("Neg", [x2]), x1], axis=-1)
     return ctx.op("Add", [ctx.op("Mul", [x, cos]), ctx.op("Mul", [rotated, sin])])
 
 

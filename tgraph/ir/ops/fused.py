@@ -149,7 +149,7 @@ defop(
 # -- rotary ----------------------------------------------------------------------------------
 
 
-def _rotary_infer(x, cos, sin) -> TensorType:
+def _rotary_infer(x, cos, sin, *, interleaved) -> TensorType:
     shape = broadcast_shapes(x.shape, cos.shape, sin.shape, op="rotary")
     if tuple(shape) != tuple(x.shape):
         raise IRError(f"rotary: cos/sin {cos.shape} do not broadcast to x {x.shape}")
@@ -158,18 +158,30 @@ def _rotary_infer(x, cos, sin) -> TensorType:
     return x
 
 
-def _rotary_kernel(x, cos, sin):
+def rotate_pairs(x: np.ndarray, interleaved: bool) -> np.ndarray:
+    """The partner of each element that rotary multiplies by sin: cat(-x2, x1) over the halves
+    x1, x2 of the last dim (rotate-half), or (-x[2i+1], x[2i]) at (2i, 2i+1) (interleaved)."""
+    if interleaved:
+        out = np.empty_like(x)
+        out[..., 0::2], out[..., 1::2] = -x[..., 1::2], x[..., 0::2]
+        return out
     half = x.shape[-1] // 2
-    rotated = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return (x * cos + rotated * sin).astype(x.dtype)
+    return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def _rotary_kernel(x, cos, sin, *, interleaved):
+    return (x * cos + rotate_pairs(x, interleaved) * sin).astype(x.dtype)
 
 
 defop(
     "rotary",
     infer=_rotary_infer,
     kernel=_rotary_kernel,
+    attrs={"interleaved": False},
     inputs=3,
-    doc="Rotary embedding, rotate-half form: x*cos + cat(-x2, x1)*sin over the last dim.",
+    doc="Rotary embedding over the last dim: x*cos + rot(x)*sin, rot(x) = cat(-x2, x1) over "
+    "its halves (rotate-half, Llama), or the pairs (x[2i], x[2i+1]) -> (-x[2i+1], x[2i]) "
+    "(interleaved, GPT-J); cos/sin are full width (each frequency twice).",
 )
 
 # -- residual add + normalization --------------------------------------------------------------
