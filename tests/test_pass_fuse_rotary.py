@@ -44,7 +44,8 @@ class Rope(torch.nn.Module):
                 return torch.stack((-even, odd), dim=-1).flatten(-2)
             if self.form == "pairs-stacked":
                 return torch.stack((-odd, even), dim=-2).flatten(-2)
-            return torch.stack((odd * -1 if self.form == "pairs-mul" else -odd, even), -1).flatten(-2)
+            neg = odd * -1 if self.form == "pairs-mul" else -odd
+            return torch.stack((neg, even), dim=-1).flatten(-2)
         d = x.shape[-1]
         h = {"uneven": 3}.get(self.form, d // 2)
         x1, x2 = x[..., :h], x[..., h:]
