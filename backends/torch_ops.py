@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .torch_cache_ops import cache_attention
 from .torch_collectives import COLLECTIVE_OPS
+from .torch_moe import moe_experts
 from .torch_ops_ext import EXT_OPS
 from .torch_quant import QUANT_OPS
 
@@ -389,6 +390,7 @@ OPS: dict[str, Callable[..., Tensor | tuple[Tensor, ...]]] = {
     "attention": attention,
     "qkv_attention": qkv_attention,
     "rotary": rotary,
+    "moe_experts": moe_experts,
     "skip_layer_norm": skip_layer_norm,
     "skip_rms_norm": skip_rms_norm,
     "bias_gelu": bias_gelu,

@@ -330,9 +330,13 @@ def test_dump_dir_holds_the_step_graph_passes(tmp_path):
     assert gen.graph is not None and any(tmp_path.glob("*.txt"))  # the plain forward's dumps
 
 
-def test_moe_traces_batched_experts_and_restores_the_models_own():
+def test_moe_traces_one_experts_op_and_restores_the_models_own():
     """transformers' default experts (grouped_mm) do not export; the trace switches to
-    batched_mm and gives the model its own back (frontend/export.py traceable_experts)."""
+    tgraph's (one moe_experts op per layer, no gathered weights) and gives the model its own
+    back (frontend/export.py traceable_experts)."""
     lm, gen = compiled("hf-mixtral", "ort")
-    assert lm.config._experts_implementation not in (None, "batched_mm")
+    assert lm.config._experts_implementation not in (None, "tgraph", "batched_mm")
     assert gen.step is not None
+    for graph in (gen.graph, gen.step.graph):
+        hist = graph.op_histogram()
+        assert hist["moe_experts"] == lm.config.num_hidden_layers and "bmm" not in hist

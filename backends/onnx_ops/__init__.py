@@ -20,6 +20,7 @@ rms_norm           RMSNormalization (opset 23)                     Mul/ReduceMea
 bias_gelu          com.microsoft BiasGelu / FastGelu (tanh)        Add+gelu subgraph
 gelu               com.microsoft Gelu / FastGelu (tanh)            Erf/Tanh formula
 rotary             -- (ORT's RotaryEmbedding wants half caches)    Slice/Neg/Concat/Mul
+moe_experts        com.microsoft MoE (f32, gated SiLU, ReLU/SiLU)  Gather + batched MatMul
 =================  ==============================================  ====================
 
 ``SimplifiedLayerNormalization`` is an ORT kernel registered in the *standard* ONNX
@@ -29,7 +30,8 @@ A fused kernel is not always the fast one: ``backends/policy.py`` lists, per dev
 kernels that lose to their fallback there, measured as the note next to each says.
 
 One module per op family, mirroring tgraph/ir/ops/: ``elementwise``, ``nn``, ``reduce``,
-``shape_ops``, ``attention``, ``cache`` (the KV-cache attention of generation), ``quant`` and
+``shape_ops``, ``attention``, ``cache`` (the KV-cache attention of generation), ``moe``
+(mixture-of-experts layers), ``quant`` and
 ``nbits`` (weight-only ops on MatMulNBits); ``base`` holds the table and shared helpers.
 """
 
@@ -38,6 +40,18 @@ from __future__ import annotations
 from tgraph.backends.onnx_ops.base import LOWERINGS, LoweringFn, lowers
 
 # Importing the family modules fills the table.
-from . import attention, cache, elementwise, nbits, nn, pool, quant, reduce, resize, shape_ops  # noqa: F401
+from . import (  # noqa: F401
+    attention,
+    cache,
+    elementwise,
+    moe,
+    nbits,
+    nn,
+    pool,
+    quant,
+    reduce,
+    resize,
+    shape_ops,
+)
 
 __all__ = ["LOWERINGS", "LoweringFn", "lowers"]

@@ -104,9 +104,6 @@ def _widen(t: Any) -> Any:
     return t
 
 
-EXPORT_EXPERTS = "batched_mm"  # transformers' experts implementation tgraph traces
-
-
 @contextlib.contextmanager
 def traceable_experts(model: torch.nn.Module) -> Iterator[None]:
     """Trace a Hugging Face mixture-of-experts model through experts that export.
@@ -114,20 +111,23 @@ def traceable_experts(model: torch.nn.Module) -> Iterator[None]:
     transformers dispatches its MoE layers (Mixtral, Qwen2-MoE, OLMoE, ...) through
     ``ExpertsInterface``. Its default on 5.25, ``grouped_mm``, counts tokens per expert with
     ``aten::histc``, and its ``eager`` loop branches on data-dependent sizes, which
-    torch.export refuses. ``batched_mm`` gathers each token's k experts' weights and runs
-    one batched matmul: plain tensor ops, exact, and what this sets for the trace (restored
-    after). It copies k experts' weights per token, so it suits small models and decode
-    far better than a long prefill of a large one (docs/models.md, Known limits).
+    torch.export refuses. This sets tgraph's own implementation for the trace (restored
+    after): each experts block becomes one ``tgraph::moe_experts`` node, the IR's
+    ``moe_experts`` (tgraph/frontend/moe.py); a block that op does not cover runs
+    transformers' ``batched_mm`` (plain ops that gather each token's k experts' weights).
     """
     config = getattr(model, "config", None)
     before = getattr(config, "_experts_implementation", None)
     setter = getattr(model, "set_experts_implementation", None)
     experts = any(hasattr(m, "is_concatenated") and hasattr(m, "_is_expert_parallel")
                   for m in model.modules())  # fmt: skip
-    if before == EXPORT_EXPERTS or setter is None or not experts:
+    if setter is None or not experts:
         yield
         return
-    setter(EXPORT_EXPERTS)
+    from . import moe
+
+    moe.register()
+    setter(moe.IMPLEMENTATION)
     try:
         yield
     finally:

@@ -55,8 +55,8 @@ def _moe_hint(node: torch.fx.Node) -> str:
     for _path, cls in reversed(list(stack.values())):
         name = getattr(cls, "__name__", None) or str(cls).rsplit(".", 1)[-1].strip("'>")
         if re.search(r"Experts?$|MoE|Moe", name):
-            return (f"; inside {name}, a mixture-of-experts layer (tgraph traces "
-                    "transformers' batched_mm experts: docs/models.md)")  # fmt: skip
+            return (f"; inside {name}, a mixture-of-experts layer (tgraph traces its experts "
+                    "as moe_experts, or as transformers' batched_mm: docs/models.md)")  # fmt: skip
     return ""
 
 

@@ -7,7 +7,7 @@ size arithmetic survives into the IR. An op missing here fails tracing with its 
 
 One module per family, mirroring tgraph/ir/ops/: ``elementwise``, ``shape_ops``, ``scatter``,
 ``reduce`` (with creation ops), ``nn`` (``conv_transpose`` beside it), ``einsum`` (a
-decomposition), ``grids`` (meshgrid, eye, outer), ``complex_pairs`` (complex values as pairs
+decomposition), ``grids`` (meshgrid, eye, outer), ``moe`` (tgraph's own experts op), ``complex_pairs`` (complex values as pairs
 of real ones), ``sampling`` (random ops, refused) and ``vision`` (batch norm, pooling, mobile
 activations); ``base`` holds the table, the ``@aten`` decorator and the shared helpers.
 """
@@ -18,6 +18,7 @@ from tgraph.frontend.aten import (  # noqa: F401  (fill the table)
     einsum,
     elementwise,
     grids,
+    moe,
     nn,
     reduce,
     sampling,

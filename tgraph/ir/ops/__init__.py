@@ -5,6 +5,7 @@ from . import (  # noqa: F401  (registration side effects)
     collective,
     elementwise,
     fused,
+    moe,
     nn,
     pool,
     quant,

@@ -1,0 +1,189 @@
+"""moe_experts: the IR op, its torch and ONNX Runtime lowerings, and how models trace to it.
+
+Each form of the op (gated or not, [gate | up] concatenated or interleaved, biases, each
+activation) runs on the reference interpreter, the torch backend and ONNX Runtime (its MoE
+kernel where it fits, and the gathered plain-op form), against transformers' own eager
+experts loop written out here; a batch and token count other than the traced ones come
+from the symbolic token dim. The model tests check that Mixtral-style layers trace to one
+op per layer and that a layer the op does not cover falls back to batched_mm.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from model_cases import hf_case
+
+import tgraph
+from tgraph.backends import ort as ort_backend
+from tgraph.backends.reference import run_graph
+from tgraph.backends.torch_backend import lower as torch_lower
+from tgraph.ir import DType, Graph, SymDim
+
+E, H, INTER, K = 4, 8, 6, 2
+TOKENS = SymDim.symbol("tokens")
+ACT = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu,
+       "gelu_tanh": lambda h: F.gelu(h, approximate="tanh")}  # fmt: skip
+
+
+def _eager(x, index, weights, w_in, w_out, b_in, b_out, activation, gated, interleaved):
+    """transformers' eager experts loop (MixtralExperts.forward), biases and forms added."""
+    out = torch.zeros_like(x)
+    for e in range(w_in.shape[0]):
+        token, slot = torch.where(index == e)
+        h = F.linear(x[token], w_in[e], None if b_in is None else b_in[e])
+        if gated:
+            gate, up = (h[:, 0::2], h[:, 1::2]) if interleaved else h.chunk(2, dim=-1)
+            h = ACT[activation](gate) * up
+        else:
+            h = ACT[activation](h)
+        y = F.linear(h, w_out[e], None if b_out is None else b_out[e])
+        out.index_add_(0, token, y * weights[token, slot, None])
+    return out
+
+
+def _routing(tokens: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(tokens, E, generator=g)
+    weights, index = logits.softmax(-1).topk(K, dim=-1)
+    return index.numpy(), (weights * 0.8).numpy()  # weights summing to 0.8: not renormalized
+
+
+def _case(gated: bool, bias: bool, seed: int = 0):
+    r = np.random.default_rng(seed)
+    n = 2 * INTER if gated else INTER
+    w_in = (r.standard_normal((E, n, H)) * 0.4).astype(np.float32)
+    w_out = (r.standard_normal((E, H, INTER)) * 0.4).astype(np.float32)
+    b_in = (r.standard_normal((E, n)) * 0.1).astype(np.float32) if bias else None
+    b_out = (r.standard_normal((E, H)) * 0.1).astype(np.float32) if bias else None
+    return w_in, w_out, b_in, b_out
+
+
+def _graph(weights, attrs) -> Graph:
+    """moe_experts over graph inputs x (tokens, H), index, weights; expert weights constant."""
+    g = Graph("moe")
+    x = g.add_input("x", DType.float32, (TOKENS, H))
+    index = g.add_input("index", DType.int64, (TOKENS, K))
+    w = g.add_input("weights", DType.float32, (TOKENS, K))
+    consts = [None if a is None else g.add_const(a, DType.float32, f"c{i}")
+              for i, a in enumerate(weights)]  # fmt: skip
+    while consts[-1] is None:
+        consts.pop()
+    node = g.create_node("moe_experts", [x, index, w, *consts], attrs)
+    g.outputs = [node.output]
+    g.verify()
+    return g
+
+
+FORMS = {  # name -> (attrs, biases)
+    "swiglu": (dict(activation="silu"), False),
+    "swiglu-interleaved": (dict(activation="silu", interleaved=True), False),
+    "swiglu-bias": (dict(activation="silu"), True),
+    "geglu-tanh": (dict(activation="gelu_tanh"), False),
+    "relu": (dict(activation="relu", gated=False), False),
+    "silu-bias": (dict(activation="silu", gated=False), True),
+    "gelu": (dict(activation="gelu", gated=False), False),
+}
+
+
+def _runners(graph: Graph):
+    yield "reference", lambda feeds: run_graph(graph, feeds)[0]
+    torch_runner = torch_lower(graph, "cpu")
+    yield "torch", lambda feeds: torch_runner([torch.from_numpy(a) for a in feeds])[0].numpy()
+    for fused in (True, False):
+        runner = ort_backend.lower(graph, fused_kernels=fused)
+        yield (
+            f"ort-fused={fused}",
+            lambda feeds, r=runner: r([torch.from_numpy(a) for a in feeds])[0].numpy(),
+        )
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
+def test_every_backend_matches_the_eager_experts(form):
+    attrs, bias = FORMS[form]
+    gated = attrs.get("gated", True)
+    weights = _case(gated, bias)
+    graph = _graph(weights, attrs)
+    full = {"gated": True, "interleaved": False, **attrs}
+    for tokens, seed in ((5, 0), (1, 1), (13, 2)):  # prefill, one decode token, another size
+        x = np.random.default_rng(seed).standard_normal((tokens, H)).astype(np.float32)
+        index, w = _routing(tokens, seed)
+        tensors = [None if a is None else torch.tensor(a) for a in weights]
+        want = _eager(torch.from_numpy(x), torch.from_numpy(index), torch.from_numpy(w),
+                      *tensors, **full).numpy()  # fmt: skip
+        for name, run in _runners(graph):
+            got = run([x, index, w])
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"{name} {tokens}")
+
+
+def test_ort_runs_its_moe_kernel_where_it_fits():
+    """Gated SiLU and ungated ReLU/SiLU in float32 go to com.microsoft MoE; the others, and
+    fused_kernels off, gather weights (Gather + MatMul)."""
+    for form, (attrs, bias) in FORMS.items():
+        graph = _graph(_case(attrs.get("gated", True), bias), attrs)
+        for fused in (True, False):
+            ops = {n.op_type for n in ort_backend.to_onnx(graph, fused_kernels=fused).graph.node}
+            kernel = fused and form in ("swiglu", "swiglu-interleaved", "swiglu-bias", "relu",
+                                        "silu-bias")  # fmt: skip
+            assert ("MoE" in ops) == kernel and ("Gather" in ops) != kernel, (form, fused, ops)
+
+
+def test_an_expert_no_token_picks_and_the_sentinel_add_nothing():
+    """Expert 3 gets no token; index E (transformers' expert-parallel sentinel) adds 0."""
+    weights = _case(True, False)
+    x = np.random.default_rng(3).standard_normal((4, H)).astype(np.float32)
+    index = np.array([[0, 1], [1, 0], [2, 0], [1, E]], dtype=np.int64)
+    w = np.full((4, K), 0.5, np.float32)
+    graph = _graph(weights, dict(activation="silu"))
+    ref = run_graph(graph, [x, index, w])[0]
+    want = _eager(*(torch.tensor(a) for a in (x, index, w, *weights[:2])), None, None,
+                  "silu", True, False).numpy()  # fmt: skip
+    np.testing.assert_allclose(ref, want, rtol=1e-5, atol=1e-5)
+    got = torch_lower(graph, "cpu")([torch.from_numpy(a) for a in (x, index, w)])[0].numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+# -- models ----------------------------------------------------------------------------------
+
+
+def _experts(lm):
+    return [m for m in lm.modules() if hasattr(m, "is_concatenated")]
+
+
+@pytest.mark.parametrize("arch", ["hf-mixtral", "hf-qwen2-moe"])
+def test_moe_models_trace_one_op_per_layer(arch):
+    lm = hf_case(arch).model
+    cm = tgraph.compile(lm, {"input_ids": torch.randint(0, 100, (2, 5))}, backend="ort")
+    hist = cm.graph.op_histogram()
+    assert hist["moe_experts"] == len(_experts(lm)) and "bmm" not in hist
+    assert "MoE" in {n.op_type for n in ort_backend.to_onnx(cm.graph).graph.node}
+
+
+def test_a_layer_the_op_does_not_cover_traces_batched_mm(monkeypatch):
+    """A model's own gate (GPT-OSS's clamped SwiGLU, say) is not act(gate) * up: that layer
+    traces transformers' batched_mm, and still matches eager."""
+    lm = hf_case("hf-mixtral").model
+    for m in _experts(lm):
+        monkeypatch.setattr(type(m), "_apply_gate", lambda self, h: F.silu(h[:, ::2]) * h[:, 1::2],
+                            raising=False)  # fmt: skip
+    ids = torch.randint(0, 100, (3, 9))
+    cm = tgraph.compile(lm, {"input_ids": torch.randint(0, 100, (2, 5))}, backend="torch")
+    hist = cm.graph.op_histogram()
+    assert "moe_experts" not in hist and hist.get("bmm", 0) + hist.get("matmul", 0) > 0
+    with torch.no_grad():
+        want = lm(input_ids=ids, use_cache=False).logits
+    torch.testing.assert_close(cm(input_ids=ids).logits, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["torch", "ort"])
+def test_a_moe_generator_saves_and_loads(backend, tmp_path):
+    lm = hf_case("hf-mixtral").model
+    gen = tgraph.compile(lm, {"input_ids": torch.randint(0, 100, (2, 5))}, backend=backend)
+    ids = torch.randint(3, 100, (2, 6), generator=torch.Generator().manual_seed(4))
+    want = gen.generate(ids, max_new_tokens=8)
+    gen.save(str(tmp_path / "mixtral.tg"))
+    again = tgraph.load(str(tmp_path / "mixtral.tg"))
+    assert again.step.graph.op_histogram()["moe_experts"] == len(_experts(lm))
+    assert torch.equal(again.generate(ids, max_new_tokens=8), want)
