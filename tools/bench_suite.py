@@ -11,6 +11,8 @@ with random weights (nothing is downloaded) and saved with ``save_pretrained`` u
     hf-bert-base    BertModel, the bert-base-uncased config (110M)
     hf-gpt2         GPT2LMHeadModel, the gpt2 config (124M)
     hf-llama-58m    LlamaForCausalLM, hidden 512, 8 layers, 8 heads, MLP 1376 (58M)
+    hf-mixtral-139m MixtralForCausalLM, hidden 512, 8 layers, 8 heads (2 KV), 8 experts of
+                    MLP 1024, top 2 (139M; 47M weights read per token)
     torch-encoder   nn.TransformerEncoder, d_model 512, 8 heads, FF 2048, 6 layers,
                     batch_first; input (batch, seq, 512)
 
@@ -123,6 +125,13 @@ def _hf_model(name: str):
             num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=2048,
         )  # fmt: skip
         return T.LlamaForCausalLM(config)
+    if name == "hf-mixtral-139m":
+        config = T.MixtralConfig(
+            vocab_size=32000, hidden_size=512, intermediate_size=1024, num_hidden_layers=8,
+            num_attention_heads=8, num_key_value_heads=2, num_local_experts=8,
+            num_experts_per_tok=2, max_position_embeddings=2048,
+        )  # fmt: skip
+        return T.MixtralForCausalLM(config)
     raise KeyError(name)
 
 

@@ -38,8 +38,10 @@ def graph_weight_bytes(graph: Any) -> int:
     """Bytes of a tgraph step graph's initializers one decode step reads: packed low-bit
     weights and their scales as stored, less tables whose only users are lookups (``gather``, ``index``,
     ``embedding_int8``, and cache_attention's rotary tables). Counted from the values' types,
-    so it holds after a backend has taken the arrays."""
-    total = 0
+    so it holds after a backend has taken the arrays. Expert weights of ``moe_experts``
+    count k/E of their bytes: one sequence's token reads its k experts of E (at batch B a
+    step reads the union of B tokens' experts, up to all of them)."""
+    total = 0.0
     for value in graph.initializers.values():
         uses = value.uses()
         if uses and all(_is_lookup(node, index) for node, index in uses):
@@ -47,8 +49,16 @@ def graph_weight_bytes(graph: Any) -> int:
         count = 1
         for d in value.shape:
             count *= int(d)
-        total += count * value.dtype.numpy.itemsize
-    return total
+        total += count * value.dtype.numpy.itemsize * _read_fraction(uses)
+    return int(total)
+
+
+def _read_fraction(uses: list) -> float:
+    """The share of a weight one token reads: k/E for moe_experts' expert weights, else 1."""
+    node, index = uses[0] if uses else (None, 0)
+    if node is None or node.op != "moe_experts" or index < 3:
+        return 1.0
+    return min(1.0, int(node.inputs[1].shape[1]) / int(node.inputs[3].shape[0]))
 
 
 # A step reads one row per sequence of these.

@@ -322,17 +322,25 @@ RUNNERS = {
 def torch_weight_bytes(model: Any) -> int:
     """Bytes of the parameters one decode step reads: all of them except lookup-only
     embedding tables (a step reads one row per sequence); a table tied to the LM head is
-    read whole by the head and counts, once."""
+    read whole by the head and counts, once. A mixture-of-experts layer's experts count
+    k/E of their bytes, what one sequence's token reads (gen_bytes.graph_weight_bytes)."""
     import torch
 
     head = model.get_output_embeddings()
     head_weight = id(head.weight) if head is not None else None
     lookup = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    return sum(
-        p.numel() * p.element_size()
+    config = getattr(model, "config", None)
+    k = getattr(config, "num_experts_per_tok", None)
+    share = {}
+    for m in model.modules():
+        experts = getattr(m, "num_experts", None)
+        if k and experts and hasattr(m, "is_concatenated"):  # transformers' experts blocks
+            share.update({id(p): min(1.0, k / experts) for p in m.parameters()})
+    return int(sum(
+        p.numel() * p.element_size() * share.get(id(p), 1.0)
         for p in model.parameters()  # shared parameters come once
         if id(p) not in lookup or id(p) == head_weight
-    )
+    ))  # fmt: skip
 
 
 # -- the protocol ------------------------------------------------------------------------

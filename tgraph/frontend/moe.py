@@ -12,10 +12,13 @@ It covers the experts transformers' own code describes: weights (E, N, H) and (E
 gate and up concatenated or interleaved, optional biases, the default gate (act(gate) * up)
 or none, and an activation this module names. Anything else (transposed weights, a
 post-expert norm, a model's own gate such as GPT-OSS's clamped SwiGLU, another activation)
-runs transformers' ``batched_mm`` in the same trace, which exports as plain ops.
+runs transformers' ``batched_mm`` in the same trace, which exports as plain ops, and so does
+every layer with ``TGRAPH_MOE_EXPERTS=0`` in the environment (read at each trace).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 from torch import Tensor
@@ -65,6 +68,8 @@ def why_not(experts: torch.nn.Module) -> str | None:
     """Why ``experts`` does not fit ``moe_experts`` (None when it does)."""
     from transformers.integrations import moe
 
+    if os.environ.get("TGRAPH_MOE_EXPERTS", "1") == "0":
+        return "TGRAPH_MOE_EXPERTS=0"
     if getattr(experts, "is_transposed", True):
         return "its weights are stored transposed"
     if getattr(experts, "has_post_expert_norm", True):
