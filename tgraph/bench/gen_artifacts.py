@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from tgraph.bench.gen_bytes import artifact_weight_bytes
 from tgraph.bench.gen_process import last_error_line
 
+# the version of gen_bytes' count a cached record holds (2: k/E of stacked expert weights)
+BYTES_VERSION = 2
 # contender -> (tool, precision) of the converted model it loads
 ARTIFACTS = {
     "optimum-intel": ("openvino", "fp32"),
@@ -113,6 +115,12 @@ def ensure(
     out = os.path.join(root, f"{tool}-{precision}")
     cached = _metadata(out, key)
     if cached is not None:
+        if cached.get("bytes_version") != BYTES_VERSION:  # counted before the expert share
+            cached.update(
+                weight_bytes=artifact_weight_bytes(tool, out), bytes_version=BYTES_VERSION
+            )
+            with open(os.path.join(out, "tgraph-source.json"), "w") as f:
+                json.dump(cached, f, indent=2)
         return Artifact(out, cached["weight_bytes"], None)
     unsupported = _metadata(out + ".unsupported", key, "error")
     if unsupported is not None:
@@ -142,7 +150,8 @@ def ensure(
     weights = artifact_weight_bytes(tool, tmp)
     with open(os.path.join(tmp, "tgraph-source.json"), "w") as f:
         json.dump({"model": os.path.abspath(model_dir), "fingerprint": key,
-                   "command": command, "weight_bytes": weights}, f, indent=2)  # fmt: skip
+                   "command": command, "weight_bytes": weights,
+                   "bytes_version": BYTES_VERSION}, f, indent=2)  # fmt: skip
     shutil.rmtree(out, ignore_errors=True)
     os.rename(tmp, out)
     return Artifact(out, weights, time.perf_counter() - start)

@@ -3,11 +3,15 @@
 A decode step reads every weight once, except embedding tables, of which it reads one row
 per sequence: tables whose only users are lookups (Gather) are left out; a table that the
 LM head also reads counts. Compressed weights count as stored (packed int4/int8 plus their
-scales and zero points).
+scales and zero points). In a mixture-of-experts model, a token reads its k experts of E:
+a weight whose leading dim is the expert count E (the stacked experts, in both peers'
+files) counts k/E of its bytes, as tgraph's own count does (``graph_weight_bytes``), with
+k and E from the converted model's config.json.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -21,17 +25,35 @@ def onnx_weight_bytes(path: str) -> int:
     import onnx
 
     model = onnx.load(path, load_external_data=False)
+    experts, share = expert_share(os.path.dirname(path))
     users: dict[str, set[str]] = {}
     for node in model.graph.node:
         for name in node.input:
             users.setdefault(name, set()).add(node.op_type)
-    total = 0
+    total = 0.0
     for init in model.graph.initializer:
         ops = users.get(init.name, set())
         if ops and all(op.startswith("Gather") for op in ops):
             continue
-        total += _stored_bytes(init)
-    return total
+        stacked = experts and len(init.dims) == 3 and init.dims[0] == experts
+        total += _stored_bytes(init) * (share if stacked else 1.0)
+    return int(total)
+
+
+def expert_share(model_dir: str) -> tuple[int, float]:
+    """(E, k/E) of a mixture-of-experts model's config.json in ``model_dir``; (0, 1.0) for
+    a dense model or no config."""
+    try:
+        with open(os.path.join(model_dir, "config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return 0, 1.0
+    config = config.get("text_config", config)
+    experts = config.get("num_local_experts") or config.get("num_experts") or 0
+    k = config.get("num_experts_per_tok") or 0
+    if not (isinstance(experts, int) and isinstance(k, int) and experts > 1 and k > 0):
+        return 0, 1.0
+    return experts, min(1.0, k / experts)
 
 
 def graph_weight_bytes(graph: Any) -> int:
@@ -90,14 +112,17 @@ def ov_weight_bytes(ir_dir: str) -> int:
     import openvino as ov
 
     model = ov.Core().read_model(os.path.join(ir_dir, "openvino_model.xml"))
-    total = 0
+    experts, share = expert_share(ir_dir)
+    total = 0.0
     for op in model.get_ordered_ops():
         if op.get_type_name() != "Constant":
             continue
         size = op.get_byte_size()
         if size < 2**20 or not _only_gathered(op):  # small constants: not worth the walk
-            total += size
-    return total
+            shape = tuple(op.get_output_shape(0))
+            stacked = experts and len(shape) == 3 and shape[0] == experts
+            total += size * (share if stacked else 1.0)
+    return int(total)
 
 
 def _only_gathered(const: Any) -> bool:
