@@ -261,3 +261,37 @@ def test_processes_pool_every_process_and_report_each_median(llama_dir, tmp_path
     assert "rounds 3 x 2 processes each" in text and "eager: decode tok/s of each process" in text
     with pytest.raises(ValueError, match="processes must be >= 1"):
         generation.bench_generate(llama_dir, contenders=["eager"], processes=0)
+
+
+def test_moe_weight_bytes_count_k_of_e_experts_everywhere(tmp_path):
+    """A decode token reads k of E experts: the model's, tgraph's step graph's and a peer's
+    ONNX file's counts all take k/E of the stacked expert weights, so their bounds agree."""
+    import json
+
+    import numpy as np
+    import onnx
+    from model_cases import hf_case
+    from onnx import TensorProto, helper, numpy_helper
+
+    import tgraph
+    from tgraph.bench.gen_bytes import graph_weight_bytes, onnx_weight_bytes
+
+    lm = hf_case("hf-mixtral").model  # 4 experts, top 2
+    assert not lm.config.tie_word_embeddings
+    experts = sum(p.numel() * 4 for n, p in lm.named_parameters() if ".experts." in n)
+    dense = sum(p.numel() * 4 for n, p in lm.named_parameters()
+                if ".experts." not in n and "embed_tokens" not in n)  # fmt: skip
+    assert experts > 0 and torch_weight_bytes(lm) == dense + experts // 2
+    step = tgraph.compile(lm, {"input_ids": torch.randint(0, 100, (1, 5))}).step.graph
+    assert torch_weight_bytes(lm) <= graph_weight_bytes(step) <= torch_weight_bytes(lm) + 1024
+    stacked = numpy_helper.from_array(np.zeros((4, 6, 8), np.float32), "experts")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "experts"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 1, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 1, 8])], [stacked],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph), str(tmp_path / "model.onnx"))
+    assert onnx_weight_bytes(str(tmp_path / "model.onnx")) == 4 * 6 * 8 * 4  # no config: all
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump({"num_local_experts": 4, "num_experts_per_tok": 2}, f)
+    assert onnx_weight_bytes(str(tmp_path / "model.onnx")) == 4 * 6 * 8 * 4 // 2
