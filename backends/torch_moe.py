@@ -33,7 +33,34 @@ def activate(h: Tensor, activation: str) -> Tensor:
 def moe_experts(x: Tensor, top_k_index: Tensor, top_k_weights: Tensor, w_in: Tensor,
                 w_out: Tensor, b_in: Tensor | None = None, b_out: Tensor | None = None, *,
                 activation: str, gated: bool = True, interleaved: bool = False) -> Tensor:  # fmt: skip
-    experts, k = w_in.shape[0], top_k_index.shape[1]
+    return _grouped(x, top_k_index, top_k_weights, w_in.shape[0], lambda e: (w_in[e], w_out[e]),
+                    b_in, b_out, activation, gated, interleaved)  # fmt: skip
+
+
+def moe_experts_int4(x: Tensor, top_k_index: Tensor, top_k_weights: Tensor, q_in: Tensor,
+                     s_in: Tensor, q_out: Tensor, s_out: Tensor, b_in: Tensor | None = None,
+                     b_out: Tensor | None = None, *, block_size: int, activation: str,
+                     gated: bool = True, interleaved: bool = False) -> Tensor:  # fmt: skip
+    """Each expert with tokens dequantizes its own weights for the call (a temporary of
+    one expert at a time), then runs as ``moe_experts``."""
+
+    def weights(e: int) -> tuple[Tensor, Tensor]:
+        return _unpack(q_in[e], s_in[e]), _unpack(q_out[e], s_out[e])
+
+    return _grouped(x, top_k_index, top_k_weights, q_in.shape[0], weights, b_in, b_out,
+                    activation, gated, interleaved)  # fmt: skip
+
+
+def _unpack(codes: Tensor, scales: Tensor) -> Tensor:
+    """(N, G, B/2) u8 codes and (N, G) scales -> (N, G*B) weights in the scales' dtype."""
+    q = torch.stack((codes & 0x0F, codes >> 4), dim=-1).reshape(*codes.shape[:2], -1)
+    return ((q.to(scales.dtype) - 8) * scales[..., None]).reshape(codes.shape[0], -1)
+
+
+def _grouped(x, top_k_index, top_k_weights, experts, expert_weights, b_in, b_out, activation,
+             gated, interleaved) -> Tensor:  # fmt: skip
+    """The grouped matmul: ``expert_weights(e)`` gives expert e's (w_in, w_out)."""
+    k = top_k_index.shape[1]
     flat = top_k_index.reshape(-1)
     order = torch.argsort(flat, stable=True)  # pairs grouped by expert, tokens in order
     counts = torch.bincount(flat.clamp(0, experts), minlength=experts + 1)[:experts].tolist()
@@ -46,13 +73,14 @@ def moe_experts(x: Tensor, top_k_index: Tensor, top_k_weights: Tensor, w_in: Ten
         if n == 0:
             continue
         take = rows[start : start + n]
-        h = F.linear(x[take], w_in[e], None if b_in is None else b_in[e])
+        w_in, w_out = expert_weights(e)
+        h = F.linear(x[take], w_in, None if b_in is None else b_in[e])
         if gated:
             gate, up = (h[:, 0::2], h[:, 1::2]) if interleaved else h.chunk(2, dim=-1)
             h = activate(gate, activation) * up
         else:
             h = activate(h, activation)
-        y = F.linear(h, w_out[e], None if b_out is None else b_out[e])
+        y = F.linear(h, w_out, None if b_out is None else b_out[e])
         out.index_add_(0, take, (y * weights[start : start + n, None]).to(out.dtype))
         start += n
     return out.to(x.dtype)

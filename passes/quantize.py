@@ -312,6 +312,23 @@ class QuantizeInt4(_QuantizeLinear):
         if str(calibration) not in ("gptq", "off"):
             raise PipelineError(f"quantize-int4: calibration={calibration}; want gptq or off")
         self.calibration = str(calibration)
+        self.rules = (
+            *self.rules,
+            Rule(
+                name="int4-experts",
+                pattern=P.op(
+                    "moe_experts",
+                    P.var("x"),
+                    P.var("index"),
+                    P.var("weights"),
+                    P.var("w_in"),
+                    P.var("w_out"),
+                    other_inputs=True,
+                ),  # fmt: skip
+                check=self._experts_reason,
+                replace=self._replace_experts,
+            ),
+        )
 
     def approximate_linear(
         self, x: np.ndarray, w: np.ndarray, hessian: np.ndarray | None = None
@@ -340,6 +357,66 @@ class QuantizeInt4(_QuantizeLinear):
             "linear_int4", m["x"], wq, ws, bias,
             block_size=packed.shape[-1] * 2, in_features=w.shape[1], compute=self.compute,
         )  # fmt: skip
+
+    def _experts_block(self, m: Match) -> int:
+        """The block both projections of the experts take: ORT's QMoE has one for fc1 and
+        fc2, and wants the hidden and inner widths to be whole blocks."""
+        hidden, inner = m["w_in"].shape[2], m["w_out"].shape[2]
+        block = self.block
+        while block > MIN_BLOCK and (hidden % block or inner % block):
+            block //= 2
+        return block
+
+    def _experts_reason(self, m: Match) -> str | None:
+        node = m.root
+        weights = [m["w_in"], m["w_out"], *(v for v in node.inputs[5:] if v is not None)]
+        for w in weights:
+            if w.const is None or w.dtype != DType.float32:
+                return f"expert weight %{w.name} is not an f32 constant"
+            if self.keep_trainable and w.trainable:
+                return f"expert weight @{w.name} is a trainable parameter (keep_trainable)"
+        if m["x"].dtype != DType.float32:
+            return f"input dtype {m['x'].dtype}; quantization starts from f32"
+        layer = layer_name(m["w_in"])
+        if any(fnmatch.fnmatchcase(layer, p) for p in self.keep):
+            return f"experts {layer} kept in full precision (keep option / accuracy budget)"
+        block = self._experts_block(m)
+        hidden, inner = m["w_in"].shape[2], m["w_out"].shape[2]
+        if hidden % block or inner % block:
+            return f"hidden {hidden} and inner {inner} widths are not whole blocks of {block}"
+        return None
+
+    def _replace_experts(self, b: Builder, m: Match) -> Value:
+        node, a = m.root, m.root.attrs
+        layer = layer_name(m["w_in"])
+        self.applied[-1]["layer"] = layer
+        block = self._experts_block(m)
+        w_in = np.asarray(m["w_in"].const, np.float32)
+        b_in = node.inputs[5] if len(node.inputs) > 5 else None
+        b_in = None if b_in is None else np.asarray(b_in.const, np.float32)
+        if a["gated"] and not a["interleaved"]:  # rows gate0, up0, gate1, ... (ORT's layout)
+            experts, n, hidden = w_in.shape
+            w_in = w_in.reshape(experts, 2, n // 2, hidden).transpose(0, 2, 1, 3)
+            w_in = np.ascontiguousarray(w_in).reshape(experts, n, hidden)
+            if b_in is not None:
+                b_in = np.ascontiguousarray(b_in.reshape(experts, 2, n // 2).transpose(0, 2, 1))
+                b_in = b_in.reshape(experts, n)
+        inputs = [m["x"], m["index"], m["weights"]]
+        for w, name in ((w_in, "w_in"), (np.asarray(m["w_out"].const, np.float32), "w_out")):
+            packed = [quantize_int4(e, block, self.search) for e in w]
+            inputs.append(b.const(np.stack([p for p, _ in packed]), DType.uint8,
+                                  hint=f"{layer}.{name}_int4"))  # fmt: skip
+            inputs.append(b.const(np.stack([s for _, s in packed]), DType.float32,
+                                  hint=f"{layer}.{name}_scale"))  # fmt: skip
+        b_out = node.inputs[6] if len(node.inputs) > 6 else None
+        if b_in is not None:
+            inputs.append(b.const(b_in, DType.float32, hint=f"{layer}.b_in"))
+        elif b_out is not None:
+            inputs.append(None)
+        if b_out is not None:
+            inputs.append(b_out)
+        return b.op("moe_experts_int4", *inputs, block_size=block, activation=a["activation"],
+                    gated=a["gated"], interleaved=a["gated"])  # fmt: skip
 
     def run(self, graph) -> PassResult:
         result = super().run(graph)

@@ -21,6 +21,7 @@ from tgraph.backends import ort as ort_backend
 from tgraph.backends.reference import run_graph
 from tgraph.backends.torch_backend import lower as torch_lower
 from tgraph.ir import DType, Graph, SymDim
+from tgraph.ir.ops.moe import unpack_experts
 
 E, H, INTER, K = 4, 8, 6, 2
 TOKENS = SymDim.symbol("tokens")
@@ -187,3 +188,79 @@ def test_a_moe_generator_saves_and_loads(backend, tmp_path):
     again = tgraph.load(str(tmp_path / "mixtral.tg"))
     assert again.step.graph.op_histogram()["moe_experts"] == len(_experts(lm))
     assert torch.equal(again.generate(ids, max_new_tokens=8), want)
+
+
+# -- int4 experts ------------------------------------------------------------------------------
+
+
+def _int4_graph(form: str):
+    """moe_experts of FORMS[form] through quantize-int4 (blocks of 16 here: H = 8 would be
+    no whole block, so the int4 tests use H = 32, inner 16)."""
+    from tgraph.passes.manager import optimize
+
+    attrs, bias = FORMS[form]
+    gated = attrs.get("gated", True)
+    r = np.random.default_rng(5)
+    n = 32 if gated else 16
+    weights = [(r.standard_normal(s) * 0.4).astype(np.float32) for s in ((E, n, 32), (E, 32, 16))]
+    weights += [(r.standard_normal(s) * 0.1).astype(np.float32) if bias else None
+                for s in ((E, n), (E, 32))]  # fmt: skip
+    g = Graph("moe")
+    x = g.add_input("x", DType.float32, (TOKENS, 32))
+    index = g.add_input("index", DType.int64, (TOKENS, K))
+    w = g.add_input("weights", DType.float32, (TOKENS, K))
+    consts = [None if a is None else g.add_const(a, DType.float32, f"experts.c{i}")
+              for i, a in enumerate(weights)]  # fmt: skip
+    while consts[-1] is None:
+        consts.pop()
+    g.outputs = [g.create_node("moe_experts", [x, index, w, *consts], attrs).output]
+    quantized, records = optimize(g, "quantize-int4{block=16},dce")
+    return g, quantized, records
+
+
+@pytest.mark.parametrize("form", ["swiglu", "swiglu-bias", "relu", "gelu"])
+def test_int4_experts_run_like_their_dequantized_weights_everywhere(form):
+    """quantize-int4 turns moe_experts into moe_experts_int4 (gate/up rows interleaved as
+    ORT's QMoE wants) whose codes stand for the weights within int4's error, and every
+    backend gives what the reference kernel gives."""
+    g, q, records = _int4_graph(form)
+    hist = q.op_histogram()
+    assert hist == {"moe_experts_int4": 1}, hist
+    (node,) = list(q.nodes)
+    assert node.attrs["block_size"] == 16 and node.attrs["interleaved"] == node.attrs["gated"]
+    assert records[0].stats["converted"] == ["experts.c0"]
+    # the codes stand for the original weights (gate/up rows interleaved) within int4's error
+    (original,) = list(g.nodes)
+    for i, codes in ((3, 3), (4, 5)):
+        w = np.asarray(original.inputs[i].const)
+        if i == 3 and node.attrs["gated"]:
+            e, n, h = w.shape
+            w = w.reshape(e, 2, n // 2, h).transpose(0, 2, 1, 3).reshape(e, n, h)
+        got = unpack_experts(node.inputs[codes].const, node.inputs[codes + 1].const, w.shape[2])
+        assert np.linalg.norm(got - w) < 0.1 * np.linalg.norm(w)
+    for tokens, seed in ((6, 0), (1, 1)):
+        x = np.random.default_rng(seed).standard_normal((tokens, 32)).astype(np.float32)
+        index, w = _routing(tokens, seed)
+        want = run_graph(q, [x, index, w])[0]
+        for name, run in _runners(q):
+            got = run([x, index, w])
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"{name} {tokens}")
+    kernel = form != "gelu"
+    ops = {n.op_type for n in ort_backend.to_onnx(q).graph.node}
+    assert ("QMoE" in ops) == kernel, ops
+
+
+def test_int4_mixtral_generates_close_to_eager():
+    """The int4 pipeline compresses the experts too: no fp32 expert weight is left, and the
+    teacher-forced logits stay within int4's error of eager's."""
+    lm = hf_case("hf-mixtral").model
+    gen = tgraph.compile(lm, {"input_ids": torch.randint(0, 100, (2, 5))}, backend="ort",
+                         pipeline="int4")  # fmt: skip
+    hist = gen.step.graph.op_histogram()
+    assert hist["moe_experts_int4"] == len(_experts(lm)) and "moe_experts" not in hist
+    ids = torch.randint(3, 100, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = lm(input_ids=ids, use_cache=False).logits
+    got = gen(input_ids=ids).logits
+    assert (got - want).norm() < 0.2 * want.norm()
+    assert gen.generate(ids, max_new_tokens=4).shape == (2, 13)

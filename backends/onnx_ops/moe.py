@@ -14,6 +14,10 @@ The kernel path: float32, gated SiLU (Mixtral, Qwen-MoE, OLMoE, DeepSeek) or ung
 or SiLU. Anything else, and everything with ``fused_kernels`` off, lowers to plain ops that
 gather each (token, expert) pair's weights and run one batched MatMul (transformers'
 ``batched_mm``): exact, but a copy of k experts' weights per token.
+
+``moe_experts_int4`` (the int4 pipeline's experts) goes to com.microsoft QMoE on the codes
+as stored, which takes the mixing weights as an input of their own (``router_weights``):
+there the selection logits are 0 and -inf, and nothing is rescaled.
 """
 
 from __future__ import annotations
@@ -120,3 +124,66 @@ def _gathered(ctx, node, x, index, weights, w_in, w_out, b_in, b_out) -> str:
     y = ctx.op("Mul", [y, ctx.op("Reshape", [weights, ctx.ints([-1, 1])])])
     y = ctx.op("Reshape", [y, ctx.ints([-1, k, hidden])])
     return ctx.op("ReduceSum", [y, ctx.ints([1])], keepdims=0)
+
+
+@lowers("moe_experts_int4")
+def _moe_experts_int4(ctx, node, x, index, weights, q_in, s_in, q_out, s_out, b_in="", b_out=""):
+    """com.microsoft QMoE on the codes as stored: (E, N, G, B/2) is QMoE's (E, N, K/2), the
+    same bytes, reshaped. The routing goes in as selection logits (0 at each token's k
+    experts, -inf elsewhere) and ``router_weights`` (the model's weights at those experts),
+    so no softmax touches them. Where the kernel does not fit, the codes are dequantized by
+    ONNX ops (folded at session load into fp32 weights) and lowered as ``moe_experts``."""
+    a = node.attrs
+    if ctx.fused_kernels and _kernel_fits(node) and (not a["gated"] or a["interleaved"]):
+        experts = node.inputs[3].shape[0]
+        rows = ctx.op("Concat", [ctx.op("Shape", [x], end=1), ctx.ints([experts])], axis=0)
+        zeros = ctx.op("Expand", [scalar(ctx, 0.0, DType.float32), rows])
+        floor = ctx.op("Expand", [scalar(ctx, -np.inf, DType.float32), rows])
+        picked = ctx.op("Expand", [scalar(ctx, 0.0, DType.float32), ctx.op("Shape", [index])])
+        select = ctx.op("ScatterElements", [floor, index, picked], axis=1)
+        mixing = ctx.op("ScatterElements", [zeros, index, weights], axis=1)
+        codes = [ctx.op("Reshape", [q, ctx.ints([0, 0, -1])]) for q in (q_in, q_out)]
+        attrs = dict(k=int(node.inputs[1].shape[1]), normalize_routing_weights=0,
+                     expert_weight_bits=4, block_size=int(a["block_size"]), accuracy_level=0)  # fmt: skip
+        if a["gated"]:
+            attrs.update(activation_type="swiglu", swiglu_fusion=1, activation_alpha=1.0,
+                         activation_beta=0.0)  # fmt: skip
+        else:
+            attrs.update(activation_type=a["activation"])
+        inputs = [x, select, codes[0], s_in, b_in, codes[1], s_out, b_out,
+                  "", "", "", "", "", "", mixing]  # fmt: skip
+        return ctx.op("QMoE", inputs, domain=MS_DOMAIN, **attrs)
+    w_in, w_out = (_dequantized(ctx, q, s) for q, s in ((q_in, s_in), (q_out, s_out)))
+    plain = _FloatView(node)
+    if ctx.fused_kernels and _kernel_fits(node):
+        return _ort_moe(ctx, plain, x, index, weights, w_in, w_out, b_in, b_out)
+    return _gathered(ctx, plain, x, index, weights, w_in, w_out, b_in, b_out)
+
+
+def _dequantized(ctx, codes: str, scales: str) -> str:
+    """(E, N, G, B/2) u8 codes and (E, N, G) scales -> fp32 (E, N, G*B), by ONNX ops."""
+    low = ctx.op("BitwiseAnd", [codes, ctx.const(np.array(15, np.uint8))])
+    high = ctx.op("BitShift", [codes, ctx.const(np.array(4, np.uint8))], direction="RIGHT")
+    pairs = [ctx.op("Unsqueeze", [v, ctx.ints([4])]) for v in (low, high)]
+    q = ctx.op("Cast", [ctx.op("Concat", pairs, axis=4)], to=1)  # (E, N, G, B/2, 2) float
+    q = ctx.op("Reshape", [q, ctx.ints([0, 0, 0, -1])])  # (E, N, G, B)
+    w = ctx.op("Mul", [ctx.op("Sub", [q, scalar(ctx, 8.0, DType.float32)]),
+                       ctx.op("Unsqueeze", [scales, ctx.ints([3])])])  # fmt: skip
+    return ctx.op("Reshape", [w, ctx.ints([0, 0, -1])])
+
+
+class _FloatView:
+    """``moe_experts_int4`` seen as the ``moe_experts`` its dequantized weights make: the
+    shapes and attributes the fp32 lowerings read."""
+
+    def __init__(self, node):
+        from tgraph.ir import TensorType
+
+        block = node.attrs["block_size"]
+        q_in, q_out = node.inputs[3], node.inputs[5]
+        experts, n, groups = q_in.shape[:3]
+        w_in = TensorType(DType.float32, (experts, n, groups * block))
+        w_out = TensorType(DType.float32, (experts, q_out.shape[1], q_out.shape[2] * block))
+        self.inputs = [*node.inputs[:3], w_in, w_out, *node.inputs[7:]]
+        self.attrs = {k: v for k, v in node.attrs.items() if k != "block_size"}
+        self.outputs = node.outputs

@@ -149,7 +149,7 @@ defop(
 # -- rotary ----------------------------------------------------------------------------------
 
 
-def _rotary_infer(x, cos, sin, *, interleaved) -> TensorType:
+def _rotary_infer(x, cos, sin, *, interleaved=False) -> TensorType:
     shape = broadcast_shapes(x.shape, cos.shape, sin.shape, op="rotary")
     if tuple(shape) != tuple(x.shape):
         raise IRError(f"rotary: cos/sin {cos.shape} do not broadcast to x {x.shape}")
@@ -169,7 +169,7 @@ def rotate_pairs(x: np.ndarray, interleaved: bool) -> np.ndarray:
     return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
 
 
-def _rotary_kernel(x, cos, sin, *, interleaved):
+def _rotary_kernel(x, cos, sin, *, interleaved=False):
     return (x * cos + rotate_pairs(x, interleaved) * sin).astype(x.dtype)
 
 

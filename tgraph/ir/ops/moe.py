@@ -49,8 +49,8 @@ def activate(h: np.ndarray, activation: str) -> np.ndarray:
     raise IRError(f"moe_experts: unknown activation {activation!r}; known: {ACTIVATIONS}")
 
 
-def _infer(x, index, weights, w_in, w_out, b_in=None, b_out=None, *, activation, gated,
-           interleaved) -> TensorType:  # fmt: skip
+def _infer(x, index, weights, w_in, w_out, b_in=None, b_out=None, *, activation, gated=True,
+           interleaved=False) -> TensorType:  # fmt: skip
     if activation not in ACTIVATIONS:
         raise IRError(f"moe_experts: unknown activation {activation!r}; known: {ACTIVATIONS}")
     if x.rank != 2 or index.rank != 2 or weights.rank != 2:
@@ -78,8 +78,8 @@ def _infer(x, index, weights, w_in, w_out, b_in=None, b_out=None, *, activation,
     return x
 
 
-def _kernel(x, index, weights, w_in, w_out, b_in=None, b_out=None, *, activation, gated,
-            interleaved):  # fmt: skip
+def _kernel(x, index, weights, w_in, w_out, b_in=None, b_out=None, *, activation, gated=True,
+            interleaved=False):  # fmt: skip
     acc = np.zeros(x.shape, np.float64)
     for e in np.unique(index):
         if not 0 <= e < w_in.shape[0]:  # an expert-parallel sentinel: no expert here
@@ -108,4 +108,62 @@ defop(
     attrs={"activation": REQUIRED, "gated": True, "interleaved": False},
     inputs=(5, 7),
     doc="A mixture-of-experts layer's routed experts: each token's k experts, weighted.",
+)
+
+
+# -- int4 experts ----------------------------------------------------------------------------
+
+
+def _unpack(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """Packed int4 experts (E, N, G, B/2) u8 with scales (E, N, G) -> fp32 (E, N, G*B)."""
+    low = (codes & 0x0F).astype(np.int16)
+    high = (codes >> 4).astype(np.int16)
+    q = np.stack([low, high], axis=-1).reshape(*codes.shape[:3], -1)  # (E, N, G, B)
+    w = (q - 8).astype(np.float32) * scales[..., None].astype(np.float32)
+    return w.reshape(*codes.shape[:2], -1)
+
+
+def unpack_experts(codes: np.ndarray, scales: np.ndarray, in_features: int) -> np.ndarray:
+    """The fp32 (E, N, K) expert weights that ``moe_experts_int4`` codes stand for."""
+    return _unpack(codes, scales)[..., :in_features]
+
+
+def _int4_infer(x, index, weights, q_in, s_in, q_out, s_out, b_in=None, b_out=None, *,
+                block_size, activation, gated=True, interleaved=False) -> TensorType:  # fmt: skip
+    for q, s, name in ((q_in, s_in, "w_in"), (q_out, s_out, "w_out")):
+        if q.dtype != DType.uint8 or q.rank != 4 or s.rank != 3 or s.dtype != x.dtype:
+            raise IRError(f"moe_experts_int4: {name} codes {q} / scales {s} are not "
+                          f"(E, N, G, B/2) u8 / (E, N, G) {x.dtype}")  # fmt: skip
+        if tuple(s.shape) != tuple(q.shape[:3]) or q.shape[3] * 2 != block_size:
+            raise IRError(f"moe_experts_int4: {name} codes {list(q.shape)} and scales "
+                          f"{list(s.shape)} are not blocks of {block_size}")  # fmt: skip
+    experts, n, groups, _ = q_in.shape
+    hidden = x.shape[1]
+    w_in = TensorType(x.dtype, (experts, n, groups * block_size))
+    w_out = TensorType(x.dtype, (q_out.shape[0], q_out.shape[1], q_out.shape[2] * block_size))
+    if w_in.shape[2] != hidden:
+        raise IRError(f"moe_experts_int4: w_in holds {w_in.shape[2]} input features, x {hidden}")
+    inter = n // 2 if gated else n
+    w_out = TensorType(x.dtype, (*w_out.shape[:2], inter))
+    if q_out.shape[2] * block_size != inter:
+        raise IRError(f"moe_experts_int4: w_out holds {q_out.shape[2] * block_size} input "
+                      f"features, the experts' inner width is {inter}")  # fmt: skip
+    return _infer(x, index, weights, w_in, w_out, b_in, b_out, activation=activation,
+                  gated=gated, interleaved=interleaved)  # fmt: skip
+
+
+def _int4_kernel(x, index, weights, q_in, s_in, q_out, s_out, b_in=None, b_out=None, *,
+                 block_size, activation, gated=True, interleaved=False):  # fmt: skip
+    return _kernel(x, index, weights, _unpack(q_in, s_in), _unpack(q_out, s_out), b_in, b_out,
+                   activation=activation, gated=gated, interleaved=interleaved)  # fmt: skip
+
+
+defop(
+    "moe_experts_int4",
+    infer=_int4_infer,
+    kernel=_int4_kernel,
+    attrs={"block_size": REQUIRED, "activation": REQUIRED, "gated": True, "interleaved": False},
+    inputs=(7, 9),
+    doc="moe_experts with block-wise int4 expert weights: codes (E, N, G, B/2) u8 (low nibble "
+    "first, value q - 8) and scales (E, N, G); the input features are G * B, no padding.",
 )
