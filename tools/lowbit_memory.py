@@ -30,6 +30,10 @@ CONFIGS = {
     # The generation issue's ~336M Llama: 24 layers of hidden 1024, GQA 16/4, vocab 32000.
     "llama-336m": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
                        num_key_value_heads=4, intermediate_size=2816, vocab_size=32000),
+    # bench_suite's hf-mixtral-139m: 8 layers of hidden 512, 8 experts of MLP 1024, top 2.
+    "mixtral-139m": dict(arch="mixtral", hidden_size=512, num_hidden_layers=8,
+                         num_attention_heads=8, num_key_value_heads=2, intermediate_size=1024,
+                         num_local_experts=8, num_experts_per_tok=2, vocab_size=32000),
     # Small enough for a test: about 4.5M parameters.
     "llama-tiny": dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
                        num_key_value_heads=2, intermediate_size=704, vocab_size=4096),
@@ -71,8 +75,16 @@ def measure_one(config: str, pipeline: str, backend: str, entry: str = "generato
     ids = torch.randint(0, CONFIGS[config]["vocab_size"], (1, 8))
     # Warm up on a 1-layer model: the code that compile loads (torch.export, the backend's
     # libraries, transformers' modeling modules) is not what the compiled model holds.
-    warm = T.LlamaForCausalLM(T.LlamaConfig(hidden_size=64, num_hidden_layers=1,
-        num_attention_heads=4, intermediate_size=128, vocab_size=256)).eval()  # fmt: skip
+    config_kw = dict(CONFIGS[config])
+    arch = config_kw.pop("arch", "llama")
+    classes = {"llama": (T.LlamaConfig, T.LlamaForCausalLM),
+               "mixtral": (T.MixtralConfig, T.MixtralForCausalLM)}[arch]  # fmt: skip
+    small = {
+        k: v for k, v in config_kw.items() if k in ("num_local_experts", "num_experts_per_tok")
+    }
+    warm = classes[1](classes[0](hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                 num_key_value_heads=2,
+                                 intermediate_size=128, vocab_size=256, **small)).eval()  # fmt: skip
     warm = _compile(entry, warm, ids % 256, backend, pipeline)
     with torch.no_grad():
         _run(warm, ids % 256)
@@ -80,8 +92,8 @@ def measure_one(config: str, pipeline: str, backend: str, entry: str = "generato
     trim()
     base = rss_mb()
     torch.manual_seed(0)
-    cfg = T.LlamaConfig(max_position_embeddings=256, tie_word_embeddings=False, **CONFIGS[config])
-    model = T.LlamaForCausalLM(cfg).eval()
+    cfg = classes[0](max_position_embeddings=256, tie_word_embeddings=False, **config_kw)
+    model = classes[1](cfg).eval()
     params = sum(p.numel() for p in model.parameters())
     start = time.perf_counter()
     cm = _compile(entry, model, ids, backend, pipeline)

@@ -37,13 +37,26 @@ def _kernel_fits(node) -> bool:
     return a["activation"] == "silu" if a["gated"] else a["activation"] in ("relu", "silu")
 
 
-def _interleave(ctx, w: str, shape) -> str:
+def _at_load(ctx, value, build):
+    """``build(op)``'s result, its ops marked as folded at session load when ``value`` (the
+    IR input they transform) is a constant: the graph's array is then read at load only,
+    and the generator releases it (``Lowering.at_load``), so no second copy stays."""
+    if value.const is None:
+        return build(ctx.op)
+    return build(lambda *args, **kw: ctx.at_load(ctx.op(*args, **kw)))
+
+
+def _interleave(ctx, w: str, value) -> str:
     """[gate | up] rows (E, 2I[, H]) -> gate0, up0, gate1, up1, ... (E, 2I[, H])."""
-    e, n = shape[0], shape[1]
-    rest = list(shape[2:])
-    split = ctx.op("Reshape", [w, ctx.ints([e, 2, n // 2, *rest])])
+    e, n = value.shape[0], value.shape[1]
+    rest = list(value.shape[2:])
     perm = [0, 2, 1] + ([3] if rest else [])
-    return ctx.op("Reshape", [ctx.op("Transpose", [split], perm=perm), ctx.ints([e, n, *rest])])
+
+    def build(op):
+        split = op("Reshape", [w, ctx.ints([e, 2, n // 2, *rest])])
+        return op("Reshape", [op("Transpose", [split], perm=perm), ctx.ints([e, n, *rest])])
+
+    return _at_load(ctx, value, build)
 
 
 @lowers("moe_experts")
@@ -65,9 +78,9 @@ def _ort_moe(ctx, node, x, index, weights, w_in, w_out, b_in, b_out) -> str:
     attrs = dict(k=int(k), normalize_routing_weights=0)
     if a["gated"]:
         if not a["interleaved"]:
-            w_in = _interleave(ctx, w_in, node.inputs[3].shape)
+            w_in = _interleave(ctx, w_in, node.inputs[3])
             if b_in:
-                b_in = _interleave(ctx, b_in, node.inputs[5].shape)
+                b_in = _interleave(ctx, b_in, node.inputs[5])
         attrs.update(activation_type="swiglu", swiglu_fusion=1, activation_alpha=1.0,
                      activation_beta=0.0)  # fmt: skip
     else:
@@ -142,7 +155,8 @@ def _moe_experts_int4(ctx, node, x, index, weights, q_in, s_in, q_out, s_out, b_
         picked = ctx.op("Expand", [scalar(ctx, 0.0, DType.float32), ctx.op("Shape", [index])])
         select = ctx.op("ScatterElements", [floor, index, picked], axis=1)
         mixing = ctx.op("ScatterElements", [zeros, index, weights], axis=1)
-        codes = [ctx.op("Reshape", [q, ctx.ints([0, 0, -1])]) for q in (q_in, q_out)]
+        codes = [_at_load(ctx, node.inputs[i], lambda op, q=q: op("Reshape", [q, ctx.ints([0, 0, -1])]))
+                 for i, q in ((3, q_in), (5, q_out))]  # fmt: skip
         attrs = dict(k=int(node.inputs[1].shape[1]), normalize_routing_weights=0,
                      expert_weight_bits=4, block_size=int(a["block_size"]), accuracy_level=0)  # fmt: skip
         if a["gated"]:
@@ -153,23 +167,24 @@ def _moe_experts_int4(ctx, node, x, index, weights, q_in, s_in, q_out, s_out, b_
         inputs = [x, select, codes[0], s_in, b_in, codes[1], s_out, b_out,
                   "", "", "", "", "", "", mixing]  # fmt: skip
         return ctx.op("QMoE", inputs, domain=MS_DOMAIN, **attrs)
-    w_in, w_out = (_dequantized(ctx, q, s) for q, s in ((q_in, s_in), (q_out, s_out)))
+    w_in, w_out = (_at_load(ctx, node.inputs[i], lambda op, q=q, s=s: _dequantized(ctx, op, q, s))
+                   for i, q, s in ((3, q_in, s_in), (5, q_out, s_out)))  # fmt: skip
     plain = _FloatView(node)
     if ctx.fused_kernels and _kernel_fits(node):
         return _ort_moe(ctx, plain, x, index, weights, w_in, w_out, b_in, b_out)
     return _gathered(ctx, plain, x, index, weights, w_in, w_out, b_in, b_out)
 
 
-def _dequantized(ctx, codes: str, scales: str) -> str:
+def _dequantized(ctx, op, codes: str, scales: str) -> str:
     """(E, N, G, B/2) u8 codes and (E, N, G) scales -> fp32 (E, N, G*B), by ONNX ops."""
-    low = ctx.op("BitwiseAnd", [codes, ctx.const(np.array(15, np.uint8))])
-    high = ctx.op("BitShift", [codes, ctx.const(np.array(4, np.uint8))], direction="RIGHT")
-    pairs = [ctx.op("Unsqueeze", [v, ctx.ints([4])]) for v in (low, high)]
-    q = ctx.op("Cast", [ctx.op("Concat", pairs, axis=4)], to=1)  # (E, N, G, B/2, 2) float
-    q = ctx.op("Reshape", [q, ctx.ints([0, 0, 0, -1])])  # (E, N, G, B)
-    w = ctx.op("Mul", [ctx.op("Sub", [q, scalar(ctx, 8.0, DType.float32)]),
-                       ctx.op("Unsqueeze", [scales, ctx.ints([3])])])  # fmt: skip
-    return ctx.op("Reshape", [w, ctx.ints([0, 0, -1])])
+    low = op("BitwiseAnd", [codes, ctx.const(np.array(15, np.uint8))])
+    high = op("BitShift", [codes, ctx.const(np.array(4, np.uint8))], direction="RIGHT")
+    pairs = [op("Unsqueeze", [v, ctx.ints([4])]) for v in (low, high)]
+    q = op("Cast", [op("Concat", pairs, axis=4)], to=1)  # (E, N, G, B/2, 2) float
+    q = op("Reshape", [q, ctx.ints([0, 0, 0, -1])])  # (E, N, G, B)
+    w = op("Mul", [op("Sub", [q, scalar(ctx, 8.0, DType.float32)]),
+                   op("Unsqueeze", [scales, ctx.ints([3])])])  # fmt: skip
+    return op("Reshape", [w, ctx.ints([0, 0, -1])])
 
 
 class _FloatView:
