@@ -51,6 +51,20 @@ def moe_experts_int4(x: Tensor, top_k_index: Tensor, top_k_weights: Tensor, q_in
                     activation, gated, interleaved)  # fmt: skip
 
 
+def moe_experts_int8(x: Tensor, top_k_index: Tensor, top_k_weights: Tensor, q_in: Tensor,
+                     s_in: Tensor, q_out: Tensor, s_out: Tensor, b_in: Tensor | None = None,
+                     b_out: Tensor | None = None, *, activation: str, gated: bool = True,
+                     interleaved: bool = False) -> Tensor:  # fmt: skip
+    """Like :func:`moe_experts_int4`: each expert with tokens dequantizes its own rows."""
+
+    def weights(e: int) -> tuple[Tensor, Tensor]:
+        return (q_in[e].to(s_in.dtype) * s_in[e, :, None],
+                q_out[e].to(s_out.dtype) * s_out[e, :, None])  # fmt: skip
+
+    return _grouped(x, top_k_index, top_k_weights, q_in.shape[0], weights, b_in, b_out,
+                    activation, gated, interleaved)  # fmt: skip
+
+
 def _unpack(codes: Tensor, scales: Tensor) -> Tensor:
     """(N, G, B/2) u8 codes and (N, G) scales -> (N, G*B) weights in the scales' dtype."""
     q = torch.stack((codes & 0x0F, codes >> 4), dim=-1).reshape(*codes.shape[:2], -1)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .torch_cache_ops import cache_attention
 from .torch_collectives import COLLECTIVE_OPS
-from .torch_moe import moe_experts, moe_experts_int4
+from .torch_moe import moe_experts, moe_experts_int4, moe_experts_int8
 from .torch_ops_ext import EXT_OPS
 from .torch_quant import QUANT_OPS
 
@@ -392,6 +392,7 @@ OPS: dict[str, Callable[..., Tensor | tuple[Tensor, ...]]] = {
     "rotary": rotary,
     "moe_experts": moe_experts,
     "moe_experts_int4": moe_experts_int4,
+    "moe_experts_int8": moe_experts_int8,
     "skip_layer_norm": skip_layer_norm,
     "skip_rms_norm": skip_rms_norm,
     "bias_gelu": bias_gelu,

@@ -243,6 +243,58 @@ class _QuantizeLinear(RewritePass):
         return result
 
 
+# -- mixture-of-experts layers (moe_experts) -----------------------------------------------------
+
+
+def experts_reason(p: _QuantizeLinear, m: Match) -> str | None:
+    """Why a ``moe_experts`` node keeps fp32 experts (the checks every weight pass shares)."""
+    node = m.root
+    weights = [m["w_in"], m["w_out"], *(v for v in node.inputs[5:] if v is not None)]
+    for w in weights:
+        if w.const is None or w.dtype != DType.float32:
+            return f"expert weight %{w.name} is not an f32 constant"
+        if p.keep_trainable and w.trainable:
+            return f"expert weight @{w.name} is a trainable parameter (keep_trainable)"
+    if m["x"].dtype != DType.float32:
+        return f"input dtype {m['x'].dtype}; quantization starts from f32"
+    layer = layer_name(m["w_in"])
+    if any(fnmatch.fnmatchcase(layer, pattern) for pattern in p.keep):
+        return f"experts {layer} kept in full precision (keep option / accuracy budget)"
+    return None
+
+
+def interleaved_gate_up(m: Match) -> tuple[np.ndarray, np.ndarray | None]:
+    """The experts' w_in (E, N, H) and b_in (E, N) with gate and up rows interleaved (gate0,
+    up0, gate1, ...: ORT's QMoE SwiGLU layout), unchanged when ungated or interleaved."""
+    node, a = m.root, m.root.attrs
+    w_in = np.asarray(m["w_in"].const, np.float32)
+    b_in = node.inputs[5] if len(node.inputs) > 5 else None
+    b_in = None if b_in is None else np.asarray(b_in.const, np.float32)
+    if a["gated"] and not a["interleaved"]:
+        experts, n, hidden = w_in.shape
+        w_in = w_in.reshape(experts, 2, n // 2, hidden).transpose(0, 2, 1, 3)
+        w_in = np.ascontiguousarray(w_in).reshape(experts, n, hidden)
+        if b_in is not None:
+            b_in = np.ascontiguousarray(b_in.reshape(experts, 2, n // 2).transpose(0, 2, 1))
+            b_in = b_in.reshape(experts, n)
+    return w_in, b_in
+
+
+def expert_biases(b: Builder, m: Match, b_in: np.ndarray | None, layer: str) -> list:
+    """The compressed op's trailing bias inputs: b_in (rows as :func:`interleaved_gate_up`
+    left them) and b_out, None where one is absent before the other."""
+    node = m.root
+    b_out = node.inputs[6] if len(node.inputs) > 6 else None
+    out: list = []
+    if b_in is not None:
+        out.append(b.const(b_in, DType.float32, hint=f"{layer}.b_in"))
+    elif b_out is not None:
+        out.append(None)
+    if b_out is not None:
+        out.append(b_out)
+    return out
+
+
 @register("quantize-int8")
 class QuantizeInt8(_QuantizeLinear):
     """Dynamic int8 linear layers: int8 weights per output channel, activations per token.
@@ -368,18 +420,9 @@ class QuantizeInt4(_QuantizeLinear):
         return block
 
     def _experts_reason(self, m: Match) -> str | None:
-        node = m.root
-        weights = [m["w_in"], m["w_out"], *(v for v in node.inputs[5:] if v is not None)]
-        for w in weights:
-            if w.const is None or w.dtype != DType.float32:
-                return f"expert weight %{w.name} is not an f32 constant"
-            if self.keep_trainable and w.trainable:
-                return f"expert weight @{w.name} is a trainable parameter (keep_trainable)"
-        if m["x"].dtype != DType.float32:
-            return f"input dtype {m['x'].dtype}; quantization starts from f32"
-        layer = layer_name(m["w_in"])
-        if any(fnmatch.fnmatchcase(layer, p) for p in self.keep):
-            return f"experts {layer} kept in full precision (keep option / accuracy budget)"
+        reason = experts_reason(self, m)
+        if reason:
+            return reason
         block = self._experts_block(m)
         hidden, inner = m["w_in"].shape[2], m["w_out"].shape[2]
         if hidden % block or inner % block:
@@ -387,20 +430,11 @@ class QuantizeInt4(_QuantizeLinear):
         return None
 
     def _replace_experts(self, b: Builder, m: Match) -> Value:
-        node, a = m.root, m.root.attrs
+        a = m.root.attrs
         layer = layer_name(m["w_in"])
         self.applied[-1]["layer"] = layer
         block = self._experts_block(m)
-        w_in = np.asarray(m["w_in"].const, np.float32)
-        b_in = node.inputs[5] if len(node.inputs) > 5 else None
-        b_in = None if b_in is None else np.asarray(b_in.const, np.float32)
-        if a["gated"] and not a["interleaved"]:  # rows gate0, up0, gate1, ... (ORT's layout)
-            experts, n, hidden = w_in.shape
-            w_in = w_in.reshape(experts, 2, n // 2, hidden).transpose(0, 2, 1, 3)
-            w_in = np.ascontiguousarray(w_in).reshape(experts, n, hidden)
-            if b_in is not None:
-                b_in = np.ascontiguousarray(b_in.reshape(experts, 2, n // 2).transpose(0, 2, 1))
-                b_in = b_in.reshape(experts, n)
+        w_in, b_in = interleaved_gate_up(m)
         inputs = [m["x"], m["index"], m["weights"]]
         for w, name in ((w_in, "w_in"), (np.asarray(m["w_out"].const, np.float32), "w_out")):
             packed = [quantize_int4(e, block, self.search) for e in w]
@@ -408,13 +442,7 @@ class QuantizeInt4(_QuantizeLinear):
                                   hint=f"{layer}.{name}_int4"))  # fmt: skip
             inputs.append(b.const(np.stack([s for _, s in packed]), DType.float32,
                                   hint=f"{layer}.{name}_scale"))  # fmt: skip
-        b_out = node.inputs[6] if len(node.inputs) > 6 else None
-        if b_in is not None:
-            inputs.append(b.const(b_in, DType.float32, hint=f"{layer}.b_in"))
-        elif b_out is not None:
-            inputs.append(None)
-        if b_out is not None:
-            inputs.append(b_out)
+        inputs += expert_biases(b, m, b_in, layer)
         return b.op("moe_experts_int4", *inputs, block_size=block, activation=a["activation"],
                     gated=a["gated"], interleaved=a["gated"])  # fmt: skip
 

@@ -30,6 +30,9 @@ from .quantize import (
     _QuantizeLinear,
     check_block,
     check_compute,
+    expert_biases,
+    experts_reason,
+    interleaved_gate_up,
     layer_block,
     layer_name,
     quantize_int4,
@@ -75,6 +78,23 @@ class QuantizeInt8Weight(_QuantizeLinear):
         self.embedding = str(embedding)
         self.compute = check_compute("quantize-int8-weight", str(compute))
         self.block = block
+        self.rules = (
+            *self.rules,
+            Rule(
+                name="int8w-experts",
+                pattern=P.op(
+                    "moe_experts",
+                    P.var("x"),
+                    P.var("index"),
+                    P.var("weights"),
+                    P.var("w_in"),
+                    P.var("w_out"),
+                    other_inputs=True,
+                ),  # fmt: skip
+                check=self._experts_reason,
+                replace=self._replace_experts,
+            ),
+        )
         if self.embedding != "fp32":
             self.rules = (
                 *self.rules,
@@ -100,6 +120,27 @@ class QuantizeInt8Weight(_QuantizeLinear):
         return b.op(
             "linear_int8w", m["x"], wq, ws, bias, compute=self.compute, block_size=self.block
         )
+
+    def _experts_reason(self, m: Match) -> str | None:
+        return experts_reason(self, m)
+
+    def _replace_experts(self, b: Builder, m: Match) -> Value:
+        """moe_experts -> moe_experts_int8: each expert row's int8 codes and scale, gate and
+        up rows interleaved (ORT's QMoE layout, as the int4 pass does)."""
+        a = m.root.attrs
+        layer = layer_name(m["w_in"])
+        self.applied[-1]["layer"] = layer
+        w_in, b_in = interleaved_gate_up(m)
+        inputs = [m["x"], m["index"], m["weights"]]
+        for w, name in ((w_in, "w_in"), (np.asarray(m["w_out"].const, np.float32), "w_out")):
+            codes = [quantize_int8(e) for e in w]  # per row of each expert
+            inputs.append(b.const(np.stack([q for q, _ in codes]), DType.int8,
+                                  hint=f"{layer}.{name}_int8"))  # fmt: skip
+            inputs.append(b.const(np.stack([s for _, s in codes]), DType.float32,
+                                  hint=f"{layer}.{name}_scale"))  # fmt: skip
+        inputs += expert_biases(b, m, b_in, layer)
+        return b.op("moe_experts_int8", *inputs, activation=a["activation"], gated=a["gated"],
+                    interleaved=a["gated"])  # fmt: skip
 
     def _table_reason(self, m: Match) -> str | None:
         table = m["table"]

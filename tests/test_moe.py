@@ -21,7 +21,7 @@ from tgraph.backends import ort as ort_backend
 from tgraph.backends.reference import run_graph
 from tgraph.backends.torch_backend import lower as torch_lower
 from tgraph.ir import DType, Graph, SymDim
-from tgraph.ir.ops.moe import unpack_experts
+from tgraph.ir.ops.moe import dequantize_int8_experts, unpack_experts
 
 E, H, INTER, K = 4, 8, 6, 2
 TOKENS = SymDim.symbol("tokens")
@@ -193,9 +193,13 @@ def test_a_moe_generator_saves_and_loads(backend, tmp_path):
 # -- int4 experts ------------------------------------------------------------------------------
 
 
-def _int4_graph(form: str):
-    """moe_experts of FORMS[form] through quantize-int4 (blocks of 16 here: H = 8 would be
-    no whole block, so the int4 tests use H = 32, inner 16)."""
+PASSES = {"moe_experts_int4": "quantize-int4{block=16},dce",
+          "moe_experts_int8": "quantize-int8-weight{embedding=fp32},dce"}  # fmt: skip
+
+
+def _low_bit_graph(form: str, op: str):
+    """moe_experts of FORMS[form] through the weight pass that makes ``op`` (int4 in blocks
+    of 16 here: H = 8 would be no whole block, so these tests use H = 32, inner 16)."""
     from tgraph.passes.manager import optimize
 
     attrs, bias = FORMS[form]
@@ -214,30 +218,36 @@ def _int4_graph(form: str):
     while consts[-1] is None:
         consts.pop()
     g.outputs = [g.create_node("moe_experts", [x, index, w, *consts], attrs).output]
-    quantized, records = optimize(g, "quantize-int4{block=16},dce")
+    quantized, records = optimize(g, PASSES[op])
     return g, quantized, records
 
 
+@pytest.mark.parametrize("op", sorted(PASSES))
 @pytest.mark.parametrize("form", ["swiglu", "swiglu-bias", "relu", "gelu"])
-def test_int4_experts_run_like_their_dequantized_weights_everywhere(form):
-    """quantize-int4 turns moe_experts into moe_experts_int4 (gate/up rows interleaved as
-    ORT's QMoE wants) whose codes stand for the weights within int4's error, and every
-    backend gives what the reference kernel gives."""
-    g, q, records = _int4_graph(form)
+def test_low_bit_experts_run_like_their_dequantized_weights_everywhere(form, op):
+    """quantize-int4 and quantize-int8-weight turn moe_experts into moe_experts_int4 /
+    _int8 (gate/up rows interleaved as ORT's QMoE wants) whose codes stand for the weights
+    within the format's error, and every backend gives what the reference kernel gives."""
+    g, q, records = _low_bit_graph(form, op)
     hist = q.op_histogram()
-    assert hist == {"moe_experts_int4": 1}, hist
+    assert hist == {op: 1}, hist
     (node,) = list(q.nodes)
-    assert node.attrs["block_size"] == 16 and node.attrs["interleaved"] == node.attrs["gated"]
+    assert node.attrs.get("block_size", 16) == 16
+    assert node.attrs["interleaved"] == node.attrs["gated"]
     assert records[0].stats["converted"] == ["experts.c0"]
-    # the codes stand for the original weights (gate/up rows interleaved) within int4's error
+    # the codes stand for the original weights (gate/up rows interleaved) within the error
     (original,) = list(g.nodes)
     for i, codes in ((3, 3), (4, 5)):
         w = np.asarray(original.inputs[i].const)
         if i == 3 and node.attrs["gated"]:
             e, n, h = w.shape
             w = w.reshape(e, 2, n // 2, h).transpose(0, 2, 1, 3).reshape(e, n, h)
-        got = unpack_experts(node.inputs[codes].const, node.inputs[codes + 1].const, w.shape[2])
-        assert np.linalg.norm(got - w) < 0.1 * np.linalg.norm(w)
+        q_codes, scales = node.inputs[codes].const, node.inputs[codes + 1].const
+        if op == "moe_experts_int4":
+            got, tol = unpack_experts(q_codes, scales, w.shape[2]), 0.1
+        else:
+            got, tol = dequantize_int8_experts(q_codes, scales), 0.01
+        assert np.linalg.norm(got - w) < tol * np.linalg.norm(w)
     for tokens, seed in ((6, 0), (1, 1)):
         x = np.random.default_rng(seed).standard_normal((tokens, 32)).astype(np.float32)
         index, w = _routing(tokens, seed)
@@ -250,14 +260,16 @@ def test_int4_experts_run_like_their_dequantized_weights_everywhere(form):
     assert ("QMoE" in ops) == kernel, ops
 
 
-def test_int4_mixtral_generates_close_to_eager():
-    """The int4 pipeline compresses the experts too: no fp32 expert weight is left, and the
-    teacher-forced logits stay within int4's error of eager's."""
+@pytest.mark.parametrize("pipeline, op", [("int4", "moe_experts_int4"),
+                                          ("int8-weight", "moe_experts_int8")])  # fmt: skip
+def test_low_bit_mixtral_generates_close_to_eager(pipeline, op):
+    """The weight-only pipelines compress the experts too: no fp32 expert weight is left,
+    and the logits stay within the format's error of eager's."""
     lm = hf_case("hf-mixtral").model
     gen = tgraph.compile(lm, {"input_ids": torch.randint(0, 100, (2, 5))}, backend="ort",
-                         pipeline="int4")  # fmt: skip
+                         pipeline=pipeline)  # fmt: skip
     hist = gen.step.graph.op_histogram()
-    assert hist["moe_experts_int4"] == len(_experts(lm)) and "moe_experts" not in hist
+    assert hist[op] == len(_experts(lm)) and "moe_experts" not in hist
     ids = torch.randint(3, 100, (2, 9), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want = lm(input_ids=ids, use_cache=False).logits

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tgraph.backends.onnx_lowering import MS_DOMAIN
+from tgraph.backends.onnx_lowering import MS_DOMAIN, ONNX_DTYPE
 from tgraph.backends.onnx_ops.base import in_type, lowers, scalar
 from tgraph.backends.onnx_ops.elementwise import _gelu
 from tgraph.ir import DType
@@ -139,6 +139,57 @@ def _gathered(ctx, node, x, index, weights, w_in, w_out, b_in, b_out) -> str:
     return ctx.op("ReduceSum", [y, ctx.ints([1])], keepdims=0)
 
 
+@lowers("moe_experts_int8")
+def _moe_experts_int8(ctx, node, x, index, weights, q_in, s_in, q_out, s_out, b_in="", b_out=""):
+    """com.microsoft QMoE with 8-bit experts, one scale per row (no block_size): its codes
+    are unsigned with zero point 128, so the graph's int8 codes become q + 128 by ONNX ops
+    that ORT folds at load. The fallback dequantizes them the same way into fp32."""
+    a = node.attrs
+
+    def unsigned(op, q):
+        wide = op("Cast", [q], to=ONNX_DTYPE[DType.int16])
+        return op("Cast", [op("Add", [wide, ctx.const(np.int16(128))])], to=ONNX_DTYPE[DType.uint8])
+
+    if ctx.fused_kernels and _kernel_fits(node) and (not a["gated"] or a["interleaved"]):
+        codes = [_at_load(ctx, node.inputs[i], lambda op, q=q: unsigned(op, q))
+                 for i, q in ((3, q_in), (5, q_out))]  # fmt: skip
+        return _qmoe(ctx, node, x, index, weights, codes, s_in, s_out, b_in, b_out,
+                     expert_weight_bits=8)  # fmt: skip
+
+    def dequantized(op, q, s):
+        w = op("Cast", [q], to=ONNX_DTYPE[DType.float32])
+        return op("Mul", [w, op("Unsqueeze", [s, ctx.ints([2])])])
+
+    w_in, w_out = (_at_load(ctx, node.inputs[i], lambda op, q=q, s=s: dequantized(op, q, s))
+                   for i, q, s in ((3, q_in, s_in), (5, q_out, s_out)))  # fmt: skip
+    plain = _FloatView(node)
+    if ctx.fused_kernels and _kernel_fits(node):
+        return _ort_moe(ctx, plain, x, index, weights, w_in, w_out, b_in, b_out)
+    return _gathered(ctx, plain, x, index, weights, w_in, w_out, b_in, b_out)
+
+
+def _qmoe(ctx, node, x, index, weights, codes, s_in, s_out, b_in, b_out, **attrs) -> str:
+    """QMoE on ``codes`` (fc1, fc2) and their scales: the model's routing as selection
+    logits (0 at each token's k experts, -inf elsewhere) and ``router_weights``."""
+    a = node.attrs
+    experts = node.inputs[3].shape[0]
+    rows = ctx.op("Concat", [ctx.op("Shape", [x], end=1), ctx.ints([experts])], axis=0)
+    zeros = ctx.op("Expand", [scalar(ctx, 0.0, DType.float32), rows])
+    floor = ctx.op("Expand", [scalar(ctx, -np.inf, DType.float32), rows])
+    picked = ctx.op("Expand", [scalar(ctx, 0.0, DType.float32), ctx.op("Shape", [index])])
+    select = ctx.op("ScatterElements", [floor, index, picked], axis=1)
+    mixing = ctx.op("ScatterElements", [zeros, index, weights], axis=1)
+    attrs.update(k=int(node.inputs[1].shape[1]), normalize_routing_weights=0, accuracy_level=0)
+    if a["gated"]:
+        attrs.update(activation_type="swiglu", swiglu_fusion=1, activation_alpha=1.0,
+                     activation_beta=0.0)  # fmt: skip
+    else:
+        attrs.update(activation_type=a["activation"])
+    inputs = [x, select, codes[0], s_in, b_in, codes[1], s_out, b_out,
+              "", "", "", "", "", "", mixing]  # fmt: skip
+    return ctx.op("QMoE", inputs, domain=MS_DOMAIN, **attrs)
+
+
 @lowers("moe_experts_int4")
 def _moe_experts_int4(ctx, node, x, index, weights, q_in, s_in, q_out, s_out, b_in="", b_out=""):
     """com.microsoft QMoE on the codes as stored: (E, N, G, B/2) is QMoE's (E, N, K/2), the
@@ -148,25 +199,10 @@ def _moe_experts_int4(ctx, node, x, index, weights, q_in, s_in, q_out, s_out, b_
     ONNX ops (folded at session load into fp32 weights) and lowered as ``moe_experts``."""
     a = node.attrs
     if ctx.fused_kernels and _kernel_fits(node) and (not a["gated"] or a["interleaved"]):
-        experts = node.inputs[3].shape[0]
-        rows = ctx.op("Concat", [ctx.op("Shape", [x], end=1), ctx.ints([experts])], axis=0)
-        zeros = ctx.op("Expand", [scalar(ctx, 0.0, DType.float32), rows])
-        floor = ctx.op("Expand", [scalar(ctx, -np.inf, DType.float32), rows])
-        picked = ctx.op("Expand", [scalar(ctx, 0.0, DType.float32), ctx.op("Shape", [index])])
-        select = ctx.op("ScatterElements", [floor, index, picked], axis=1)
-        mixing = ctx.op("ScatterElements", [zeros, index, weights], axis=1)
         codes = [_at_load(ctx, node.inputs[i], lambda op, q=q: op("Reshape", [q, ctx.ints([0, 0, -1])]))
                  for i, q in ((3, q_in), (5, q_out))]  # fmt: skip
-        attrs = dict(k=int(node.inputs[1].shape[1]), normalize_routing_weights=0,
-                     expert_weight_bits=4, block_size=int(a["block_size"]), accuracy_level=0)  # fmt: skip
-        if a["gated"]:
-            attrs.update(activation_type="swiglu", swiglu_fusion=1, activation_alpha=1.0,
-                         activation_beta=0.0)  # fmt: skip
-        else:
-            attrs.update(activation_type=a["activation"])
-        inputs = [x, select, codes[0], s_in, b_in, codes[1], s_out, b_out,
-                  "", "", "", "", "", "", mixing]  # fmt: skip
-        return ctx.op("QMoE", inputs, domain=MS_DOMAIN, **attrs)
+        return _qmoe(ctx, node, x, index, weights, codes, s_in, s_out, b_in, b_out,
+                     expert_weight_bits=4, block_size=int(a["block_size"]))  # fmt: skip
     w_in, w_out = (_at_load(ctx, node.inputs[i], lambda op, q=q, s=s: _dequantized(ctx, op, q, s))
                    for i, q, s in ((3, q_in, s_in), (5, q_out, s_out)))  # fmt: skip
     plain = _FloatView(node)
@@ -188,17 +224,16 @@ def _dequantized(ctx, op, codes: str, scales: str) -> str:
 
 
 class _FloatView:
-    """``moe_experts_int4`` seen as the ``moe_experts`` its dequantized weights make: the
-    shapes and attributes the fp32 lowerings read."""
+    """``moe_experts_int4`` / ``_int8`` seen as the ``moe_experts`` its dequantized weights
+    make: the shapes and attributes the fp32 lowerings read."""
 
     def __init__(self, node):
         from tgraph.ir import TensorType
 
-        block = node.attrs["block_size"]
+        block = node.attrs.get("block_size", 1)  # int8: (E, N, K) codes, one per weight
         q_in, q_out = node.inputs[3], node.inputs[5]
-        experts, n, groups = q_in.shape[:3]
-        w_in = TensorType(DType.float32, (experts, n, groups * block))
-        w_out = TensorType(DType.float32, (experts, q_out.shape[1], q_out.shape[2] * block))
+        w_in, w_out = (TensorType(DType.float32, (*q.shape[:2], q.shape[2] * block))
+                       for q in (q_in, q_out))  # fmt: skip
         self.inputs = [*node.inputs[:3], w_in, w_out, *node.inputs[7:]]
         self.attrs = {k: v for k, v in node.attrs.items() if k != "block_size"}
         self.outputs = node.outputs

@@ -167,3 +167,42 @@ defop(
     doc="moe_experts with block-wise int4 expert weights: codes (E, N, G, B/2) u8 (low nibble "
     "first, value q - 8) and scales (E, N, G); the input features are G * B, no padding.",
 )
+
+
+# -- int8 experts ----------------------------------------------------------------------------
+
+
+def _int8_infer(x, index, weights, q_in, s_in, q_out, s_out, b_in=None, b_out=None, *,
+                activation, gated=True, interleaved=False) -> TensorType:  # fmt: skip
+    for q, s, name in ((q_in, s_in, "w_in"), (q_out, s_out, "w_out")):
+        if q.dtype != DType.int8 or q.rank != 3 or tuple(s.shape) != tuple(q.shape[:2]):
+            raise IRError(f"moe_experts_int8: {name} codes {q} / scales {s} are not "
+                          f"(E, N, K) i8 / (E, N)")  # fmt: skip
+        if s.dtype != x.dtype:
+            raise IRError(f"moe_experts_int8: {name} scales are {s.dtype}, x {x.dtype}")
+    w_in, w_out = (TensorType(x.dtype, q.shape) for q in (q_in, q_out))
+    return _infer(x, index, weights, w_in, w_out, b_in, b_out, activation=activation,
+                  gated=gated, interleaved=interleaved)  # fmt: skip
+
+
+def dequantize_int8_experts(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """(E, N, K) int8 codes and (E, N) scales -> fp32 (E, N, K)."""
+    return codes.astype(np.float32) * scales[..., None].astype(np.float32)
+
+
+def _int8_kernel(x, index, weights, q_in, s_in, q_out, s_out, b_in=None, b_out=None, *,
+                 activation, gated=True, interleaved=False):  # fmt: skip
+    w_in, w_out = dequantize_int8_experts(q_in, s_in), dequantize_int8_experts(q_out, s_out)
+    return _kernel(x, index, weights, w_in, w_out, b_in, b_out, activation=activation,
+                   gated=gated, interleaved=interleaved)  # fmt: skip
+
+
+defop(
+    "moe_experts_int8",
+    infer=_int8_infer,
+    kernel=_int8_kernel,
+    attrs={"activation": REQUIRED, "gated": True, "interleaved": False},
+    inputs=(7, 9),
+    doc="moe_experts with weight-only int8 experts: symmetric codes (E, N, K) i8 and one "
+    "scale per expert row (E, N), as linear_int8w's per channel.",
+)
