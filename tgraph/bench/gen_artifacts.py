@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from tgraph.bench.gen_bytes import artifact_weight_bytes
 from tgraph.bench.gen_process import last_error_line
 
-# the version of gen_bytes' count a cached record holds (2: k/E of stacked expert weights)
-BYTES_VERSION = 2
+# the version of gen_bytes' count a cached record holds (2: k/E of stacked expert weights;
+# 3: of their compressed forms too)
+BYTES_VERSION = 3
 # contender -> (tool, precision) of the converted model it loads
 ARTIFACTS = {
     "optimum-intel": ("openvino", "fp32"),

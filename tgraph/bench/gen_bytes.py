@@ -4,8 +4,8 @@ A decode step reads every weight once, except embedding tables, of which it read
 per sequence: tables whose only users are lookups (Gather) are left out; a table that the
 LM head also reads counts. Compressed weights count as stored (packed int4/int8 plus their
 scales and zero points). In a mixture-of-experts model, a token reads its k experts of E:
-a weight whose leading dim is the expert count E (the stacked experts, in both peers'
-files) counts k/E of its bytes, as tgraph's own count does (``graph_weight_bytes``), with
+a weight whose leading dim is the expert count E (the stacked experts and their scales,
+in both peers' files) counts k/E of its bytes, as tgraph's own count does (``graph_weight_bytes``), with
 k and E from the converted model's config.json.
 """
 
@@ -35,7 +35,7 @@ def onnx_weight_bytes(path: str) -> int:
         ops = users.get(init.name, set())
         if ops and all(op.startswith("Gather") for op in ops):
             continue
-        stacked = experts and len(init.dims) == 3 and init.dims[0] == experts
+        stacked = experts and len(init.dims) >= 3 and init.dims[0] == experts
         total += _stored_bytes(init) * (share if stacked else 1.0)
     return int(total)
 
@@ -60,8 +60,8 @@ def graph_weight_bytes(graph: Any) -> int:
     """Bytes of a tgraph step graph's initializers one decode step reads: packed low-bit
     weights and their scales as stored, less tables whose only users are lookups (``gather``, ``index``,
     ``embedding_int8``, and cache_attention's rotary tables). Counted from the values' types,
-    so it holds after a backend has taken the arrays. Expert weights of ``moe_experts``
-    count k/E of their bytes: one sequence's token reads its k experts of E (at batch B a
+    so it holds after a backend has taken the arrays. Expert weights of ``moe_experts`` (and
+    its int4 / int8 forms: codes, scales, biases) count k/E of their bytes: one sequence's token reads its k experts of E (at batch B a
     step reads the union of B tokens' experts, up to all of them)."""
     total = 0.0
     for value in graph.initializers.values():
@@ -78,11 +78,13 @@ def graph_weight_bytes(graph: Any) -> int:
 def _read_fraction(uses: list) -> float:
     """The share of a weight one token reads: k/E for moe_experts' expert weights, else 1."""
     node, index = uses[0] if uses else (None, 0)
-    if node is None or node.op != "moe_experts" or index < 3:
+    if node is None or node.op not in _EXPERT_OPS or index < 3:
         return 1.0
     return min(1.0, int(node.inputs[1].shape[1]) / int(node.inputs[3].shape[0]))
 
 
+# Ops whose inputs 3 on are stacked expert weights (codes, scales and biases): a token reads k of E.
+_EXPERT_OPS = {"moe_experts", "moe_experts_int4", "moe_experts_int8"}
 # A step reads one row per sequence of these.
 _LOOKUP_OPS = {"gather", "index", "embedding_int8", "embedding_int4"}
 
@@ -120,7 +122,7 @@ def ov_weight_bytes(ir_dir: str) -> int:
         size = op.get_byte_size()
         if size < 2**20 or not _only_gathered(op):  # small constants: not worth the walk
             shape = tuple(op.get_output_shape(0))
-            stacked = experts and len(shape) == 3 and shape[0] == experts
+            stacked = experts and len(shape) >= 3 and shape[0] == experts
             total += size * (share if stacked else 1.0)
     return int(total)
 
