@@ -246,6 +246,14 @@ class _QuantizeLinear(RewritePass):
 # -- mixture-of-experts layers (moe_experts) -----------------------------------------------------
 
 
+def experts_rule(name: str, p: _QuantizeLinear) -> Rule:
+    """The rule of a weight pass ``p`` for ``moe_experts``: its ``_experts_reason`` and
+    ``_replace_experts``."""
+    pattern = P.op("moe_experts", P.var("x"), P.var("index"), P.var("weights"), P.var("w_in"),
+                   P.var("w_out"), other_inputs=True)  # fmt: skip
+    return Rule(name=name, pattern=pattern, check=p._experts_reason, replace=p._replace_experts)
+
+
 def experts_reason(p: _QuantizeLinear, m: Match) -> str | None:
     """Why a ``moe_experts`` node keeps fp32 experts (the checks every weight pass shares)."""
     node = m.root
@@ -364,23 +372,7 @@ class QuantizeInt4(_QuantizeLinear):
         if str(calibration) not in ("gptq", "off"):
             raise PipelineError(f"quantize-int4: calibration={calibration}; want gptq or off")
         self.calibration = str(calibration)
-        self.rules = (
-            *self.rules,
-            Rule(
-                name="int4-experts",
-                pattern=P.op(
-                    "moe_experts",
-                    P.var("x"),
-                    P.var("index"),
-                    P.var("weights"),
-                    P.var("w_in"),
-                    P.var("w_out"),
-                    other_inputs=True,
-                ),  # fmt: skip
-                check=self._experts_reason,
-                replace=self._replace_experts,
-            ),
-        )
+        self.rules = (*self.rules, experts_rule("int4-experts", self))
 
     def approximate_linear(
         self, x: np.ndarray, w: np.ndarray, hessian: np.ndarray | None = None

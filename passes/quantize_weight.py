@@ -32,6 +32,7 @@ from .quantize import (
     check_compute,
     expert_biases,
     experts_reason,
+    experts_rule,
     interleaved_gate_up,
     layer_block,
     layer_name,
@@ -78,23 +79,7 @@ class QuantizeInt8Weight(_QuantizeLinear):
         self.embedding = str(embedding)
         self.compute = check_compute("quantize-int8-weight", str(compute))
         self.block = block
-        self.rules = (
-            *self.rules,
-            Rule(
-                name="int8w-experts",
-                pattern=P.op(
-                    "moe_experts",
-                    P.var("x"),
-                    P.var("index"),
-                    P.var("weights"),
-                    P.var("w_in"),
-                    P.var("w_out"),
-                    other_inputs=True,
-                ),  # fmt: skip
-                check=self._experts_reason,
-                replace=self._replace_experts,
-            ),
-        )
+        self.rules = (*self.rules, experts_rule("int8w-experts", self))
         if self.embedding != "fp32":
             self.rules = (
                 *self.rules,

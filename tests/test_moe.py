@@ -62,13 +62,14 @@ def _case(gated: bool, bias: bool, seed: int = 0):
     return w_in, w_out, b_in, b_out
 
 
-def _graph(weights, attrs) -> Graph:
-    """moe_experts over graph inputs x (tokens, H), index, weights; expert weights constant."""
+def _graph(weights, attrs, hidden: int = H, prefix: str = "") -> Graph:
+    """moe_experts over graph inputs x (tokens, hidden), index, weights; expert weights
+    constant, named ``prefix`` + c3, c4, ..."""
     g = Graph("moe")
-    x = g.add_input("x", DType.float32, (TOKENS, H))
+    x = g.add_input("x", DType.float32, (TOKENS, hidden))
     index = g.add_input("index", DType.int64, (TOKENS, K))
     w = g.add_input("weights", DType.float32, (TOKENS, K))
-    consts = [None if a is None else g.add_const(a, DType.float32, f"c{i}")
+    consts = [None if a is None else g.add_const(a, DType.float32, f"{prefix}c{i}")
               for i, a in enumerate(weights)]  # fmt: skip
     while consts[-1] is None:
         consts.pop()
@@ -209,15 +210,7 @@ def _low_bit_graph(form: str, op: str):
     weights = [(r.standard_normal(s) * 0.4).astype(np.float32) for s in ((E, n, 32), (E, 32, 16))]
     weights += [(r.standard_normal(s) * 0.1).astype(np.float32) if bias else None
                 for s in ((E, n), (E, 32))]  # fmt: skip
-    g = Graph("moe")
-    x = g.add_input("x", DType.float32, (TOKENS, 32))
-    index = g.add_input("index", DType.int64, (TOKENS, K))
-    w = g.add_input("weights", DType.float32, (TOKENS, K))
-    consts = [None if a is None else g.add_const(a, DType.float32, f"experts.c{i}")
-              for i, a in enumerate(weights)]  # fmt: skip
-    while consts[-1] is None:
-        consts.pop()
-    g.outputs = [g.create_node("moe_experts", [x, index, w, *consts], attrs).output]
+    g = _graph(weights, attrs, hidden=32, prefix="experts.")
     quantized, records = optimize(g, PASSES[op])
     return g, quantized, records
 

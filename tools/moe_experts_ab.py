@@ -22,18 +22,11 @@ import statistics
 import torch
 
 
-def _hwm_mb() -> float:
+def _status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (VmHWM: the peak RSS, VmRSS: now), in MB."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -77,9 +70,9 @@ def main() -> None:
     first_call_mb = {}
     for form, gen in gens.items():  # each form's first call: its buffers and arena grow here
         _reset_hwm()
-        base = _rss_mb()
+        base = _status_mb("VmRSS")
         got = gen.generate(ids, max_new_tokens=args.new_tokens, eos_token_id=eos)
-        first_call_mb[form] = _hwm_mb() - base
+        first_call_mb[form] = _status_mb("VmHWM") - base
         same = int((got[0, args.prompt_len :] == want[0, args.prompt_len :]).sum())
         print(f"{form}: {same}/{args.new_tokens} tokens equal eager's; its first call added "
               f"{first_call_mb[form]:.0f} MB to the peak RSS")  # fmt: skip
