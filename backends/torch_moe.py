@@ -40,15 +40,21 @@ def moe_experts(x: Tensor, top_k_index: Tensor, top_k_weights: Tensor, w_in: Ten
 def moe_experts_int4(x: Tensor, top_k_index: Tensor, top_k_weights: Tensor, q_in: Tensor,
                      s_in: Tensor, q_out: Tensor, s_out: Tensor, b_in: Tensor | None = None,
                      b_out: Tensor | None = None, *, block_size: int, activation: str,
-                     gated: bool = True, interleaved: bool = False) -> Tensor:  # fmt: skip
+                     gated: bool = True, interleaved: bool = False,
+                     compute: str = "f32") -> Tensor:  # fmt: skip
     """Each expert with tokens dequantizes its own weights for the call (a temporary of
-    one expert at a time), then runs as ``moe_experts``."""
+    one expert at a time), then runs as ``moe_experts``; ``compute="int8"`` rounds each
+    projection's input rows per block first."""
+    from .torch_quant import _act
 
     def weights(e: int) -> tuple[Tensor, Tensor]:
         return _unpack(q_in[e], s_in[e]), _unpack(q_out[e], s_out[e])
 
+    def rows_in(v: Tensor) -> Tensor:
+        return _act(v, compute, block_size)
+
     return _grouped(x, top_k_index, top_k_weights, q_in.shape[0], weights, b_in, b_out,
-                    activation, gated, interleaved)  # fmt: skip
+                    activation, gated, interleaved, rows_in)  # fmt: skip
 
 
 def moe_experts_int8(x: Tensor, top_k_index: Tensor, top_k_weights: Tensor, q_in: Tensor,
@@ -72,8 +78,10 @@ def _unpack(codes: Tensor, scales: Tensor) -> Tensor:
 
 
 def _grouped(x, top_k_index, top_k_weights, experts, expert_weights, b_in, b_out, activation,
-             gated, interleaved) -> Tensor:  # fmt: skip
-    """The grouped matmul: ``expert_weights(e)`` gives expert e's (w_in, w_out)."""
+             gated, interleaved, rows_in=None) -> Tensor:  # fmt: skip
+    """The grouped matmul: ``expert_weights(e)`` gives expert e's (w_in, w_out); ``rows_in``
+    transforms each projection's input rows first."""
+    rows_in = rows_in or (lambda v: v)
     k = top_k_index.shape[1]
     flat = top_k_index.reshape(-1)
     order = torch.argsort(flat, stable=True)  # pairs grouped by expert, tokens in order
@@ -88,13 +96,13 @@ def _grouped(x, top_k_index, top_k_weights, experts, expert_weights, b_in, b_out
             continue
         take = rows[start : start + n]
         w_in, w_out = expert_weights(e)
-        h = F.linear(x[take], w_in, None if b_in is None else b_in[e])
+        h = F.linear(rows_in(x[take]), w_in, None if b_in is None else b_in[e])
         if gated:
             gate, up = (h[:, 0::2], h[:, 1::2]) if interleaved else h.chunk(2, dim=-1)
             h = activate(gate, activation) * up
         else:
             h = activate(h, activation)
-        y = F.linear(h, w_out, None if b_out is None else b_out[e])
+        y = F.linear(rows_in(h), w_out, None if b_out is None else b_out[e])
         out.index_add_(0, take, (y * weights[start : start + n, None]).to(out.dtype))
         start += n
     return out.to(x.dtype)

@@ -436,7 +436,7 @@ class QuantizeInt4(_QuantizeLinear):
                                   hint=f"{layer}.{name}_scale"))  # fmt: skip
         inputs += expert_biases(b, m, b_in, layer)
         return b.op("moe_experts_int4", *inputs, block_size=block, activation=a["activation"],
-                    gated=a["gated"], interleaved=a["gated"])  # fmt: skip
+                    gated=a["gated"], interleaved=a["gated"], compute=self.compute)  # fmt: skip
 
     def run(self, graph) -> PassResult:
         result = super().run(graph)

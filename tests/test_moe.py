@@ -195,6 +195,7 @@ def test_a_moe_generator_saves_and_loads(backend, tmp_path):
 
 
 PASSES = {"moe_experts_int4": "quantize-int4{block=16},dce",
+          "moe_experts_int4-int8": "quantize-int4{block=16,compute=int8},dce",
           "moe_experts_int8": "quantize-int8-weight{embedding=fp32},dce"}  # fmt: skip
 
 
@@ -223,7 +224,7 @@ def test_low_bit_experts_run_like_their_dequantized_weights_everywhere(form, op)
     within the format's error, and every backend gives what the reference kernel gives."""
     g, q, records = _low_bit_graph(form, op)
     hist = q.op_histogram()
-    assert hist == {op: 1}, hist
+    assert hist == {op.split("-")[0]: 1}, hist
     (node,) = list(q.nodes)
     assert node.attrs.get("block_size", 16) == 16
     assert node.attrs["interleaved"] == node.attrs["gated"]
@@ -236,7 +237,7 @@ def test_low_bit_experts_run_like_their_dequantized_weights_everywhere(form, op)
             e, n, h = w.shape
             w = w.reshape(e, 2, n // 2, h).transpose(0, 2, 1, 3).reshape(e, n, h)
         q_codes, scales = node.inputs[codes].const, node.inputs[codes + 1].const
-        if op == "moe_experts_int4":
+        if op.startswith("moe_experts_int4"):
             got, tol = unpack_experts(q_codes, scales, w.shape[2]), 0.1
         else:
             got, tol = dequantize_int8_experts(q_codes, scales), 0.01
@@ -249,8 +250,13 @@ def test_low_bit_experts_run_like_their_dequantized_weights_everywhere(form, op)
             got = run([x, index, w])
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"{name} {tokens}")
     kernel = form != "gelu"
-    ops = {n.op_type for n in ort_backend.to_onnx(q).graph.node}
-    assert ("QMoE" in ops) == kernel, ops
+    nodes = ort_backend.to_onnx(q).graph.node
+    assert ("QMoE" in {n.op_type for n in nodes}) == kernel
+    int8 = op.endswith("-int8")  # int8 activations: QMoE's accuracy level 4, the IR's rounding
+    assert node.attrs.get("compute", "f32") == ("int8" if int8 else "f32")
+    levels = [a.i for n in nodes if n.op_type == "QMoE" for a in n.attribute
+              if a.name == "accuracy_level"]  # fmt: skip
+    assert levels == ([4 if int8 else 0] if kernel else [])
 
 
 @pytest.mark.parametrize("pipeline, op", [("int4", "moe_experts_int4"),

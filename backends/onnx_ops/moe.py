@@ -98,45 +98,60 @@ def _act(ctx, h: str, activation: str, dtype: DType) -> str:
     return _gelu(ctx, h, "tanh" if activation == "gelu_tanh" else "none", dtype)
 
 
-def _gathered(ctx, node, x, index, weights, w_in, w_out, b_in, b_out) -> str:
-    """Each (token, expert) pair's weights gathered, one batched MatMul per projection."""
+def _gathered(ctx, node, x, index, weights, w_in, w_out, b_in, b_out, block: int = 0) -> str:
+    """Each (token, expert) pair's weights gathered, one batched MatMul per projection, on
+    the gathered weights as they lie ((S, out, in) @ (S, in, 1): no transposed copy).
+    ``block`` > 0 rounds each projection's input rows to int8 per block first (int4
+    experts' ``compute="int8"``)."""
     a = node.attrs
     dtype = in_type(node, 0).dtype
     hidden = node.inputs[0].shape[1]
     k = node.inputs[1].shape[1]
+    if block:
+        x = _round_rows(ctx, x, hidden, block)
     pairs = ctx.op("Reshape", [index, ctx.ints([-1])])  # (S,) with S = T * k
-    rows = ctx.op(
-        "Reshape",
-        [
-            ctx.op("Expand", [ctx.op("Unsqueeze", [x, ctx.ints([1])]), ctx.ints([1, k, 1])]),
-            ctx.ints([-1, 1, hidden]),
-        ],
-    )  # (S, 1, H), fmt: skip
+    rows = ctx.op("Expand", [ctx.op("Unsqueeze", [x, ctx.ints([1])]), ctx.ints([1, k, 1])])
+    rows = ctx.op("Reshape", [rows, ctx.ints([-1, hidden, 1])])  # (S, H, 1)
 
     def project(v: str, w: str, b: str) -> str:
-        wt = ctx.op("Transpose", [ctx.op("Gather", [w, pairs], axis=0)], perm=[0, 2, 1])
-        y = ctx.op("MatMul", [v, wt])  # (S, 1, out)
+        y = ctx.op("MatMul", [ctx.op("Gather", [w, pairs], axis=0), v])  # (S, out, 1)
         if b:
-            y = ctx.op("Add", [y, ctx.op("Unsqueeze", [ctx.op("Gather", [b, pairs], axis=0),
-                                                       ctx.ints([1])])])  # fmt: skip
+            bias = ctx.op("Gather", [b, pairs], axis=0)
+            y = ctx.op("Add", [y, ctx.op("Unsqueeze", [bias, ctx.ints([2])])])
         return y
 
     h = project(rows, w_in, b_in)
     if a["gated"]:
         n = node.inputs[3].shape[1]
         if a["interleaved"]:
-            pair = ctx.op("Reshape", [h, ctx.ints([0, 1, n // 2, 2])])
-            gate, up = (ctx.op("Squeeze", [p, ctx.ints([3])])
-                        for p in ctx.op_n("Split", [pair], 2, axis=3, num_outputs=2))  # fmt: skip
+            pair = ctx.op("Reshape", [h, ctx.ints([0, n // 2, 2])])
+            gate, up = ctx.op_n("Split", [pair], 2, axis=2, num_outputs=2)
         else:
-            gate, up = ctx.op_n("Split", [h], 2, axis=2, num_outputs=2)
-        h = ctx.op("Mul", [_act(ctx, gate, a["activation"], dtype), up])
+            gate, up = ctx.op_n("Split", [h], 2, axis=1, num_outputs=2)
+        h = ctx.op("Mul", [_act(ctx, gate, a["activation"], dtype), up])  # (S, I, 1)
     else:
         h = _act(ctx, h, a["activation"], dtype)
-    y = ctx.op("Squeeze", [project(h, w_out, b_out), ctx.ints([1])])  # (S, H)
+    if block:
+        inner = node.inputs[4].shape[2]
+        h = _round_rows(ctx, ctx.op("Reshape", [h, ctx.ints([-1, inner])]), inner, block)
+        h = ctx.op("Reshape", [h, ctx.ints([-1, inner, 1])])
+    y = ctx.op("Squeeze", [project(h, w_out, b_out), ctx.ints([2])])  # (S, H)
     y = ctx.op("Mul", [y, ctx.op("Reshape", [weights, ctx.ints([-1, 1])])])
     y = ctx.op("Reshape", [y, ctx.ints([-1, k, hidden])])
     return ctx.op("ReduceSum", [y, ctx.ints([1])], keepdims=0)
+
+
+def _round_rows(ctx, v: str, width: int, block: int) -> str:
+    """(rows, width) rounded to int8 per row and block (the IR's quantize_activations;
+    width a whole number of blocks)."""
+    grouped = ctx.op("Reshape", [v, ctx.ints([-1, width // block, block])])
+    amax = ctx.op("ReduceMax", [ctx.op("Abs", [grouped]), ctx.ints([2])], keepdims=1)
+    scale = ctx.op("Div", [amax, scalar(ctx, 127.0, DType.float32)])
+    positive = ctx.op("Greater", [scale, scalar(ctx, 0.0, DType.float32)])
+    safe = ctx.op("Where", [positive, scale, scalar(ctx, 1.0, DType.float32)])
+    inv = ctx.op("Where", [positive, ctx.op("Reciprocal", [safe]), scalar(ctx, 0.0, DType.float32)])
+    q = ctx.op("Mul", [ctx.op("Round", [ctx.op("Mul", [grouped, inv])]), scale])
+    return ctx.op("Reshape", [q, ctx.ints([-1, width])])
 
 
 @lowers("moe_experts_int8")
@@ -179,7 +194,9 @@ def _qmoe(ctx, node, x, index, weights, codes, s_in, s_out, b_in, b_out, **attrs
     picked = ctx.op("Expand", [scalar(ctx, 0.0, DType.float32), ctx.op("Shape", [index])])
     select = ctx.op("ScatterElements", [floor, index, picked], axis=1)
     mixing = ctx.op("ScatterElements", [zeros, index, weights], axis=1)
-    attrs.update(k=int(node.inputs[1].shape[1]), normalize_routing_weights=0, accuracy_level=0)
+    level = 4 if a.get("compute") == "int8" else 0  # int8 activations per block, as the IR's
+    attrs.update(k=int(node.inputs[1].shape[1]), normalize_routing_weights=0,
+                 accuracy_level=level)  # fmt: skip
     if a["gated"]:
         attrs.update(activation_type="swiglu", swiglu_fusion=1, activation_alpha=1.0,
                      activation_beta=0.0)  # fmt: skip
@@ -206,6 +223,9 @@ def _moe_experts_int4(ctx, node, x, index, weights, q_in, s_in, q_out, s_out, b_
     w_in, w_out = (_at_load(ctx, node.inputs[i], lambda op, q=q, s=s: _dequantized(ctx, op, q, s))
                    for i, q, s in ((3, q_in, s_in), (5, q_out, s_out)))  # fmt: skip
     plain = _FloatView(node)
+    if a["compute"] == "int8":  # ORT's MoE kernel has no int8 rounding between its GEMMs
+        block = int(a["block_size"])
+        return _gathered(ctx, plain, x, index, weights, w_in, w_out, b_in, b_out, block)
     if ctx.fused_kernels and _kernel_fits(node):
         return _ort_moe(ctx, plain, x, index, weights, w_in, w_out, b_in, b_out)
     return _gathered(ctx, plain, x, index, weights, w_in, w_out, b_in, b_out)
@@ -235,5 +255,5 @@ class _FloatView:
         w_in, w_out = (TensorType(DType.float32, (*q.shape[:2], q.shape[2] * block))
                        for q in (q_in, q_out))  # fmt: skip
         self.inputs = [*node.inputs[:3], w_in, w_out, *node.inputs[7:]]
-        self.attrs = {k: v for k, v in node.attrs.items() if k != "block_size"}
+        self.attrs = {k: v for k, v in node.attrs.items() if k not in ("block_size", "compute")}
         self.outputs = node.outputs

@@ -79,13 +79,15 @@ def _infer(x, index, weights, w_in, w_out, b_in=None, b_out=None, *, activation,
 
 
 def _kernel(x, index, weights, w_in, w_out, b_in=None, b_out=None, *, activation, gated=True,
-            interleaved=False):  # fmt: skip
+            interleaved=False, rows_in=None):  # fmt: skip
+    """``rows_in``: applied to each projection's input rows first (int8 compute's rounding)."""
+    rows_in = rows_in or (lambda v: v)
     acc = np.zeros(x.shape, np.float64)
     for e in np.unique(index):
         if not 0 <= e < w_in.shape[0]:  # an expert-parallel sentinel: no expert here
             continue
         rows, slots = np.nonzero(index == e)
-        h = x[rows].astype(np.float64) @ w_in[e].T.astype(np.float64)
+        h = rows_in(x[rows]).astype(np.float64) @ w_in[e].T.astype(np.float64)
         if b_in is not None:
             h = h + b_in[e]
         if gated:
@@ -94,7 +96,7 @@ def _kernel(x, index, weights, w_in, w_out, b_in=None, b_out=None, *, activation
             a = activate(gate, activation) * up
         else:
             a = activate(h, activation)
-        y = a @ w_out[e].T.astype(np.float64)
+        y = rows_in(a).astype(np.float64) @ w_out[e].T.astype(np.float64)
         if b_out is not None:
             y = y + b_out[e]
         np.add.at(acc, rows, y * weights[rows, slots][:, None])
@@ -129,7 +131,10 @@ def unpack_experts(codes: np.ndarray, scales: np.ndarray, in_features: int) -> n
 
 
 def _int4_infer(x, index, weights, q_in, s_in, q_out, s_out, b_in=None, b_out=None, *,
-                block_size, activation, gated=True, interleaved=False) -> TensorType:  # fmt: skip
+                block_size, activation, gated=True, interleaved=False,
+                compute="f32") -> TensorType:  # fmt: skip
+    if compute not in ("f32", "int8"):
+        raise IRError(f"moe_experts_int4: compute={compute!r}, want f32 or int8")
     for q, s, name in ((q_in, s_in, "w_in"), (q_out, s_out, "w_out")):
         if q.dtype != DType.uint8 or q.rank != 4 or s.rank != 3 or s.dtype != x.dtype:
             raise IRError(f"moe_experts_int4: {name} codes {q} / scales {s} are not "
@@ -153,19 +158,29 @@ def _int4_infer(x, index, weights, q_in, s_in, q_out, s_out, b_in=None, b_out=No
 
 
 def _int4_kernel(x, index, weights, q_in, s_in, q_out, s_out, b_in=None, b_out=None, *,
-                 block_size, activation, gated=True, interleaved=False):  # fmt: skip
+                 block_size, activation, gated=True, interleaved=False, compute="f32"):  # fmt: skip
+    from tgraph.ir.ops.quant import quantize_activations
+
+    rows_in = None
+    if compute == "int8":
+        def rows_in(v):
+            return quantize_activations(v, block_size)
     return _kernel(x, index, weights, _unpack(q_in, s_in), _unpack(q_out, s_out), b_in, b_out,
-                   activation=activation, gated=gated, interleaved=interleaved)  # fmt: skip
+                   activation=activation, gated=gated, interleaved=interleaved,
+                   rows_in=rows_in)  # fmt: skip
 
 
 defop(
     "moe_experts_int4",
     infer=_int4_infer,
     kernel=_int4_kernel,
-    attrs={"block_size": REQUIRED, "activation": REQUIRED, "gated": True, "interleaved": False},
+    attrs={"block_size": REQUIRED, "activation": REQUIRED, "gated": True, "interleaved": False,
+           "compute": "f32"},  # fmt: skip
     inputs=(7, 9),
     doc="moe_experts with block-wise int4 expert weights: codes (E, N, G, B/2) u8 (low nibble "
-    "first, value q - 8) and scales (E, N, G); the input features are G * B, no padding.",
+    "first, value q - 8) and scales (E, N, G); the input features are G * B, no padding. "
+    "compute=int8 rounds each projection's input rows to int8 per block first, as "
+    "linear_int4's.",
 )
 
 
