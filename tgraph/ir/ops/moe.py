@@ -163,8 +163,10 @@ def _int4_kernel(x, index, weights, q_in, s_in, q_out, s_out, b_in=None, b_out=N
 
     rows_in = None
     if compute == "int8":
+
         def rows_in(v):
             return quantize_activations(v, block_size)
+
     return _kernel(x, index, weights, _unpack(q_in, s_in), _unpack(q_out, s_out), b_in, b_out,
                    activation=activation, gated=gated, interleaved=interleaved,
                    rows_in=rows_in)  # fmt: skip
@@ -174,8 +176,13 @@ defop(
     "moe_experts_int4",
     infer=_int4_infer,
     kernel=_int4_kernel,
-    attrs={"block_size": REQUIRED, "activation": REQUIRED, "gated": True, "interleaved": False,
-           "compute": "f32"},  # fmt: skip
+    attrs={
+        "block_size": REQUIRED,
+        "activation": REQUIRED,
+        "gated": True,
+        "interleaved": False,
+        "compute": "f32",
+    },  # fmt: skip
     inputs=(7, 9),
     doc="moe_experts with block-wise int4 expert weights: codes (E, N, G, B/2) u8 (low nibble "
     "first, value q - 8) and scales (E, N, G); the input features are G * B, no padding. "
