@@ -45,10 +45,11 @@ def moe_experts_int4(x: Tensor, top_k_index: Tensor, top_k_weights: Tensor, q_in
     """Each expert with tokens dequantizes its own weights for the call (a temporary of
     one expert at a time), then runs as ``moe_experts``; ``compute="int8"`` rounds each
     projection's input rows per block first."""
-    from .torch_quant import _act
+    from .torch_quant import _act, unpack_int4
 
     def weights(e: int) -> tuple[Tensor, Tensor]:
-        return _unpack(q_in[e], s_in[e]), _unpack(q_out[e], s_out[e])
+        return (unpack_int4(q_in[e], s_in[e], q_in.shape[2] * block_size),
+                unpack_int4(q_out[e], s_out[e], q_out.shape[2] * block_size))  # fmt: skip
 
     def rows_in(v: Tensor) -> Tensor:
         return _act(v, compute, block_size)
@@ -71,17 +72,12 @@ def moe_experts_int8(x: Tensor, top_k_index: Tensor, top_k_weights: Tensor, q_in
                     activation, gated, interleaved)  # fmt: skip
 
 
-def _unpack(codes: Tensor, scales: Tensor) -> Tensor:
-    """(N, G, B/2) u8 codes and (N, G) scales -> (N, G*B) weights in the scales' dtype."""
-    q = torch.stack((codes & 0x0F, codes >> 4), dim=-1).reshape(*codes.shape[:2], -1)
-    return ((q.to(scales.dtype) - 8) * scales[..., None]).reshape(codes.shape[0], -1)
-
-
 def _grouped(x, top_k_index, top_k_weights, experts, expert_weights, b_in, b_out, activation,
              gated, interleaved, rows_in=None) -> Tensor:  # fmt: skip
     """The grouped matmul: ``expert_weights(e)`` gives expert e's (w_in, w_out); ``rows_in``
     transforms each projection's input rows first."""
     rows_in = rows_in or (lambda v: v)
+    x_in = rows_in(x)  # per-row rounding: once for all of a token's experts
     k = top_k_index.shape[1]
     flat = top_k_index.reshape(-1)
     order = torch.argsort(flat, stable=True)  # pairs grouped by expert, tokens in order
@@ -96,7 +92,7 @@ def _grouped(x, top_k_index, top_k_weights, experts, expert_weights, b_in, b_out
             continue
         take = rows[start : start + n]
         w_in, w_out = expert_weights(e)
-        h = F.linear(rows_in(x[take]), w_in, None if b_in is None else b_in[e])
+        h = F.linear(x_in[take], w_in, None if b_in is None else b_in[e])
         if gated:
             gate, up = (h[:, 0::2], h[:, 1::2]) if interleaved else h.chunk(2, dim=-1)
             h = activate(gate, activation) * up

@@ -37,6 +37,12 @@ def _kernel_fits(node) -> bool:
     return a["activation"] == "silu" if a["gated"] else a["activation"] in ("relu", "silu")
 
 
+def _qmoe_fits(ctx, node) -> bool:
+    """QMoE takes the codes as stored: gated experts must already be interleaved."""
+    a = node.attrs
+    return ctx.fused_kernels and _kernel_fits(node) and (not a["gated"] or a["interleaved"])
+
+
 def _at_load(ctx, value, build):
     """``build(op)``'s result, its ops marked as folded at session load when ``value`` (the
     IR input they transform) is a constant: the graph's array is then read at load only,
@@ -66,26 +72,37 @@ def _moe_experts(ctx, node, x, index, weights, w_in, w_out, b_in="", b_out=""):
     return _gathered(ctx, node, x, index, weights, w_in, w_out, b_in, b_out)
 
 
-def _ort_moe(ctx, node, x, index, weights, w_in, w_out, b_in, b_out) -> str:
+def _routing(ctx, node, x: str, fill: float) -> str:
+    """A (tokens, E) tensor of ``fill``: the dense routing the kernels take."""
+    rows = ctx.op("Concat", [ctx.op("Shape", [x], end=1), ctx.ints([node.inputs[3].shape[0]])],
+                  axis=0)  # fmt: skip
+    return ctx.op("Expand", [scalar(ctx, fill, DType.float32), rows])
+
+
+def _kernel_attrs(node) -> dict:
+    """The routing and activation attributes MoE and QMoE share: the given top k, no
+    renormalization, SwiGLU with interleaved rows (alpha 1, beta 0: silu(gate) * up)."""
     a = node.attrs
-    experts = node.inputs[3].shape[0]
-    k = node.inputs[1].shape[1]
-    # logits whose softmax top-k is the model's routing, up to the factor sum(w)
-    floor = ctx.op("Expand", [scalar(ctx, -np.inf, DType.float32),
-                              ctx.op("Concat", [ctx.op("Shape", [x], end=1), ctx.ints([experts])],
-                                     axis=0)])  # fmt: skip
-    logits = ctx.op("ScatterElements", [floor, index, ctx.op("Log", [weights])], axis=1)
-    attrs = dict(k=int(k), normalize_routing_weights=0)
+    attrs = dict(k=int(node.inputs[1].shape[1]), normalize_routing_weights=0)
     if a["gated"]:
-        if not a["interleaved"]:
-            w_in = _interleave(ctx, w_in, node.inputs[3])
-            if b_in:
-                b_in = _interleave(ctx, b_in, node.inputs[5])
         attrs.update(activation_type="swiglu", swiglu_fusion=1, activation_alpha=1.0,
                      activation_beta=0.0)  # fmt: skip
     else:
         attrs.update(activation_type=a["activation"])
-    y = ctx.op("MoE", [x, logits, w_in, b_in, w_out, b_out], domain=MS_DOMAIN, **attrs)
+    return attrs
+
+
+def _ort_moe(ctx, node, x, index, weights, w_in, w_out, b_in, b_out) -> str:
+    a = node.attrs
+    # logits whose softmax top-k is the model's routing, up to the factor sum(w)
+    floor = _routing(ctx, node, x, -np.inf)
+    logits = ctx.op("ScatterElements", [floor, index, ctx.op("Log", [weights])], axis=1)
+    if a["gated"] and not a["interleaved"]:
+        w_in = _interleave(ctx, w_in, node.inputs[3])
+        if b_in:
+            b_in = _interleave(ctx, b_in, node.inputs[5])
+    y = ctx.op("MoE", [x, logits, w_in, b_in, w_out, b_out], domain=MS_DOMAIN,
+               **_kernel_attrs(node))  # fmt: skip
     total = ctx.op("ReduceSum", [weights, ctx.ints([1])], keepdims=1)
     return ctx.op("Mul", [y, total])
 
@@ -159,13 +176,12 @@ def _moe_experts_int8(ctx, node, x, index, weights, q_in, s_in, q_out, s_out, b_
     """com.microsoft QMoE with 8-bit experts, one scale per row (no block_size): its codes
     are unsigned with zero point 128, so the graph's int8 codes become q + 128 by ONNX ops
     that ORT folds at load. The fallback dequantizes them the same way into fp32."""
-    a = node.attrs
 
     def unsigned(op, q):
         wide = op("Cast", [q], to=ONNX_DTYPE[DType.int16])
         return op("Cast", [op("Add", [wide, ctx.const(np.int16(128))])], to=ONNX_DTYPE[DType.uint8])
 
-    if ctx.fused_kernels and _kernel_fits(node) and (not a["gated"] or a["interleaved"]):
+    if _qmoe_fits(ctx, node):
         codes = [_at_load(ctx, node.inputs[i], lambda op, q=q: unsigned(op, q))
                  for i, q in ((3, q_in), (5, q_out))]  # fmt: skip
         return _qmoe(ctx, node, x, index, weights, codes, s_in, s_out, b_in, b_out,
@@ -186,22 +202,11 @@ def _moe_experts_int8(ctx, node, x, index, weights, q_in, s_in, q_out, s_out, b_
 def _qmoe(ctx, node, x, index, weights, codes, s_in, s_out, b_in, b_out, **attrs) -> str:
     """QMoE on ``codes`` (fc1, fc2) and their scales: the model's routing as selection
     logits (0 at each token's k experts, -inf elsewhere) and ``router_weights``."""
-    a = node.attrs
-    experts = node.inputs[3].shape[0]
-    rows = ctx.op("Concat", [ctx.op("Shape", [x], end=1), ctx.ints([experts])], axis=0)
-    zeros = ctx.op("Expand", [scalar(ctx, 0.0, DType.float32), rows])
-    floor = ctx.op("Expand", [scalar(ctx, -np.inf, DType.float32), rows])
     picked = ctx.op("Expand", [scalar(ctx, 0.0, DType.float32), ctx.op("Shape", [index])])
-    select = ctx.op("ScatterElements", [floor, index, picked], axis=1)
-    mixing = ctx.op("ScatterElements", [zeros, index, weights], axis=1)
-    level = 4 if a.get("compute") == "int8" else 0  # int8 activations per block, as the IR's
-    attrs.update(k=int(node.inputs[1].shape[1]), normalize_routing_weights=0,
-                 accuracy_level=level)  # fmt: skip
-    if a["gated"]:
-        attrs.update(activation_type="swiglu", swiglu_fusion=1, activation_alpha=1.0,
-                     activation_beta=0.0)  # fmt: skip
-    else:
-        attrs.update(activation_type=a["activation"])
+    select = ctx.op("ScatterElements", [_routing(ctx, node, x, -np.inf), index, picked], axis=1)
+    mixing = ctx.op("ScatterElements", [_routing(ctx, node, x, 0.0), index, weights], axis=1)
+    level = 4 if node.attrs.get("compute") == "int8" else 0  # int8 activations per block
+    attrs.update(_kernel_attrs(node), accuracy_level=level)
     inputs = [x, select, codes[0], s_in, b_in, codes[1], s_out, b_out,
               "", "", "", "", "", "", mixing]  # fmt: skip
     return ctx.op("QMoE", inputs, domain=MS_DOMAIN, **attrs)
@@ -215,7 +220,7 @@ def _moe_experts_int4(ctx, node, x, index, weights, q_in, s_in, q_out, s_out, b_
     so no softmax touches them. Where the kernel does not fit, the codes are dequantized by
     ONNX ops (folded at session load into fp32 weights) and lowered as ``moe_experts``."""
     a = node.attrs
-    if ctx.fused_kernels and _kernel_fits(node) and (not a["gated"] or a["interleaved"]):
+    if _qmoe_fits(ctx, node):
         codes = [_at_load(ctx, node.inputs[i], lambda op, q=q: op("Reshape", [q, ctx.ints([0, 0, -1])]))
                  for i, q in ((3, q_in), (5, q_out))]  # fmt: skip
         return _qmoe(ctx, node, x, index, weights, codes, s_in, s_out, b_in, b_out,
@@ -243,17 +248,22 @@ def _dequantized(ctx, op, codes: str, scales: str) -> str:
     return op("Reshape", [w, ctx.ints([0, 0, -1])])
 
 
+class _Dequantized:
+    """The fp32 (E, N, K) weight that codes stand for: its shape, and ``const`` not None
+    when the codes are constants (``_at_load`` may then mark what transforms it)."""
+
+    def __init__(self, codes, block: int):
+        self.shape = (*codes.shape[:2], codes.shape[2] * block)
+        self.const = codes.const
+
+
 class _FloatView:
     """``moe_experts_int4`` / ``_int8`` seen as the ``moe_experts`` its dequantized weights
     make: the shapes and attributes the fp32 lowerings read."""
 
     def __init__(self, node):
-        from tgraph.ir import TensorType
-
         block = node.attrs.get("block_size", 1)  # int8: (E, N, K) codes, one per weight
-        q_in, q_out = node.inputs[3], node.inputs[5]
-        w_in, w_out = (TensorType(DType.float32, (*q.shape[:2], q.shape[2] * block))
-                       for q in (q_in, q_out))  # fmt: skip
-        self.inputs = [*node.inputs[:3], w_in, w_out, *node.inputs[7:]]
+        self.inputs = [*node.inputs[:3], *(_Dequantized(q, block) for q in node.inputs[3:7:2]),
+                       *node.inputs[7:]]  # fmt: skip
         self.attrs = {k: v for k, v in node.attrs.items() if k not in ("block_size", "compute")}
         self.outputs = node.outputs

@@ -25,12 +25,12 @@ a weight (the plain-ops form gathers k experts' weights per token).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from tgraph.ir.core import IRError, TensorType
 from tgraph.ir.dtypes import DType
+from tgraph.ir.ops.elementwise import _gelu
+from tgraph.ir.ops.quant import quantize_activations, unpack_int4
 from tgraph.ir.ops.registry import REQUIRED, defop
 
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
@@ -39,11 +39,8 @@ ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
 def activate(h: np.ndarray, activation: str) -> np.ndarray:
     if activation == "silu":
         return h / (1.0 + np.exp(-h))
-    if activation == "gelu":
-        erf = np.vectorize(math.erf, otypes=[np.float64])
-        return 0.5 * h * (1.0 + erf(h / math.sqrt(2.0)))
-    if activation == "gelu_tanh":
-        return 0.5 * h * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (h + 0.044715 * h**3)))
+    if activation in ("gelu", "gelu_tanh"):
+        return _gelu(h, "tanh" if activation == "gelu_tanh" else "none")
     if activation == "relu":
         return np.maximum(h, 0.0)
     raise IRError(f"moe_experts: unknown activation {activation!r}; known: {ACTIVATIONS}")
@@ -82,12 +79,13 @@ def _kernel(x, index, weights, w_in, w_out, b_in=None, b_out=None, *, activation
             interleaved=False, rows_in=None):  # fmt: skip
     """``rows_in``: applied to each projection's input rows first (int8 compute's rounding)."""
     rows_in = rows_in or (lambda v: v)
+    x_in = rows_in(x)  # per-row rounding: once for all of a token's experts
     acc = np.zeros(x.shape, np.float64)
     for e in np.unique(index):
         if not 0 <= e < w_in.shape[0]:  # an expert-parallel sentinel: no expert here
             continue
         rows, slots = np.nonzero(index == e)
-        h = rows_in(x[rows]).astype(np.float64) @ w_in[e].T.astype(np.float64)
+        h = x_in[rows].astype(np.float64) @ w_in[e].T.astype(np.float64)
         if b_in is not None:
             h = h + b_in[e]
         if gated:
@@ -116,18 +114,13 @@ defop(
 # -- int4 experts ----------------------------------------------------------------------------
 
 
-def _unpack(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """Packed int4 experts (E, N, G, B/2) u8 with scales (E, N, G) -> fp32 (E, N, G*B)."""
-    low = (codes & 0x0F).astype(np.int16)
-    high = (codes >> 4).astype(np.int16)
-    q = np.stack([low, high], axis=-1).reshape(*codes.shape[:3], -1)  # (E, N, G, B)
-    w = (q - 8).astype(np.float32) * scales[..., None].astype(np.float32)
-    return w.reshape(*codes.shape[:2], -1)
-
-
 def unpack_experts(codes: np.ndarray, scales: np.ndarray, in_features: int) -> np.ndarray:
-    """The fp32 (E, N, K) expert weights that ``moe_experts_int4`` codes stand for."""
-    return _unpack(codes, scales)[..., :in_features]
+    """The fp32 (E, N, K) expert weights that ``moe_experts_int4`` codes (E, N, G, B/2) and
+    scales (E, N, G) stand for: each expert's rows unpacked as ``linear_int4``'s."""
+    experts, n = codes.shape[:2]
+    flat = unpack_int4(codes.reshape(experts * n, *codes.shape[2:]),
+                       scales.reshape(experts * n, -1), in_features)  # fmt: skip
+    return flat.reshape(experts, n, in_features)
 
 
 def _int4_infer(x, index, weights, q_in, s_in, q_out, s_out, b_in=None, b_out=None, *,
@@ -159,15 +152,15 @@ def _int4_infer(x, index, weights, q_in, s_in, q_out, s_out, b_in=None, b_out=No
 
 def _int4_kernel(x, index, weights, q_in, s_in, q_out, s_out, b_in=None, b_out=None, *,
                  block_size, activation, gated=True, interleaved=False, compute="f32"):  # fmt: skip
-    from tgraph.ir.ops.quant import quantize_activations
-
     rows_in = None
     if compute == "int8":
 
         def rows_in(v):
             return quantize_activations(v, block_size)
 
-    return _kernel(x, index, weights, _unpack(q_in, s_in), _unpack(q_out, s_out), b_in, b_out,
+    w_in = unpack_experts(q_in, s_in, q_in.shape[2] * block_size)
+    w_out = unpack_experts(q_out, s_out, q_out.shape[2] * block_size)
+    return _kernel(x, index, weights, w_in, w_out, b_in, b_out,
                    activation=activation, gated=gated, interleaved=interleaved,
                    rows_in=rows_in)  # fmt: skip
 
